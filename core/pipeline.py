@@ -1,0 +1,320 @@
+"""Score a folder of images against reference photos: what ``likeness score`` runs.
+
+Two layers: :func:`analyze_paths` turns files into :class:`FaceResult` (decode in a background
+thread, cache lookups, detect + embed on the engine), and :func:`score_results` turns face results
+plus labels into a :class:`ScoreRun` with per-image scores and per-group statistics (pure).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .cache import FaceCache
+from .faces import FaceEngine, FaceResult
+from .images import ANALYSIS_MAX_SIDE, decode_image, file_sha256, list_images
+from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text
+from .progress import Progress
+from .references import ReferenceSet, reference_names
+from .scoring import AGGREGATIONS, FACE_CHOICES, GroupStats, ImageScore, group_statistics, score_faces
+
+GROUP_BY = ("folder", "lora", "none")
+
+
+@dataclass
+class ScoreSettings:
+    """How images are scored and grouped.
+
+    Attributes:
+        aggregation: ``max`` | ``mean`` | ``ism`` — which per-image score the group statistics use.
+        face_choice: ``largest`` | ``best`` — which face of a multi-face image is scored.
+        group_by: ``folder`` | ``lora`` | ``none``.
+        seed: bootstrap seed (same seed, same confidence intervals).
+        n_boot: bootstrap resamples.
+    """
+
+    aggregation: str = "max"
+    face_choice: str = "largest"
+    group_by: str = "folder"
+    seed: int = 0
+    n_boot: int = 2000
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("aggregation", self.aggregation, AGGREGATIONS),
+            ("face_choice", self.face_choice, FACE_CHOICES),
+            ("group_by", self.group_by, GROUP_BY),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass
+class ScoredImage:
+    """One image's outcome: where it came from, its group, its faces and its score."""
+
+    path: str
+    group: str
+    result: FaceResult
+    score: ImageScore
+
+    @property
+    def error(self) -> str | None:
+        return self.result.error
+
+    def as_dict(self, references: ReferenceSet) -> dict:
+        score = self.score.score
+        face = self.result.faces[self.score.face_index] if self.score.face_index is not None else None
+        ref_paths = references.used_paths()
+        return {
+            "path": self.path,
+            "group": self.group,
+            "face_found": self.score.face_found,
+            "n_faces": self.score.n_faces,
+            "face_index": self.score.face_index,
+            "score_max": score.score_max if score else None,
+            "score_mean": score.score_mean if score else None,
+            "score_ism": score.score_ism if score else None,
+            "best_ref": score.best_ref if score else None,
+            "best_ref_path": ref_paths[score.best_ref] if score else None,
+            "memorised": self.score.memorised,
+            "box": [round(float(v), 1) for v in face.box] if face is not None else None,
+            "det_score": round(face.det_score, 4) if face is not None else None,
+            "error": self.error,
+        }
+
+
+@dataclass
+class ScoreRun:
+    """Everything one scoring run produced; :meth:`as_dict` is the ``report.json`` shape."""
+
+    settings: ScoreSettings
+    model: dict
+    references: ReferenceSet
+    images: list[ScoredImage]
+    groups: list[GroupStats]
+    warnings: list[str] = field(default_factory=list)
+    images_root: str | None = None
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "tool": "likeness",
+            "version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": {
+                "aggregation": self.settings.aggregation,
+                "face_choice": self.settings.face_choice,
+                "group_by": self.settings.group_by,
+                "seed": self.settings.seed,
+                "n_boot": self.settings.n_boot,
+                "images_root": self.images_root,
+            },
+            "model": self.model,
+            "references": self.references.as_dict(),
+            "groups": [g.as_dict() for g in self.groups],
+            "images": [i.as_dict(self.references) for i in self.images],
+            "warnings": list(self.warnings),
+            "timings": self.timings,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis: files -> FaceResult
+# --------------------------------------------------------------------------------------------
+
+
+def _analyze_one(engine: FaceEngine, path: Path, cache: FaceCache | None, known: set[str], max_side: int) -> FaceResult:
+    """Worker step: hash the file, take the cached result when there is one, else decode + analyse."""
+    try:
+        sha = file_sha256(path)
+    except OSError:
+        sha = ""  # unreadable: the decoder below words the error
+    result = cache.get(sha, engine.fingerprint) if (cache is not None and sha in known) else None
+    if result is None:
+        result = engine.analyze(decode_image(path, max_side))
+        if cache is not None:
+            cache.put(result, engine.fingerprint)
+    result.path = path
+    return result
+
+
+def analyze_paths(
+    engine: FaceEngine,
+    paths: Sequence[Path],
+    cache: FaceCache | None = None,
+    progress: Progress | None = None,
+    max_side: int = ANALYSIS_MAX_SIDE,
+    description: str = "faces",
+) -> list[FaceResult]:
+    """Detect and embed faces in every file, in order; unreadable files become error results.
+
+    ``engine.workers`` images are in flight at once (decoding, onnxruntime and OpenCV release the
+    GIL), and files whose content is cached skip decoding and the models entirely.
+    """
+    progress = progress or Progress()
+    known = cache.known(engine.fingerprint) if cache is not None else set()
+    progress.start(len(paths), description)
+    results: list[FaceResult] = []
+    with ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix="likeness-faces") as pool:
+        window = engine.workers * 2  # bounded look-ahead: memory stays at a few decoded images
+        pending: deque = deque()
+        queue = iter(paths)
+        try:
+            while True:
+                while len(pending) < window:
+                    path = next(queue, None)
+                    if path is None:
+                        break
+                    pending.append(pool.submit(_analyze_one, engine, Path(path), cache, known, max_side))
+                if not pending:
+                    break
+                progress.check()
+                result = pending.popleft().result()
+                results.append(result)
+                progress.advance(1, result.path.name if result.path else None)
+        finally:
+            for future in pending:
+                future.cancel()
+    progress.finish()
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring: FaceResult + labels -> ScoreRun
+# --------------------------------------------------------------------------------------------
+
+
+def image_groups(paths: Sequence[Path], root: Path | None, group_by: str) -> list[tuple[str, dict]]:
+    """Group label and sort fields for each image path."""
+    if group_by == "none":
+        return [("all", {}) for _ in paths]
+    if group_by == "folder":
+        if root is None:
+            return [(Path(p).parent.name or "all", {}) for p in paths]
+        return [(folder_group(Path(p), root), {}) for p in paths]
+    return [lora_group(loras_from_metadata(read_generation_text(Path(p)))) for p in paths]
+
+
+def score_results(
+    results: Sequence[FaceResult],
+    names: Sequence[str],
+    groups: Sequence[tuple[str, dict]],
+    references: ReferenceSet,
+    settings: ScoreSettings,
+    model: dict,
+    images_root: str | None = None,
+) -> ScoreRun:
+    """Score analysed images and compute group statistics (no I/O)."""
+    threshold = references.baseline.pairwise_max
+    scored: list[ScoredImage] = []
+    for result, name, (label, _) in zip(results, names, groups):
+        embeddings = [f.embedding for f in result.faces] if result.ok else []
+        image_score = score_faces(embeddings, references.embeddings, settings.face_choice, settings.aggregation, threshold)
+        scored.append(ScoredImage(path=name, group=label, result=result, score=image_score))
+
+    by_group: dict[str, list[ScoredImage]] = {}
+    infos: dict[str, dict] = {}
+    for item, (label, info) in zip(scored, groups):
+        by_group.setdefault(label, []).append(item)
+        infos.setdefault(label, info)
+    stats = []
+    for label in sorted(by_group, key=lambda key: group_sort_key(key, infos[key])):
+        members = by_group[label]
+        readable = [m for m in members if m.error is None]
+        stats.append(
+            group_statistics(
+                label,
+                [m.score.value(settings.aggregation) for m in readable],
+                n_errors=len(members) - len(readable),
+                n_memorised=sum(m.score.memorised for m in members),
+                seed=settings.seed,
+                n_boot=settings.n_boot,
+                info={k: v for k, v in infos[label].items() if v is not None},
+            )
+        )
+    warnings = list(references.warnings)
+    errors = [s for s in scored if s.error is not None]
+    if errors:
+        warnings.append(f"{len(errors)} image(s) could not be read; they are listed with the reason in the report")
+    faceless = [s for s in scored if s.error is None and not s.score.face_found]
+    if scored and len(faceless) == len(scored) - len(errors) and faceless:
+        warnings.append("no face was found in any readable image: every score is missing")
+    memorised = sum(s.score.memorised for s in scored)
+    if memorised:
+        warnings.append(
+            f"{memorised} image(s) are closer to one reference photo than any two reference photos are to each "
+            f"other (possible memorisation of a training photo)"
+        )
+    return ScoreRun(settings=settings, model=model, references=references, images=scored, groups=stats, warnings=warnings, images_root=images_root)
+
+
+def collect_images(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Images to score in ``folder`` (recursively), or the single file given."""
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist")
+    return list_images(folder, recursive=True, exclude=tuple(exclude))
+
+
+def build_references(
+    engine: FaceEngine,
+    refs: Path | Sequence[Path],
+    cache: FaceCache | None = None,
+    progress: Progress | None = None,
+    aggregation: str = "max",
+) -> ReferenceSet:
+    """Analyse the reference photos (a folder or a list of files) into a :class:`ReferenceSet`."""
+    if isinstance(refs, (str, Path)):
+        root = Path(refs)
+        paths = collect_images(root)
+        root = root if root.is_dir() else None
+    else:
+        paths, root = [Path(p) for p in refs], None
+    results = analyze_paths(engine, paths, cache=cache, progress=progress, description="reference photos")
+    return ReferenceSet.from_results(results, reference_names(paths, root), aggregation=aggregation)
+
+
+def score_folder(
+    engine: FaceEngine,
+    refs: Path | Sequence[Path],
+    images: Path,
+    settings: ScoreSettings | None = None,
+    cache: FaceCache | None = None,
+    progress: Progress | None = None,
+    exclude: Sequence[Path] = (),
+) -> ScoreRun:
+    """Score every image under ``images`` against the reference photos ``refs``."""
+    settings = settings or ScoreSettings()
+    started = time.perf_counter()
+    references = build_references(engine, refs, cache=cache, progress=progress, aggregation=settings.aggregation)
+    refs_done = time.perf_counter()
+    images = Path(images)
+    root = images if images.is_dir() else images.parent
+    paths = collect_images(images, exclude=exclude)
+    results = analyze_paths(engine, paths, cache=cache, progress=progress, description="images")
+    names = [Path(p).resolve().relative_to(root.resolve()).as_posix() for p in paths]
+    groups = image_groups(paths, root, settings.group_by)
+    run = score_results(results, names, groups, references, settings, engine.describe(), images_root=str(root))
+    run.warnings = list(engine.warnings) + run.warnings
+    if cache is not None and cache.disabled_reason:
+        run.warnings.append(cache.disabled_reason)
+    if not paths:
+        run.warnings.append(f"no image files found under {images}")
+    finished = time.perf_counter()
+    run.timings = {
+        "references_s": round(refs_done - started, 3),
+        "images_s": round(finished - refs_done, 3),
+        "n_references": len(references.photos),
+        "n_images": len(paths),
+        "cache_hits": cache.hits if cache is not None else 0,
+        "cache_misses": cache.misses if cache is not None else 0,
+    }
+    return run
