@@ -1,0 +1,337 @@
+"""Report files of a scoring run: CSV, JSON, Markdown, a plot and a contact sheet.
+
+Everything is written atomically, and a report already in the output folder is moved to
+``previous/<time>/`` first: a re-run never overwrites what an earlier run produced.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .images import decode_image, save_png_atomic, write_text_atomic
+from .pipeline import ScoreRun, ScoredImage
+
+REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png")
+SUMMARY_COLUMNS = (
+    "label", "n_images", "n_faces", "n_errors", "no_face_rate", "mean", "median", "std", "min", "max",
+    "top3_mean", "ci95_low", "ci95_high", "n_memorised",
+)
+SCORE_COLUMNS = (
+    "path", "group", "face_found", "n_faces", "score_max", "score_mean", "score_ism", "best_ref",
+    "best_ref_path", "memorised", "det_score", "error",
+)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else ""
+    return str(value)
+
+
+def _cell(value, digits: int = 3) -> str:
+    return _fmt(value, digits) or "–"
+
+
+def summary_rows(run: ScoreRun) -> list[dict]:
+    rows = []
+    for group in run.groups:
+        data = group.as_dict()
+        low, high = group.ci95 if group.ci95 is not None else (None, None)
+        data.update(ci95_low=low, ci95_high=high)
+        rows.append({column: data.get(column) for column in SUMMARY_COLUMNS})
+    return rows
+
+
+def _csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k), 6) if isinstance(row.get(k), float) else ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buffer.getvalue()
+
+
+def summary_csv(run: ScoreRun) -> str:
+    return _csv_text(SUMMARY_COLUMNS, summary_rows(run))
+
+
+def scores_csv(run: ScoreRun) -> str:
+    return _csv_text(SCORE_COLUMNS, [image.as_dict(run.references) for image in run.images])
+
+
+def report_json(run: ScoreRun) -> str:
+    return json.dumps(run.as_dict(), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def summary_table_text(run: ScoreRun) -> str:
+    """The seed-style table as plain text (Markdown), for hosts that show a STRING."""
+    head = "| group | n | faces | no-face | mean | median | std | min | max | top-3 | 95% CI |"
+    lines = [head, "|" + "---|" * 11]
+    for g in run.groups:
+        ci = f"{g.ci95[0]:.3f}–{g.ci95[1]:.3f}" if g.ci95 else "–"
+        no_face = f"{g.no_face_rate:.0%}" if g.no_face_rate is not None else "–"
+        lines.append(
+            f"| {g.label} | {g.n_images} | {g.n_faces} | {no_face} | {_cell(g.mean)} | {_cell(g.median)} | "
+            f"{_cell(g.std)} | {_cell(g.min)} | {_cell(g.max)} | {_cell(g.top3_mean)} | {ci} |"
+        )
+    return "\n".join(lines)
+
+
+def baseline_sentence(run: ScoreRun) -> str:
+    refs = run.references
+    b = refs.baseline
+    if b.mean is None:
+        return f"Reference baseline: not available ({refs.n} usable reference photo)."
+    return (
+        f"Reference baseline (each reference photo against the others, {b.aggregation}, {refs.n} photos): "
+        f"mean {b.mean:.3f}, min {b.min:.3f}, max {b.max:.3f}. A LoRA at the baseline is as like the person "
+        f"as their own photos are to each other."
+    )
+
+
+def report_markdown(run: ScoreRun, files: dict[str, Path] | None = None) -> str:
+    model = run.model
+    lines = [
+        "# Likeness report",
+        "",
+        f"- images: `{run.images_root}` ({len(run.images)} files), grouped by {run.settings.group_by}",
+        f"- score: `{run.settings.aggregation}` cosine similarity to the reference photos, "
+        f"{run.settings.face_choice} face per image",
+        f"- face model: `{model.get('pack')}` ({model.get('embedding_dim')}-d, providers {', '.join(model.get('providers', []))})",
+        "",
+        summary_table_text(run),
+        "",
+        baseline_sentence(run),
+        "",
+    ]
+    if files and "scores.png" in files:
+        lines += ["![scores per group](scores.png)", ""]
+    if files and "contact_sheet.png" in files:
+        lines += ["![contact sheet](contact_sheet.png)", ""]
+    if run.warnings:
+        lines += ["## Warnings", "", *[f"- {w}" for w in run.warnings], ""]
+    errors = [i for i in run.images if i.error]
+    if errors:
+        lines += ["## Unreadable files", "", *[f"- `{i.path}`: {i.error}" for i in errors], ""]
+    lines += [
+        "## How to read it",
+        "",
+        "Each image's face is compared with every reference photo (cosine similarity of ArcFace embeddings).",
+        "Higher is more alike; compare groups with each other and with the reference baseline, not with fixed",
+        "thresholds: scores from different face-model packs are on different scales. Images without a face",
+        "count in the no-face rate and not in the statistics; a rising no-face rate across epochs often means",
+        "over-training is distorting faces.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans from matplotlib's bundled fonts (always installed with it), else Pillow's default."""
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except Exception:
+        return ImageFont.load_default()
+
+
+def plot_png(run: ScoreRun) -> bytes:
+    """Per group: every image's score, the mean with its 95% CI, the min–max band, and the
+    reference baseline as a line. Returns PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    groups = run.groups
+    labels = [g.label for g in groups]
+    x = np.arange(len(groups))
+    figure = Figure(figsize=(max(6.0, 0.9 * len(groups) + 2.5), 4.8), dpi=110)
+    axes = figure.add_subplot(1, 1, 1)
+    by_group: dict[str, list[float]] = {}
+    for image in run.images:
+        value = image.score.value(run.settings.aggregation)
+        if value is not None:
+            by_group.setdefault(image.group, []).append(value)
+    rng = np.random.default_rng(0)
+    for i, group in enumerate(groups):
+        values = by_group.get(group.label, [])
+        if values:
+            axes.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=12, color="0.55", alpha=0.7, zorder=2)
+    has = [g.mean is not None for g in groups]
+    if any(has):
+        xs = x[has]
+        means = np.array([g.mean for g in groups if g.mean is not None])
+        lows = np.array([g.min for g in groups if g.mean is not None])
+        highs = np.array([g.max for g in groups if g.mean is not None])
+        axes.fill_between(xs, lows, highs, color="tab:blue", alpha=0.12, label="min–max", zorder=1)
+        ci = np.array([g.ci95 for g in groups if g.mean is not None])
+        axes.errorbar(xs, means, yerr=[means - ci[:, 0], ci[:, 1] - means], fmt="o-", color="tab:blue", capsize=4, label="mean, 95% CI", zorder=3)
+    baseline = run.references.baseline
+    if baseline.mean is not None:
+        axes.axhline(baseline.mean, color="tab:green", linestyle="--", label=f"reference baseline {baseline.mean:.3f}")
+        axes.axhspan(baseline.min, baseline.max, color="tab:green", alpha=0.06)
+    for i, group in enumerate(groups):
+        if group.no_face_rate:
+            axes.annotate(f"no face {group.no_face_rate:.0%}", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                          textcoords="offset points", ha="center", fontsize=7, color="tab:red")
+    axes.set_xticks(x)
+    axes.set_xticklabels(labels, rotation=30 if max((len(l) for l in labels), default=0) > 8 else 0, ha="right" if len(groups) > 1 else "center", fontsize=8)
+    axes.set_ylabel(f"identity score ({run.settings.aggregation} cosine similarity)")
+    axes.set_title(f"Likeness by {run.settings.group_by} — {run.model.get('pack')}")
+    axes.grid(axis="y", alpha=0.3)
+    if any(has) or baseline.mean is not None:
+        axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _score_colour(value: float | None, baseline: float | None) -> tuple[int, int, int]:
+    if value is None:
+        return (200, 40, 40)
+    top = baseline if baseline and baseline > 0.2 else 0.8
+    ratio = float(np.clip(value / top, 0.0, 1.0))
+    return (int(230 * (1 - ratio)), int(170 + 60 * ratio), 40)
+
+
+def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, font, small_font) -> Image.Image:
+    """A ``cell x cell`` thumbnail with the scored face's box and its score drawn on it."""
+    canvas = Image.new("RGB", (cell, cell), (28, 28, 28))
+    draw = ImageDraw.Draw(canvas)
+    source = Path(run.images_root or ".") / image.path
+    loaded = decode_image(source, max_side=cell * 2) if image.error is None else None
+    if loaded is not None and loaded.rgb is not None:
+        thumb = Image.fromarray(loaded.rgb)
+        factor = min(cell / thumb.width, (cell - 18) / thumb.height)
+        size = (max(1, round(thumb.width * factor)), max(1, round(thumb.height * factor)))
+        thumb = thumb.resize(size, Image.Resampling.BILINEAR)
+        offset = ((cell - size[0]) // 2, (cell - 18 - size[1]) // 2)
+        canvas.paste(thumb, offset)
+        value = image.score.value(run.settings.aggregation)
+        colour = _score_colour(value, run.references.baseline.mean)
+        scale = factor / loaded.scale
+        for index, face in enumerate(image.result.faces):
+            box = [face.box[0] * scale + offset[0], face.box[1] * scale + offset[1], face.box[2] * scale + offset[0], face.box[3] * scale + offset[1]]
+            chosen = index == image.score.face_index
+            draw.rectangle(box, outline=colour if chosen else (150, 150, 150), width=2 if chosen else 1)
+        text = f"{value:.3f}" if value is not None else "no face"
+        if image.score.memorised:
+            text += " (memorised?)"
+        draw.rectangle([0, cell - 18, cell, cell], fill=(0, 0, 0))
+        draw.text((4, cell - 17), text, fill=colour, font=font)
+    else:
+        draw.text((4, 4), "unreadable", fill=(230, 80, 80), font=font)
+        draw.text((4, 24), (image.error or "")[-60:], fill=(200, 200, 200), font=small_font)
+    return canvas
+
+
+def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: int = 64) -> Image.Image:
+    """One block per group (in group order): a header with its statistics, then its images."""
+    font, small_font, header_font = _font(13), _font(10), _font(15)
+    by_group: dict[str, list[ScoredImage]] = {}
+    for image in run.images:
+        by_group.setdefault(image.group, []).append(image)
+    blocks: list[Image.Image] = []
+    width = columns * cell
+    for group in run.groups:
+        members = by_group.get(group.label, [])[:per_group]
+        rows = max(1, math.ceil(len(members) / columns))
+        block = Image.new("RGB", (width, 26 + rows * cell), (16, 16, 16))
+        draw = ImageDraw.Draw(block)
+        stats = f"mean {_cell(group.mean)}  min {_cell(group.min)}  max {_cell(group.max)}  faces {group.n_faces}/{group.n_images}"
+        draw.text((6, 4), f"{group.label}    {stats}", fill=(235, 235, 235), font=header_font)
+        for i, image in enumerate(members):
+            block.paste(annotate_thumbnail(image, run, cell, font, small_font), ((i % columns) * cell, 26 + (i // columns) * cell))
+        blocks.append(block)
+    height = sum(b.height for b in blocks) or cell
+    sheet = Image.new("RGB", (width, height), (16, 16, 16))
+    y = 0
+    for block in blocks:
+        sheet.paste(block, (0, y))
+        y += block.height
+    return sheet
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def preserve_previous(out_dir: Path, names: Sequence[str] = REPORT_FILES) -> Path | None:
+    """Move report files already in ``out_dir`` to ``out_dir/previous/<their time>/``."""
+    existing = [out_dir / n for n in names if (out_dir / n).exists()]
+    if not existing:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in existing)))
+    target = out_dir / "previous" / stamp
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = out_dir / "previous" / f"{stamp}-{suffix}"
+    target.mkdir(parents=True)
+    for path in existing:
+        shutil.move(str(path), str(target / path.name))
+    return target
+
+
+def preserve_file(path: Path) -> Path | None:
+    """Rename an existing file to ``<stem>.<its time><suffix>`` so writing ``path`` loses nothing."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = path.with_name(f"{path.stem}.{stamp}-{suffix}{path.suffix}")
+    os.replace(path, target)
+    return target
+
+
+def write_report(run: ScoreRun, out_dir: Path, plot: bool = True, sheet: bool = True) -> dict[str, Path]:
+    """Write every report file into ``out_dir``; returns ``{file name: path}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    moved = preserve_previous(out_dir)
+    if moved is not None:
+        run.warnings.append(f"the earlier report in {out_dir} was moved to {moved}")
+    files: dict[str, Path] = {}
+    if plot:
+        save = out_dir / "scores.png"
+        from .images import write_bytes_atomic
+
+        write_bytes_atomic(save, plot_png(run))
+        files["scores.png"] = save
+    if sheet and run.images:
+        save = out_dir / "contact_sheet.png"
+        save_png_atomic(contact_sheet(run), save, optimize=False)
+        files["contact_sheet.png"] = save
+    for name, text in (("scores.csv", scores_csv(run)), ("summary.csv", summary_csv(run))):
+        write_text_atomic(out_dir / name, text)
+        files[name] = out_dir / name
+    files["report.md"] = out_dir / "report.md"
+    files["report.json"] = out_dir / "report.json"
+    write_text_atomic(files["report.md"], report_markdown(run, files))
+    write_text_atomic(files["report.json"], report_json(run))
+    return files
