@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -536,7 +537,10 @@ class FaceEngine:
     def _embed(self, bgr: np.ndarray, keypoints: Sequence[np.ndarray]) -> list[np.ndarray]:
         from insightface.utils import face_align
 
-        crops = [face_align.norm_crop(bgr, landmark=kps, image_size=self.crop_size) for kps in keypoints]
+        with warnings.catch_warnings():
+            # insightface calls a scikit-image API that newer releases deprecate; not ours to fix.
+            warnings.simplefilter("ignore", FutureWarning)
+            crops = [face_align.norm_crop(bgr, landmark=kps, image_size=self.crop_size) for kps in keypoints]
         if self._rec_batched:
             features = np.asarray(self.recognizer.get_feat(crops), dtype=np.float32)
         else:

@@ -1,0 +1,121 @@
+"""Pack discovery, provider choice and the engine's identity."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from likeness_assets import PACK_DIR
+from lora_likeness import faces
+from lora_likeness.faces import FaceEngine, FaceModelError, PackNotFoundError, detector_input_size, find_pack, inspect_pack
+
+
+@pytest.fixture()
+def clean_search(monkeypatch, tmp_path):
+    """No real pack location leaks in: HOME, env vars and registered dirs point at tmp."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for variable in ("LIKENESS_MODELS_DIR", "COMFYUI_PATH", "COMFYUI_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(faces, "_REGISTERED_DIRS", [])
+    monkeypatch.setattr(faces, "_host_dirs_from_layout", lambda: [])
+    return tmp_path
+
+
+def _install_pack(root, name="mypack"):
+    target = root / name
+    target.mkdir(parents=True)
+    for onnx in PACK_DIR.glob("*.onnx"):
+        shutil.copy(onnx, target / onnx.name)
+    return target
+
+
+def test_missing_pack_names_every_place_searched(clean_search, monkeypatch):
+    monkeypatch.setenv("LIKENESS_MODELS_DIR", str(clean_search / "models"))
+    with pytest.raises(PackNotFoundError) as error:
+        find_pack("buffalo_l")
+    message = str(error.value)
+    assert str(clean_search / "models" / "buffalo_l") in message
+    assert str(clean_search / "home" / ".insightface" / "models" / "buffalo_l") in message
+    assert "ComfyUI/models/insightface/models/buffalo_l" in message and "--pack PATH" in message
+
+
+def test_search_order_env_then_registered_then_comfyui_then_home(clean_search, monkeypatch):
+    home_pack = _install_pack(clean_search / "home" / ".insightface" / "models")
+    assert find_pack("mypack").path == home_pack.resolve()
+    comfy = clean_search / "ComfyUI"
+    comfy_pack = _install_pack(comfy / "models" / "insightface" / "models")
+    monkeypatch.setenv("COMFYUI_PATH", str(comfy))
+    assert find_pack("mypack").path == comfy_pack.resolve()
+    registered = _install_pack(clean_search / "extra")
+    faces.register_models_dir(clean_search / "extra", "extra_model_paths.yaml")
+    assert find_pack("mypack").path == registered.resolve()
+    env_pack = _install_pack(clean_search / "env")
+    monkeypatch.setenv("LIKENESS_MODELS_DIR", str(clean_search / "env"))
+    found = find_pack("mypack")
+    assert found.path == env_pack.resolve() and found.source == "$LIKENESS_MODELS_DIR"
+    assert found.detector.name == "det_500m.onnx" and found.recognizer.name == "mobilefacenet_128d.onnx"
+
+
+def test_comfyui_layout_is_inferred_from_where_the_repo_is_cloned(tmp_path, monkeypatch):
+    repo = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-Likeness"
+    (repo / "core").mkdir(parents=True)
+    monkeypatch.setattr(faces, "__file__", str(repo / "core" / "faces.py"))
+    dirs = faces._host_dirs_from_layout()
+    assert dirs == [("ComfyUI models folder", tmp_path / "ComfyUI" / "models" / "insightface" / "models")]
+
+
+def test_unusable_packs_say_what_is_missing(clean_search, tmp_path):
+    only_detector = tmp_path / "half"
+    only_detector.mkdir()
+    shutil.copy(PACK_DIR / "det_500m.onnx", only_detector / "det_500m.onnx")
+    assert inspect_pack(only_detector)[1] is None
+    with pytest.raises(FaceModelError, match="no face recogniser"):
+        find_pack(only_detector)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FaceModelError, match="no .onnx files"):
+        find_pack(empty)
+    with pytest.raises(PackNotFoundError, match="does not exist"):
+        find_pack(tmp_path / "nowhere")
+
+
+def test_unknown_file_names_are_classified_from_the_graph(tmp_path):
+    pack = tmp_path / "renamed"
+    pack.mkdir()
+    shutil.copy(PACK_DIR / "det_500m.onnx", pack / "model_a.onnx")
+    shutil.copy(PACK_DIR / "mobilefacenet_128d.onnx", pack / "model_b.onnx")
+    (pack / "broken.onnx").write_bytes(b"not onnx")
+    detector, recognizer, problems = inspect_pack(pack)
+    assert (detector.name, recognizer.name) == ("model_a.onnx", "model_b.onnx")
+    assert any("broken.onnx" in p for p in problems)
+
+
+def test_providers_and_fallback_warning():
+    assert faces.resolve_providers("cpu") == ["CPUExecutionProvider"]
+    assert faces.resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert faces.resolve_providers("auto")[-1] == "CPUExecutionProvider"
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.fail("this test expects a CPU-only onnxruntime, as in CI")
+    engine = FaceEngine.load(PACK_DIR, providers="cuda")
+    assert engine.providers[0] == "CPUExecutionProvider"
+    assert any("asked onnxruntime for cuda but it runs on cpu" in w for w in engine.warnings)
+    assert engine.describe()["providers"] == ["cpu"]
+
+
+def test_fingerprint_depends_on_detection_settings(engine):
+    other = FaceEngine.load(PACK_DIR, providers="cpu", det_thresh=0.6)
+    assert engine.fingerprint != other.fingerprint
+    assert engine.fingerprint == FaceEngine.load(PACK_DIR, providers="cpu").fingerprint
+    assert engine.embedding_dim == 128
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [((512, 512), (512, 512)), ((512, 768), (448, 640)), ((1024, 1024), (640, 640)), ((250, 250), (256, 256)),
+     ((1920, 1080), (640, 448)), ((2, 2), (160, 160)), ((1000, 300), (640, 320))],
+)
+def test_detector_input_size_keeps_aspect_and_never_upscales_past_640(size, expected):
+    assert detector_input_size(*size) == expected

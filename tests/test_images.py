@@ -1,0 +1,140 @@
+"""The bad-input matrix: every odd file decodes to RGB or becomes a recorded per-file error."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from likeness_assets import FACES
+from lora_likeness import images
+from lora_likeness.images import decode_image, from_array, list_images
+
+OBAMA = FACES / "people" / "obama" / "obama_01_official_portrait.jpg"
+
+
+def _jpeg_bytes(image: Image.Image, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **params)
+    return buffer.getvalue()
+
+
+def test_unreadable_files_become_errors_with_reasons(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("this is not an image\n")
+    whole = OBAMA.read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    (tmp_path / "folder.jpg").mkdir()
+    cases = {
+        "empty.jpg": "empty file",
+        "notes.jpg": "not an image",
+        "truncated.jpg": "truncated",
+        "folder.jpg": "folder",
+        "missing.jpg": "not found",
+    }
+    for name, reason in cases.items():
+        loaded = decode_image(tmp_path / name)
+        assert loaded.rgb is None and not loaded.ok, name
+        assert reason in loaded.error and name in loaded.error
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["CMYK", "RGBA", "LA", "L", "1", "P", "I;16", "I", "F"],
+)
+def test_every_mode_becomes_8bit_rgb(tmp_path, mode):
+    base = Image.open(OBAMA).convert("RGB").resize((120, 150))
+    if mode == "I;16":
+        gray = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        image = Image.fromarray(gray)  # a 16-bit grayscale PNG
+    elif mode in ("I", "F"):
+        image = base.convert("L").convert(mode)
+    else:
+        image = base.convert(mode)
+    suffix = {"CMYK": "jpg", "I": "tif", "F": "tif"}.get(mode, "png")
+    path = tmp_path / f"photo_{mode.replace(';', '')}.{suffix}"
+    image.save(path)
+    loaded = decode_image(path)
+    assert loaded.ok, loaded.error
+    assert loaded.rgb.dtype == np.uint8 and loaded.rgb.shape == (150, 120, 3)
+    # Brightness survives the conversion (a clipped 16-bit image would be almost all white).
+    reference = np.asarray(base.convert("L"), dtype=np.float64).mean()
+    if mode != "1":
+        assert abs(loaded.rgb.mean() - reference) < 25, (mode, loaded.rgb.mean(), reference)
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    rgba = np.zeros((10, 10, 4), dtype=np.uint8)
+    rgba[:5, :, :] = (255, 0, 0, 255)  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    rgb = decode_image(tmp_path / "alpha.png").rgb
+    assert tuple(rgb[0, 0]) == (255, 0, 0) and tuple(rgb[9, 9]) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = Image.open(OBAMA).convert("RGB").resize((200, 300))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes, 300x200
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, exif=exif, quality=95)
+    loaded = decode_image(path)
+    assert loaded.original_size == (200, 300) and loaded.rgb.shape == (300, 200, 3)
+    difference = np.abs(loaded.rgb.astype(int) - np.asarray(upright, dtype=int)).mean()
+    assert difference < 12
+
+
+def test_tiny_and_unicode_paths(tmp_path):
+    Image.new("RGB", (2, 2), (10, 200, 30)).save(tmp_path / "tiny.png")
+    assert decode_image(tmp_path / "tiny.png").rgb.shape == (2, 2, 3)
+    folder = tmp_path / "фото 写真 é"
+    folder.mkdir()
+    shutil.copy(OBAMA, folder / "Обама ☀.jpg")
+    loaded = decode_image(folder / "Обама ☀.jpg")
+    assert loaded.ok and loaded.rgb.shape[2] == 3
+    assert list_images(tmp_path) == [tmp_path / "tiny.png", folder / "Обама ☀.jpg"]
+
+
+def test_huge_jpeg_is_decoded_reduced_and_other_formats_are_bounded(tmp_path, monkeypatch):
+    big = Image.new("RGB", (6000, 4000), (90, 120, 150))
+    (tmp_path / "big.jpg").write_bytes(_jpeg_bytes(big))
+    loaded = decode_image(tmp_path / "big.jpg")
+    assert loaded.ok and max(loaded.rgb.shape) <= images.DEFAULT_MAX_SIDE
+    assert loaded.original_size == (6000, 4000) and loaded.scale == pytest.approx(6000 / loaded.rgb.shape[1])
+    Image.new("RGB", (1500, 1000)).save(tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_SOURCE_MEGAPIXELS", 1.0)
+    refused = decode_image(tmp_path / "big.png")
+    assert not refused.ok and "too large" in refused.error and "1500x1000" in refused.error
+
+
+def test_bytes_and_host_arrays():
+    loaded = decode_image(OBAMA.read_bytes(), name="upload")
+    assert loaded.ok and loaded.path is None
+    floats = np.random.default_rng(0).random((8, 6, 3)).astype(np.float32)
+    wrapped = from_array(floats)
+    assert wrapped.rgb.dtype == np.uint8 and wrapped.rgb.shape == (8, 6, 3)
+    assert from_array(floats).sha256 == wrapped.sha256
+    assert not from_array(np.zeros((4, 4, 2))).ok
+
+
+def test_list_images_is_natural_and_skips_hidden_and_excluded(tmp_path):
+    for name in ("e10/a.png", "e2/a.png", "e100/a.PNG", ".hidden/a.png", "report/x.png", "e2/.thumb.png", "e2/notes.txt"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, exclude=(tmp_path / "report",))]
+    assert found == ["e2/a.png", "e10/a.png", "e100/a.PNG"]
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with images.atomic_write(target, "w") as stream:
+            stream.write("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
