@@ -11,7 +11,6 @@ Exit codes: 0 done (unreadable images are reported, not fatal); 2 a setting the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -293,22 +292,27 @@ def command_doctor(args: argparse.Namespace) -> int:
 
 
 def _fix_onnxruntime(console) -> int:
-    """Run the same repair as install.py: uninstall every onnxruntime build, install the right one."""
+    """The onnxruntime part of install.py's plan: uninstall every build, install the right one
+    (CUDA build when torch has CUDA), under pins of the host's own packages."""
     import subprocess
+    import tempfile
 
     from . import dependencies
 
-    facts = dependencies.gather_facts()
-    actions = [a for a in dependencies.plan(facts, fix_onnxruntime=True) if "onnxruntime" in json.dumps(a.__dict__, default=str)]
+    plan = dependencies.plan(dependencies.gather_facts(), fix_onnxruntime=True)
+    actions = [a for a in plan if a.changes and any(dependencies.parse_requirement(p).key.startswith("onnxruntime") for p in a.packages)]
     if not actions:
         console.print("onnxruntime: nothing to repair", markup=False)
         return 0
-    for action in actions:
-        arguments = [sys.executable, "-m", "pip", *dependencies.pip_arguments(action, None)]
-        console.print(f"{action.reason}\n  $ {' '.join(arguments)}", markup=False)
-        if subprocess.call(arguments) != 0:
-            console.print("pip failed; nothing else was changed", markup=False)
-            return 1
+    with tempfile.TemporaryDirectory() as scratch:
+        constraints = Path(scratch) / "constraints.txt"
+        for action in actions:
+            constraints.write_text("\n".join(action.constraints) + "\n")
+            arguments = [sys.executable, "-m", "pip", *dependencies.pip_arguments(action, str(constraints))]
+            console.print(f"{action.describe()}\n  $ {' '.join(arguments)}", markup=False)
+            if subprocess.call(arguments) != 0:
+                console.print("pip failed; run `python install.py --fix-onnxruntime` in the Likeness folder for details", markup=False)
+                return 1
     return 0
 
 

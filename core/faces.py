@@ -335,25 +335,21 @@ def _ceil_to(value: float, multiple: int) -> int:
     return int(-(-int(round(value)) // multiple) * multiple)
 
 
-#: Detector input long sides: a few fixed sizes, because insightface 2.x builds one ONNX session
-#: per input size.
-DETECTOR_SIDES = (160, 256, 320, 384, 512, 640)
-
-
 def detector_input_size(width: int, height: int, max_side: int = 640) -> tuple[int, int]:
     """Detector input ``(w, h)`` for an image of ``width x height`` pixels.
 
-    The long side is the smallest of :data:`DETECTOR_SIDES` that holds the image's own long side,
-    capped at ``max_side`` (upscaling a 512 px image to 640 adds work, not information); the short
-    side is the smallest of 1, 3/4, 2/3 or 1/2 of it that keeps the aspect ratio (no 640x640 padding
-    around a 512x768 image). Both are multiples of 32, as SCRFD's strides need.
+    The long side is ``max_side`` (insightface's usual 640: small images are enlarged, which makes
+    keypoints, and so the aligned crop, more precise); the short side is the smallest of 1, 3/4,
+    2/3 or 1/2 of it that keeps the aspect ratio, so a 512x768 image is not padded to 640x640
+    (a third of the detector's work for nothing) while faces keep exactly the scale they would
+    have had. Both are multiples of 32, as SCRFD's strides need, and there are only a handful of
+    distinct sizes (insightface 2.x builds one ONNX session per size).
     """
     longest = max(width, height, 1)
-    long_side = next((side for side in DETECTOR_SIDES if side >= longest and side <= max_side), max_side)
     ratio = min(width, height) / longest
     short_fraction = next((f for f in (0.5, 2 / 3, 0.75) if ratio <= f + 1e-6), 1.0)
-    short_side = min(long_side, _ceil_to(long_side * short_fraction, 32))
-    return (long_side, short_side) if width >= height else (short_side, long_side)
+    short_side = min(max_side, _ceil_to(max_side * short_fraction, 32))
+    return (max_side, short_side) if width >= height else (short_side, max_side)
 
 
 class FaceEngine:

@@ -114,8 +114,8 @@ def test_fingerprint_depends_on_detection_settings(engine):
 
 @pytest.mark.parametrize(
     "size, expected",
-    [((512, 512), (512, 512)), ((512, 768), (448, 640)), ((1024, 1024), (640, 640)), ((250, 250), (256, 256)),
-     ((1920, 1080), (640, 448)), ((2, 2), (160, 160)), ((1000, 300), (640, 320))],
+    [((512, 512), (640, 640)), ((512, 768), (448, 640)), ((1024, 1024), (640, 640)), ((250, 250), (640, 640)),
+     ((1920, 1080), (640, 448)), ((2, 2), (640, 640)), ((1000, 300), (640, 320))],
 )
-def test_detector_input_size_keeps_aspect_and_never_upscales_past_640(size, expected):
+def test_detector_input_size_keeps_the_aspect_without_padding(size, expected):
     assert detector_input_size(*size) == expected
