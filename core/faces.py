@@ -379,6 +379,9 @@ class FaceEngine:
         self.det_max_side = int(det_max_side)
         self.max_faces = int(max_faces)
         self.retry_padded = bool(retry_padded)
+        # insightface's alignment calls a scikit-image API that newer releases deprecate; the
+        # warning is theirs, not the user's, and catch_warnings is not thread-safe.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface\.utils\.face_align")
         self.requested_providers = resolve_providers(providers)
         self.warnings: list[str] = []
         cores = os.cpu_count() or 1
@@ -533,10 +536,7 @@ class FaceEngine:
     def _embed(self, bgr: np.ndarray, keypoints: Sequence[np.ndarray]) -> list[np.ndarray]:
         from insightface.utils import face_align
 
-        with warnings.catch_warnings():
-            # insightface calls a scikit-image API that newer releases deprecate; not ours to fix.
-            warnings.simplefilter("ignore", FutureWarning)
-            crops = [face_align.norm_crop(bgr, landmark=kps, image_size=self.crop_size) for kps in keypoints]
+        crops = [face_align.norm_crop(bgr, landmark=kps, image_size=self.crop_size) for kps in keypoints]
         if self._rec_batched:
             features = np.asarray(self.recognizer.get_feat(crops), dtype=np.float32)
         else:
