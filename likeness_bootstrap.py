@@ -23,7 +23,12 @@ A1111_NAME = "lora_likeness_a1111"
 def load_package(name: str, folder: Path) -> ModuleType:
     """Import ``folder/__init__.py`` as the top-level package ``name`` (once per process)."""
     if name in sys.modules:
-        return sys.modules[name]
+        loaded = sys.modules[name]
+        origin = Path(getattr(loaded, "__file__", "") or "").resolve().parent
+        if origin != folder.resolve():
+            # Another copy (a pip install, another clone) was imported first; ours would clash with it.
+            print(f"[Likeness] note: using {name} from {origin}, not the copy in {folder}", file=sys.stderr)
+        return loaded
     spec = importlib.util.spec_from_file_location(
         name, folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
@@ -34,7 +39,8 @@ def load_package(name: str, folder: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[name]
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
         raise
     return module
 

@@ -14,10 +14,17 @@ def _load_bootstrap():
     name = "lora_likeness_bootstrap"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "likeness_bootstrap.py")
+    path = Path(__file__).resolve().parents[1] / "likeness_bootstrap.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"Likeness: cannot load {path}; is the extension folder complete?")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
