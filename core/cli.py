@@ -176,6 +176,8 @@ def command_score(args: argparse.Namespace) -> int:
 
         if json_to_stdout:
             sys.stdout.write(report_json(run) + "\n")
+            for warning in run.warnings:
+                err.print(f"warning: {warning}", markup=False)
         else:
             from .images import write_text_atomic
 

@@ -78,14 +78,6 @@ class LoadedImage:
         return self.error is None
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def array_sha256(rgb: np.ndarray) -> str:
     digest = hashlib.sha256(str(rgb.shape).encode())
     digest.update(np.ascontiguousarray(rgb).tobytes())
@@ -115,7 +107,9 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode_image(source: Path | bytes, max_side: int = DEFAULT_MAX_SIDE, name: str | None = None) -> LoadedImage:
+def decode_image(
+    source: Path | bytes, max_side: int = DEFAULT_MAX_SIDE, name: str | None = None, sha256: str | None = None
+) -> LoadedImage:
     """Decode a file path or encoded bytes into a :class:`LoadedImage`; never raises for bad data.
 
     Args:
@@ -123,6 +117,7 @@ def decode_image(source: Path | bytes, max_side: int = DEFAULT_MAX_SIDE, name: s
         max_side: longest side of the returned array in pixels; larger images are reduced
             (JPEGs already while decoding, which is much faster than decoding then resizing).
         name: how to call the source in error messages (defaults to the path).
+        sha256: the bytes' digest when the caller already has it.
     """
     _register_optional_plugins()
     path = Path(source) if not isinstance(source, (bytes, bytearray)) else None
@@ -137,7 +132,7 @@ def decode_image(source: Path | bytes, max_side: int = DEFAULT_MAX_SIDE, name: s
         return _failed(path, f"{label}: permission denied")
     except OSError as exc:
         return _failed(path, f"{label}: cannot be read ({exc.strerror or exc})")
-    sha = hashlib.sha256(data).hexdigest()
+    sha = sha256 or hashlib.sha256(data).hexdigest()
     if not data:
         return _failed(path, f"{label}: empty file (0 bytes)", sha)
     try:

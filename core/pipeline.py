@@ -7,6 +7,7 @@ plus labels into a :class:`ScoreRun` with per-image scores and per-group statist
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from typing import Sequence
 from . import __version__
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
-from .images import ANALYSIS_MAX_SIDE, decode_image, file_sha256, list_images
+from .images import ANALYSIS_MAX_SIDE, decode_image, list_images
 from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text
 from .progress import Progress
 from .references import ReferenceSet, reference_names
@@ -130,14 +131,19 @@ class ScoreRun:
 
 
 def _analyze_one(engine: FaceEngine, path: Path, cache: FaceCache | None, known: set[str], max_side: int) -> FaceResult:
-    """Worker step: hash the file, take the cached result when there is one, else decode + analyse."""
+    """Worker step: read the file once, take the cached result when its content is known, else
+    decode + analyse (and cache)."""
     try:
-        sha = file_sha256(path)
+        data = path.read_bytes()
     except OSError:
-        sha = ""  # unreadable: the decoder below words the error
+        data = None
+    sha = hashlib.sha256(data).hexdigest() if data else ""
     result = cache.get(sha, engine.fingerprint) if (cache is not None and sha in known) else None
     if result is None:
-        result = engine.analyze(decode_image(path, max_side))
+        # Unreadable or empty files go to the decoder by path so that it words the error.
+        loaded = decode_image(data, max_side, name=str(path), sha256=sha) if data else decode_image(path, max_side)
+        loaded.path = path
+        result = engine.analyze(loaded)
         if cache is not None:
             cache.put(result, engine.fingerprint)
     result.path = path
