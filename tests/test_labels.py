@@ -70,9 +70,12 @@ def test_metadata_read_from_png_text_and_jpeg_exif(tmp_path):
 
     exif = Image.Exif()
     comment = "portrait <lora:run:0.9>\nNegative prompt: ugly"
-    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + comment.encode("utf-16-be")  # what A1111 (piexif) writes
-    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.jpg", exif=exif)
-    assert lora_group(loras_from_metadata(read_generation_text(tmp_path / "a1111.jpg")))[0] == "run final @0.9"
+    # What A1111 (piexif) writes into JPEG and WebP: the Exif IFD's UserComment, UTF-16 big-endian.
+    # (Set as a nested dict: Pillow 9.5's get_ifd() hands back a detached dict for a new IFD.)
+    exif[0x8769] = {0x9286: b"UNICODE\x00" + comment.encode("utf-16-be")}
+    for suffix in ("jpg", "webp"):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"a1111.{suffix}", exif=exif)
+        assert lora_group(loras_from_metadata(read_generation_text(tmp_path / f"a1111.{suffix}")))[0] == "run final @0.9"
 
     comfy = PngImagePlugin.PngInfo()
     comfy.add_text("prompt", json.dumps({"3": {"class_type": "LoraLoader", "inputs": {"lora_name": "run-000002.safetensors", "strength_model": 1.0}}}))
