@@ -5,7 +5,8 @@
 #
 # VENV (default .venv-oldest, relative to the repository root) is created afresh. The oldest
 # supported numpy and Pillow are what A1111 1.10 ships (numpy 1.26.2) and our own lower bound
-# (Pillow 9.5); opencv-python must then be <= 4.11 because 4.12+ requires numpy 2. Those three are
+# (Pillow 9.5); opencv-python must then be <= 4.11 because 4.12+ requires numpy 2; insightface
+# 0.7.3 (built from its sdist) is what A1111 face extensions such as ReActor still carry. Those are
 # pinned through a constraints file so that `pip install -e .[test]` cannot lift them; everything
 # else resolves to the newest release compatible with them. torch is not installed: the hosts own
 # it and the core must not need it. Then pytest runs tests/test_loading.py plus any TEST_FILEs.
@@ -27,10 +28,11 @@ cat > "$constraints" <<'EOF'
 numpy==1.26.2
 Pillow==9.5.0
 opencv-python==4.11.0.86
+insightface==0.7.3
 EOF
 
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@"; }
-pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86
+pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86 insightface==0.7.3
 pip_install -e ".[test]"
 
 echo "== oldest pins: versions in $venv"
