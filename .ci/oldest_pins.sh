@@ -33,6 +33,9 @@ EOF
 
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@"; }
 pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86 insightface==0.7.3
+# What a host user runs: install.py adds what is missing (insightface 0.7.3 brings no
+# onnxruntime) without moving the pins above.
+"$py" install.py
 pip_install -e ".[test]"
 
 echo "== oldest pins: versions in $venv"

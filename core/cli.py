@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .progress import Progress
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -32,43 +33,36 @@ def _console(stderr: bool = False):
     return console
 
 
-class RichProgress:
+class RichProgress(Progress):
     """:class:`lora_likeness.progress.Progress` drawn with rich; Ctrl-C cancels between items."""
 
-    def __new__(cls, console, enabled: bool = True):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def __init__(self, console, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
 
-        from .progress import Progress
+        super().__init__()
+        self.bar = Bar(
+            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}", style="dim"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, disable=not enabled,
+        )
+        self.task = None
 
-        class _RichProgress(Progress):
-            def __init__(self) -> None:
-                super().__init__()
-                self.bar = Bar(
-                    TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[detail]}", style="dim"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, disable=not enabled, transient=False,
-                )
-                self.task = None
+    def start(self, total: int, description: str = "") -> None:
+        super().start(total, description)
+        if self.task is None:
+            self.bar.start()
+        self.task = self.bar.add_task(description, total=total, detail="")
 
-            def start(self, total: int, description: str = "") -> None:
-                super().start(total, description)
-                if self.task is None:
-                    self.bar.start()
-                else:
-                    self.bar.update(self.task, visible=True)
-                self.task = self.bar.add_task(description, total=total, detail="")
+    def advance(self, count: int = 1, detail: str | None = None) -> None:
+        super().advance(count, detail)
+        self.bar.update(self.task, advance=count, detail=(detail or "")[-40:])
 
-            def advance(self, count: int = 1, detail: str | None = None) -> None:
-                super().advance(count, detail)
-                self.bar.update(self.task, advance=count, detail=(detail or "")[-40:])
+    def finish(self) -> None:
+        self.bar.update(self.task, detail="")
 
-            def finish(self) -> None:
-                self.bar.update(self.task, detail="")
-
-            def close(self) -> None:
-                self.bar.stop()
-
-        return _RichProgress()
+    def close(self) -> None:
+        self.bar.stop()
 
 
 def _error(console, message: str) -> None:
