@@ -20,7 +20,6 @@ The host checkouts themselves are exercised by ``tests/integration/``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
