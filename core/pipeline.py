@@ -18,7 +18,7 @@ from typing import Sequence
 from . import __version__
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
-from .images import ANALYSIS_MAX_SIDE, decode_image, list_images
+from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, decode_image, list_images
 from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text
 from .progress import Progress
 from .references import ReferenceSet, reference_names
@@ -141,7 +141,10 @@ def _analyze_one(engine: FaceEngine, path: Path, cache: FaceCache | None, known:
     result = cache.get(sha, engine.fingerprint) if (cache is not None and sha in known) else None
     if result is None:
         # Unreadable or empty files go to the decoder by path so that it words the error.
-        loaded = decode_image(data, max_side, name=str(path), sha256=sha) if data else decode_image(path, max_side)
+        if data:
+            loaded = decode_image(data, max_side, name=str(path), sha256=sha, draft_side=min(max_side, ANALYSIS_DRAFT_SIDE))
+        else:
+            loaded = decode_image(path, max_side)
         loaded.path = path
         result = engine.analyze(loaded)
         if cache is not None:
