@@ -191,7 +191,7 @@ def print_summary(run, console) -> None:
     """The seed-style table: group | n | faces | no-face | mean | median | std | min | max | top-3 | 95% CI."""
     from rich.table import Table
 
-    from .report import _cell, baseline_sentence
+    from .report import _cell, baseline_row, baseline_sentence
 
     model = run.model
     table = Table(title=f"Likeness ({run.settings.aggregation}, pack {model.get('pack')}, {', '.join(model.get('providers', []))})", title_justify="left")
@@ -205,6 +205,10 @@ def print_summary(run, console) -> None:
         if best is not None and g.mean == best and len(run.groups) > 1:
             mean = f"[bold]{mean}[/bold]"
         table.add_row(g.label, str(g.n_images), str(g.n_faces), no_face, mean, _cell(g.median), _cell(g.std), _cell(g.min), _cell(g.max), _cell(g.top3_mean), ci)
+    row = baseline_row(run)
+    if row is not None:
+        table.add_section()
+        table.add_row(*row, style="green")
     console.print(table)
     console.print(baseline_sentence(run), markup=False)
     from rich.text import Text

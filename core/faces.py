@@ -33,8 +33,9 @@ from .images import LoadedImage
 log = logging.getLogger("lora_likeness")
 
 DEFAULT_PACK = "buffalo_l"
-#: Bumped when detection or alignment changes in a way that changes embeddings (invalidates caches).
-ALGORITHM_VERSION = 2
+#: Bumped when detection, alignment or the analysis decode (images.ANALYSIS_*) change in a way
+#: that changes embeddings: it is part of the cache key.
+ALGORITHM_VERSION = 3
 
 PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",

@@ -87,7 +87,22 @@ def summary_table_text(run: ScoreRun) -> str:
             f"| {g.label} | {g.n_images} | {g.n_faces} | {no_face} | {_cell(g.mean)} | {_cell(g.median)} | "
             f"{_cell(g.std)} | {_cell(g.min)} | {_cell(g.max)} | {_cell(g.top3_mean)} | {ci} |"
         )
+    row = baseline_row(run)
+    if row is not None:
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def baseline_row(run: ScoreRun) -> list[str] | None:
+    """The reference baseline as a table row beside the groups (the ceiling to compare with)."""
+    b, refs = run.references.baseline, run.references
+    if b.mean is None:
+        return None
+    loo = np.asarray(b.loo, dtype=np.float64)
+    median = float(np.median(loo))
+    std = float(loo.std(ddof=1)) if loo.size >= 2 else None
+    return ["(reference baseline)", str(refs.n), str(refs.n), "–", _cell(b.mean), _cell(median), _cell(std),
+            _cell(b.min), _cell(b.max), "–", "–"]
 
 
 def baseline_sentence(run: ScoreRun) -> str:
