@@ -68,7 +68,9 @@ def test_score_writes_every_report_and_the_json_follows_the_schema(layout, capsy
     assert "corrupt" in images["exp_e10/0004_corrupt.jpg"]["error"]
     assert images["exp_e10/0003_noface.png"]["face_found"] is False and images["exp_e10/0003_noface.png"]["error"] is None
     assert report["references"]["n"] == 3 and report["model"]["embedding_dim"] == 128
-    assert "exp_e10" in stdout and "Reference baseline" in stdout
+    assert "exp_e10" in stdout and "(reference baseline)" in stdout
+    baseline_line = next(l for l in (out / "report.md").read_text().splitlines() if l.startswith("| (reference baseline)"))
+    assert f"| {report['references']['baseline_mean']:.3f} |" in baseline_line
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.width >= 160 * 4
     summary = (out / "summary.csv").read_text().splitlines()
