@@ -190,6 +190,7 @@ def command_score(args: argparse.Namespace) -> int:
 def print_summary(run, console) -> None:
     """The seed-style table: group | n | faces | no-face | mean | median | std | min | max | top-3 | 95% CI."""
     from rich.table import Table
+    from rich.text import Text
 
     from .report import _cell, baseline_row, baseline_sentence
 
@@ -204,15 +205,13 @@ def print_summary(run, console) -> None:
         mean = _cell(g.mean)
         if best is not None and g.mean == best and len(run.groups) > 1:
             mean = f"[bold]{mean}[/bold]"
-        table.add_row(g.label, str(g.n_images), str(g.n_faces), no_face, mean, _cell(g.median), _cell(g.std), _cell(g.min), _cell(g.max), _cell(g.top3_mean), ci)
+        table.add_row(Text(g.label), str(g.n_images), str(g.n_faces), no_face, mean, _cell(g.median), _cell(g.std), _cell(g.min), _cell(g.max), _cell(g.top3_mean), ci)
     row = baseline_row(run)
     if row is not None:
         table.add_section()
         table.add_row(*row, style="green")
     console.print(table)
     console.print(baseline_sentence(run), markup=False)
-    from rich.text import Text
-
     for warning in run.warnings:
         console.print(Text.assemble(("warning: ", "yellow"), warning))
 
