@@ -72,7 +72,7 @@ def _unpack(blob: bytes, sha256: str) -> FaceResult:
     for i in range(len(boxes)):
         vector = embeddings[i] if embeddings.shape[1] and not np.isnan(embeddings[i]).any() else None
         faces.append(DetectedFace(box=boxes[i], kps=kps[i], det_score=float(scores[i]), embedding=vector))
-    return FaceResult(path=None, sha256=sha256, size=(int(size[0]), int(size[1])), faces=faces, from_cache=True)
+    return FaceResult(path=None, sha256=sha256, size=(int(size[0]), int(size[1])), faces=faces)
 
 
 class FaceCache:
@@ -86,6 +86,7 @@ class FaceCache:
         self.folder = Path(folder) if folder is not None else default_cache_dir()
         self.path = self.folder / f"faces-v{SCHEMA_VERSION}.sqlite"
         self._local = threading.local()
+        self._count_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.disabled_reason: str | None = None
@@ -108,16 +109,6 @@ class FaceCache:
             self._local.connection = connection
         return connection
 
-    def known(self, engine: str) -> set[str]:
-        """Every content hash cached for ``engine`` (cheap membership tests from worker threads)."""
-        if self.disabled_reason:
-            return set()
-        try:
-            rows = self._connect().execute("SELECT sha256 FROM faces WHERE engine = ?", (engine,)).fetchall()
-        except sqlite3.Error:
-            return set()
-        return {row[0] for row in rows}
-
     def get(self, sha256: str, engine: str) -> FaceResult | None:
         if self.disabled_reason or not sha256:
             return None
@@ -128,10 +119,11 @@ class FaceCache:
             result = _unpack(row[0], sha256) if row else None
         except (sqlite3.Error, ValueError, OSError, KeyError):
             result = None
-        if result is None:
-            self.misses += 1
-        else:
-            self.hits += 1
+        with self._count_lock:  # workers look up concurrently
+            if result is None:
+                self.misses += 1
+            else:
+                self.hits += 1
         return result
 
     def put(self, result: FaceResult, engine: str) -> None:
@@ -145,9 +137,3 @@ class FaceCache:
                 )
         except sqlite3.Error as exc:
             self.disabled_reason = f"face cache disabled ({self.path}: {exc})"
-
-    def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None

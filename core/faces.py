@@ -322,7 +322,6 @@ class FaceResult:
     size: tuple[int, int]
     faces: list[DetectedFace] = field(default_factory=list)
     error: str | None = None
-    from_cache: bool = False
 
     @property
     def ok(self) -> bool:
@@ -411,26 +410,24 @@ class FaceEngine:
             # twice as fast, without a session build per size. CoreML needs the fixed shapes.
             detector_options["static_shape_sessions"] = False
         chatter = io.StringIO()
-        try:
-            # insightface 0.7.3 print()s "Applied providers: ..." while loading, which would land
-            # in `likeness score --json -` output; keep it for the debug log instead.
-            with contextlib.redirect_stdout(chatter):
+        # insightface 0.7.3 print()s "Applied providers: ..." while loading, which would land in
+        # `likeness score --json -` output; keep it for the debug log instead.
+        with contextlib.redirect_stdout(chatter):
+            try:
                 self.detector = model_zoo.get_model(
                     str(location.detector), providers=self.requested_providers, sess_options=options, **detector_options
                 )
                 self.recognizer = model_zoo.get_model(str(location.recognizer), providers=self.requested_providers, sess_options=options)
-        except Exception as exc:
-            raise FaceModelError(f"Cannot load the face models of pack '{location.name}' from {location.path}: {exc}") from exc
-        finally:
-            if chatter.getvalue().strip():
-                log.debug("insightface: %s", chatter.getvalue().strip())
-        if self.detector is None or getattr(self.detector, "taskname", None) != "detection":
-            raise FaceModelError(f"{location.detector} is not a face detector insightface recognises")
-        if self.recognizer is None or getattr(self.recognizer, "taskname", None) != "recognition":
-            raise FaceModelError(f"{location.recognizer} is not a face recogniser insightface recognises")
-        with contextlib.redirect_stdout(chatter):
+            except Exception as exc:
+                raise FaceModelError(f"Cannot load the face models of pack '{location.name}' from {location.path}: {exc}") from exc
+            if self.detector is None or getattr(self.detector, "taskname", None) != "detection":
+                raise FaceModelError(f"{location.detector} is not a face detector insightface recognises")
+            if self.recognizer is None or getattr(self.recognizer, "taskname", None) != "recognition":
+                raise FaceModelError(f"{location.recognizer} is not a face recogniser insightface recognises")
             self.detector.prepare(0, input_size=(det_max_side, det_max_side), det_thresh=self.det_thresh)
             self.recognizer.prepare(0)
+        if chatter.getvalue().strip():
+            log.debug("insightface: %s", chatter.getvalue().strip())
         shape = list(self.detector.input_shape)
         self._fixed_det_size = (shape[3], shape[2]) if all(isinstance(v, int) for v in shape[2:4]) else None
         rec_shape = list(self.recognizer.input_shape)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -242,8 +243,6 @@ def list_images(folder: Path, recursive: bool = True, exclude: tuple[Path, ...] 
 
 def natural_key(text: str) -> tuple:
     """Sort key that orders embedded numbers by value: ``e2 < e10 < e100``."""
-    import re
-
     return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
 
 

@@ -47,10 +47,6 @@ class LoraUse:
     step: int | None = None
 
     @property
-    def is_final(self) -> bool:
-        return self.epoch is None and self.step is None
-
-    @property
     def label(self) -> str:
         if self.epoch is not None:
             checkpoint = f"e{self.epoch}"

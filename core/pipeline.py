@@ -1,7 +1,7 @@
 """Score a folder of images against reference photos: what ``likeness score`` runs.
 
-Two layers: :func:`analyze_paths` turns files into :class:`FaceResult` (decode in a background
-thread, cache lookups, detect + embed on the engine), and :func:`score_results` turns face results
+Two layers: :func:`analyze_paths` turns files into :class:`FaceResult` (cache lookup, else decode
++ detect + embed, a few images in flight at once), and :func:`score_results` turns face results
 plus labels into a :class:`ScoreRun` with per-image scores and per-group statistics (pure).
 """
 
@@ -68,10 +68,10 @@ class ScoredImage:
     def error(self) -> str | None:
         return self.result.error
 
-    def as_dict(self, references: ReferenceSet) -> dict:
+    def as_dict(self, ref_paths: Sequence[str]) -> dict:
+        """``ref_paths``: :meth:`ReferenceSet.used_paths`, to name the best reference."""
         score = self.score.score
         face = self.result.faces[self.score.face_index] if self.score.face_index is not None else None
-        ref_paths = references.used_paths()
         return {
             "path": self.path,
             "group": self.group,
@@ -104,6 +104,7 @@ class ScoreRun:
     timings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
+        ref_paths = self.references.used_paths()
         return {
             "tool": "likeness",
             "version": __version__,
@@ -119,7 +120,7 @@ class ScoreRun:
             "model": self.model,
             "references": self.references.as_dict(),
             "groups": [g.as_dict() for g in self.groups],
-            "images": [i.as_dict(self.references) for i in self.images],
+            "images": [i.as_dict(ref_paths) for i in self.images],
             "warnings": list(self.warnings),
             "timings": self.timings,
         }
@@ -130,15 +131,15 @@ class ScoreRun:
 # --------------------------------------------------------------------------------------------
 
 
-def _analyze_one(engine: FaceEngine, path: Path, cache: FaceCache | None, known: set[str], max_side: int) -> FaceResult:
-    """Worker step: read the file once, take the cached result when its content is known, else
-    decode + analyse (and cache)."""
+def _analyze_one(engine: FaceEngine, fingerprint: str, path: Path, cache: FaceCache | None, max_side: int) -> FaceResult:
+    """Worker step: read the file once, take the cached result for its content, else decode +
+    analyse (and cache)."""
     try:
         data = path.read_bytes()
     except OSError:
         data = None
     sha = hashlib.sha256(data).hexdigest() if data else ""
-    result = cache.get(sha, engine.fingerprint) if (cache is not None and sha in known) else None
+    result = cache.get(sha, fingerprint) if cache is not None else None
     if result is None:
         # Unreadable or empty files go to the decoder by path so that it words the error.
         if data:
@@ -148,7 +149,7 @@ def _analyze_one(engine: FaceEngine, path: Path, cache: FaceCache | None, known:
         loaded.path = path
         result = engine.analyze(loaded)
         if cache is not None:
-            cache.put(result, engine.fingerprint)
+            cache.put(result, fingerprint)
     result.path = path
     return result
 
@@ -167,7 +168,7 @@ def analyze_paths(
     GIL), and files whose content is cached skip decoding and the models entirely.
     """
     progress = progress or Progress()
-    known = cache.known(engine.fingerprint) if cache is not None else set()
+    fingerprint = engine.fingerprint  # hashes the model files once, before the workers start
     progress.start(len(paths), description)
     results: list[FaceResult] = []
     with ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix="likeness-faces") as pool:
@@ -180,7 +181,7 @@ def analyze_paths(
                     path = next(queue, None)
                     if path is None:
                         break
-                    pending.append(pool.submit(_analyze_one, engine, Path(path), cache, known, max_side))
+                    pending.append(pool.submit(_analyze_one, engine, fingerprint, Path(path), cache, max_side))
                 if not pending:
                     break
                 progress.check()
@@ -252,7 +253,7 @@ def score_results(
     if errors:
         warnings.append(f"{len(errors)} image(s) could not be read; they are listed with the reason in the report")
     faceless = [s for s in scored if s.error is None and not s.score.face_found]
-    if scored and len(faceless) == len(scored) - len(errors) and faceless:
+    if faceless and len(faceless) == len(scored) - len(errors):
         warnings.append("no face was found in any readable image: every score is missing")
     memorised = sum(s.score.memorised for s in scored)
     if memorised:

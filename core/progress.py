@@ -9,7 +9,6 @@ ComfyUI with ``comfy.utils.ProgressBar``, A1111 through ``shared.state``.
 from __future__ import annotations
 
 import threading
-from typing import Callable
 
 
 class Cancelled(Exception):
@@ -43,30 +42,3 @@ class Progress:
     def check(self) -> None:
         if self.cancelled():
             raise Cancelled(f"cancelled during {self.description or 'work'} after {self.done} of {self.total}")
-
-
-class CallbackProgress(Progress):
-    """Calls ``on_update(done, total, description, detail)`` after each step; ``is_cancelled()``
-    is polled by :meth:`cancelled` (hosts plug their own flags in here)."""
-
-    def __init__(
-        self,
-        on_update: Callable[[int, int, str, str | None], None] | None = None,
-        is_cancelled: Callable[[], bool] | None = None,
-    ) -> None:
-        super().__init__()
-        self._on_update = on_update
-        self._is_cancelled = is_cancelled
-
-    def start(self, total: int, description: str = "") -> None:
-        super().start(total, description)
-        if self._on_update:
-            self._on_update(self.done, self.total, self.description, None)
-
-    def advance(self, count: int = 1, detail: str | None = None) -> None:
-        super().advance(count, detail)
-        if self._on_update:
-            self._on_update(self.done, self.total, self.description, detail)
-
-    def cancelled(self) -> bool:
-        return super().cancelled() or bool(self._is_cancelled and self._is_cancelled())

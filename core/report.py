@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import decode_image, save_png_atomic, write_text_atomic
+from .images import decode_image, save_png_atomic, write_bytes_atomic, write_text_atomic
 from .pipeline import ScoreRun, ScoredImage
 
 REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png")
@@ -69,7 +69,8 @@ def summary_csv(run: ScoreRun) -> str:
 
 
 def scores_csv(run: ScoreRun) -> str:
-    return _csv_text(SCORE_COLUMNS, [image.as_dict(run.references) for image in run.images])
+    ref_paths = run.references.used_paths()
+    return _csv_text(SCORE_COLUMNS, [image.as_dict(ref_paths) for image in run.images])
 
 
 def report_json(run: ScoreRun) -> str:
@@ -293,17 +294,22 @@ def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: i
 # --------------------------------------------------------------------------------------------
 
 
+def _vacant(name_for, mtime: float) -> Path:
+    """``name_for(tag)`` for the first tag ``<time>``, ``<time>-2``, … that does not exist yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(mtime))
+    target, suffix = name_for(stamp), 1
+    while target.exists():
+        suffix += 1
+        target = name_for(f"{stamp}-{suffix}")
+    return target
+
+
 def preserve_previous(out_dir: Path, names: Sequence[str] = REPORT_FILES) -> Path | None:
     """Move report files already in ``out_dir`` to ``out_dir/previous/<their time>/``."""
     existing = [out_dir / n for n in names if (out_dir / n).exists()]
     if not existing:
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in existing)))
-    target = out_dir / "previous" / stamp
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = out_dir / "previous" / f"{stamp}-{suffix}"
+    target = _vacant(lambda tag: out_dir / "previous" / tag, max(p.stat().st_mtime for p in existing))
     target.mkdir(parents=True)
     for path in existing:
         shutil.move(str(path), str(target / path.name))
@@ -314,12 +320,7 @@ def preserve_file(path: Path) -> Path | None:
     """Rename an existing file to ``<stem>.<its time><suffix>`` so writing ``path`` loses nothing."""
     if not path.exists():
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
-    target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = path.with_name(f"{path.stem}.{stamp}-{suffix}{path.suffix}")
+    target = _vacant(lambda tag: path.with_name(f"{path.stem}.{tag}{path.suffix}"), path.stat().st_mtime)
     os.replace(path, target)
     return target
 
@@ -334,8 +335,6 @@ def write_report(run: ScoreRun, out_dir: Path, plot: bool = True, sheet: bool = 
     files: dict[str, Path] = {}
     if plot:
         save = out_dir / "scores.png"
-        from .images import write_bytes_atomic
-
         write_bytes_atomic(save, plot_png(run))
         files["scores.png"] = save
     if sheet and run.images:
