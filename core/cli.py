@@ -107,12 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the installation: versions, onnxruntime providers, face-model packs")
     doctor.add_argument("--pack", default=os.environ.get("LIKENESS_PACK", "buffalo_l"), help="pack to look for (default: buffalo_l)")
     doctor.add_argument("--fix-onnxruntime", action="store_true", help="repair an onnxruntime / onnxruntime-gpu clash with pip")
+
+    # Sub-commands of the later stages register themselves and set ``handler`` (args -> exit code).
+    from .dataset import command as dataset_command
+    from .training import command as training_command
+
+    for register in (dataset_command.register, training_command.register):
+        register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return handler(args)
     if args.command == "score":
         return command_score(args)
     return command_doctor(args)
