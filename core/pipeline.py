@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from . import __version__
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
-from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, decode_image, list_images
+from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, decode_image, from_array, list_images
 from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text
 from .progress import Progress
 from .references import ReferenceSet, reference_names
@@ -102,6 +104,8 @@ class ScoreRun:
     warnings: list[str] = field(default_factory=list)
     images_root: str | None = None
     timings: dict = field(default_factory=dict)
+    # In-memory images (host tensors) when the run did not read files: the contact sheet draws these.
+    arrays: list | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         ref_paths = self.references.used_paths()
@@ -191,6 +195,47 @@ def analyze_paths(
         finally:
             for future in pending:
                 future.cancel()
+    progress.finish()
+    return results
+
+
+def _analyze_array_one(engine: FaceEngine, fingerprint: str, rgb, name: str, cache: FaceCache | None) -> FaceResult:
+    loaded = from_array(rgb, name)
+    result = cache.get(loaded.sha256, fingerprint) if cache is not None and loaded.ok else None
+    if result is None:
+        result = engine.analyze(loaded)
+        if cache is not None and loaded.ok:
+            cache.put(result, fingerprint)
+    result.path = Path(name)
+    return result
+
+
+def analyze_arrays(
+    engine: FaceEngine,
+    arrays: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    cache: FaceCache | None = None,
+    progress: Progress | None = None,
+    description: str = "faces",
+) -> list[FaceResult]:
+    """Detect and embed faces in in-memory images, in order.
+
+    Args:
+        arrays: RGB images ``(H, W, 3)``, uint8 or float in 0..1 (a host's tensors converted once).
+        names: one name per image for messages and reports (default ``image 1``, ``image 2``, …).
+        cache: looked up by the array's content hash, so re-running a graph on the same images is free.
+    """
+    progress = progress or Progress()
+    names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(arrays))]
+    if len(names) != len(arrays):
+        raise ValueError(f"{len(names)} names for {len(arrays)} images")
+    fingerprint = engine.fingerprint
+    progress.start(len(arrays), description)
+    results: list[FaceResult] = []
+    for rgb, name in zip(arrays, names):
+        progress.check()
+        results.append(_analyze_array_one(engine, fingerprint, rgb, name, cache))
+        progress.advance(1, name)
     progress.finish()
     return results
 
@@ -290,6 +335,62 @@ def build_references(
         paths, root = [Path(p) for p in refs], None
     results = analyze_paths(engine, paths, cache=cache, progress=progress, description="reference photos")
     return ReferenceSet.from_results(results, reference_names(paths, root), aggregation=aggregation)
+
+
+def references_from_arrays(
+    engine: FaceEngine,
+    arrays: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    cache: FaceCache | None = None,
+    aggregation: str = "max",
+    progress: Progress | None = None,
+) -> ReferenceSet:
+    """A :class:`ReferenceSet` from in-memory photos (``(H, W, 3)`` RGB).
+
+    Raises:
+        NoReferencesError: no photo has a usable face (the message names each one and why).
+    """
+    names = list(names) if names is not None else [f"reference {i + 1}" for i in range(len(arrays))]
+    results = analyze_arrays(engine, arrays, names, cache=cache, progress=progress, description="reference photos")
+    return ReferenceSet.from_results(results, names, aggregation=aggregation)
+
+
+def score_arrays(
+    engine: FaceEngine,
+    references: ReferenceSet,
+    arrays: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    groups: Sequence[tuple[str, dict]] | None = None,
+    settings: ScoreSettings | None = None,
+    cache: FaceCache | None = None,
+    progress: Progress | None = None,
+) -> ScoreRun:
+    """Score in-memory images against ``references``: the same :class:`ScoreRun` as :func:`score_folder`.
+
+    Args:
+        arrays: RGB images ``(H, W, 3)``, uint8 or float in 0..1.
+        names: one per image (default ``image 1``, …).
+        groups: ``(label, info)`` per image; ``info`` may carry ``run``/``epoch``/``step``/``strength``
+            so groups sort by run, epoch and strength. Default: one group ``all``.
+    """
+    settings = settings or ScoreSettings(group_by="none")
+    started = time.perf_counter()
+    names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(arrays))]
+    groups = list(groups) if groups is not None else [("all", {}) for _ in arrays]
+    if len(groups) != len(arrays):
+        raise ValueError(f"{len(groups)} labels for {len(arrays)} images")
+    results = analyze_arrays(engine, arrays, names, cache=cache, progress=progress, description="images")
+    run = score_results(results, names, groups, references, settings, engine.describe())
+    run.arrays = list(arrays)
+    run.warnings = list(engine.warnings) + run.warnings
+    run.timings = {
+        "images_s": round(time.perf_counter() - started, 3),
+        "n_references": len(references.photos),
+        "n_images": len(arrays),
+        "cache_hits": cache.hits if cache is not None else 0,
+        "cache_misses": cache.misses if cache is not None else 0,
+    }
+    return run
 
 
 def score_folder(

@@ -13,14 +13,16 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from .images import decode_image, save_png_atomic, write_bytes_atomic, write_text_atomic
-from .pipeline import ScoreRun, ScoredImage
+from .grid import font as load_font
+from .grid import score_colour
+from .images import decode_image, from_array, save_png_atomic, write_bytes_atomic, write_text_atomic
+from .pipeline import ScoredImage, ScoreRun
 
 REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png")
 SUMMARY_COLUMNS = (
@@ -160,16 +162,6 @@ def report_markdown(run: ScoreRun, files: dict[str, Path] | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    """DejaVu Sans from matplotlib's bundled fonts (always installed with it), else Pillow's default."""
-    try:
-        from matplotlib import font_manager
-
-        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
-    except Exception:
-        return ImageFont.load_default()
-
-
 def plot_png(run: ScoreRun) -> bytes:
     """Per group: every image's score, the mean with its 95% CI, the min–max band, and the
     reference baseline as a line. Returns PNG bytes."""
@@ -223,20 +215,19 @@ def plot_png(run: ScoreRun) -> bytes:
     return buffer.getvalue()
 
 
-def _score_colour(value: float | None, baseline: float | None) -> tuple[int, int, int]:
-    if value is None:
-        return (200, 40, 40)
-    top = baseline if baseline and baseline > 0.2 else 0.8
-    ratio = float(np.clip(value / top, 0.0, 1.0))
-    return (int(230 * (1 - ratio)), int(170 + 60 * ratio), 40)
+def _thumbnail_source(image: ScoredImage, run: ScoreRun, cell: int):
+    """The scored image again: from memory when the run scored host images, else from its file."""
+    if run.arrays is not None:
+        index = next(i for i, item in enumerate(run.images) if item is image)
+        return from_array(run.arrays[index], image.path)
+    return decode_image(Path(run.images_root or ".") / image.path, max_side=cell * 2)
 
 
 def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, font, small_font) -> Image.Image:
     """A ``cell x cell`` thumbnail with the scored face's box and its score drawn on it."""
     canvas = Image.new("RGB", (cell, cell), (28, 28, 28))
     draw = ImageDraw.Draw(canvas)
-    source = Path(run.images_root or ".") / image.path
-    loaded = decode_image(source, max_side=cell * 2) if image.error is None else None
+    loaded = _thumbnail_source(image, run, cell) if image.error is None else None
     if loaded is not None and loaded.rgb is not None:
         thumb = Image.fromarray(loaded.rgb)
         factor = min(cell / thumb.width, (cell - 18) / thumb.height)
@@ -245,7 +236,7 @@ def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, font, small
         offset = ((cell - size[0]) // 2, (cell - 18 - size[1]) // 2)
         canvas.paste(thumb, offset)
         value = image.score.value(run.settings.aggregation)
-        colour = _score_colour(value, run.references.baseline.mean)
+        colour = score_colour(value, run.references.baseline.mean)
         scale = factor / loaded.scale
         for index, face in enumerate(image.result.faces):
             box = [face.box[0] * scale + offset[0], face.box[1] * scale + offset[1], face.box[2] * scale + offset[0], face.box[3] * scale + offset[1]]
@@ -264,7 +255,7 @@ def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, font, small
 
 def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: int = 64) -> Image.Image:
     """One block per group (in group order): a header with its statistics, then its images."""
-    font, small_font, header_font = _font(13), _font(10), _font(15)
+    font, small_font, header_font = load_font(13), load_font(10), load_font(15)
     by_group: dict[str, list[ScoredImage]] = {}
     for image in run.images:
         by_group.setdefault(image.group, []).append(image)
