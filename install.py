@@ -85,6 +85,39 @@ class PipFailed(RuntimeError):
     pass
 
 
+#: onnx 1.12 is the last release that accepts protobuf < 3.20.2, and its wheels stop at Python 3.10;
+#: every onnx wheel for Python 3.11+ requires protobuf >= 3.20.2. Without a wheel pip falls back to
+#: compiling onnx 1.12 from source, which fails (it needs cmake and protoc) after minutes.
+ONNX_PROTOBUF_FLOOR_PY311 = "3.20.2"
+PROTOBUF_FIX = "3.20.3"
+
+
+def protobuf_blocker(deps: ModuleType, facts, actions) -> str | None:
+    """Why the plan cannot fit, when insightface (which needs onnx) would be installed on Python
+    3.11+ beside a host protobuf older than onnx's floor (A1111 1.10 pins protobuf==3.20.0); else None.
+
+    Detected before pip runs, so the user gets the reason and the one-line fix instead of a failed
+    source build."""
+    installs_insightface = any(
+        action.kind == deps.INSTALL and any(deps.parse_requirement(text).key == deps.INSIGHTFACE for text in action.packages)
+        for action in actions
+    )
+    protobuf = facts.version("protobuf")
+    if not installs_insightface or facts.version("onnx") is not None or protobuf is None or tuple(facts.python[:2]) < (3, 11):
+        return None
+    if deps.satisfies(protobuf, f">={ONNX_PROTOBUF_FLOOR_PY311}"):
+        return None
+    python = facts.python_text
+    return (
+        f"insightface needs onnx, and every onnx wheel for Python {python} requires protobuf>={ONNX_PROTOBUF_FLOOR_PY311}, "
+        f"but this environment's protobuf is {protobuf} (A1111 1.10 pins 3.20.0) and install.py does not change "
+        f"the host's pins (onnx 1.12, the last release accepting it, has wheels only up to Python 3.10 and does not "
+        f"build from source without cmake and protoc). Either run A1111 on Python 3.10, or allow the bug-fix release "
+        f"protobuf {PROTOBUF_FIX} of the same series yourself and restart: "
+        f'"{sys.executable}" -m pip install protobuf=={PROTOBUF_FIX}'
+    )
+
+
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
 
@@ -242,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                     "fix_onnxruntime": args.fix_onnxruntime}
     actions = deps.plan(facts, **plan_options)
 
+    blocker = protobuf_blocker(deps, facts, actions)
+    if blocker is not None:
+        actions = [deps.Action(deps.BLOCKED, blocker)]
     if any(action.kind == deps.BLOCKED for action in actions):
         for action in actions:
             complain(action.describe())

@@ -593,3 +593,57 @@ def test_dry_run_in_the_project_venv_touches_nothing_and_imports_nothing_heavy()
     assert "[Likeness] dry run: nothing will be changed" in result.stdout
     after = subprocess.run(freeze, capture_output=True, text=True, check=True, timeout=60).stdout
     assert after == before
+
+
+# --- A1111 1.10 on Python 3.11: protobuf 3.20.0 leaves no onnx wheel ---------------------------------
+
+def _load_install_py():
+    spec = importlib.util.spec_from_file_location("likeness_install_py", INSTALL_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+A1111_110 = {"torch": "2.1.2+cu121", "numpy": "1.26.2", "Pillow": "9.5.0", "protobuf": "3.20.0",
+             "transformers": "4.30.2", "opencv-python": "4.11.0.86", "matplotlib": "3.9.2"}
+
+
+@pytest.mark.parametrize(
+    "python, extra, blocked",
+    [
+        ((3, 11, 7), {}, True),                      # A1111 1.10 as it is, on Python 3.11
+        ((3, 10, 6), {}, False),                     # A1111's recommended Python: onnx 1.12 has wheels
+        ((3, 11, 7), {"protobuf": "3.20.3"}, False),  # the user allowed the bug-fix release
+        ((3, 11, 7), {"onnx": "1.14.1"}, False),      # onnx is already there (another extension)
+        ((3, 11, 7), {"insightface": "0.7.3", "onnx": "1.14.1", "rich": "13.9.4", "onnxruntime-gpu": "1.17.1"}, False),
+    ],
+    ids=["py311", "py310", "protobuf-3.20.3", "onnx-present", "nothing-to-install"],
+)
+def test_protobuf_pin_that_leaves_no_onnx_wheel_is_named_before_pip_runs(python, extra, blocked):
+    install = _load_install_py()
+    environment = facts({**A1111_110, **extra}, torch="cuda", cuda="12.1", python=python)
+    message = install.protobuf_blocker(deps, environment, deps.plan(environment))
+    if not blocked:
+        assert message is None
+        return
+    assert "protobuf>=3.20.2" in message and "protobuf is 3.20.0" in message
+    assert "Python 3.10" in message and "-m pip install protobuf==3.20.3" in message
+
+
+def test_install_under_a1111_on_python311_refuses_before_pip_and_changes_nothing(tmp_path):
+    python, site = _venv(tmp_path / "venv")  # this interpreter's version: 3.11 in CI
+    if sys.version_info[:2] < (3, 11):
+        pytest.fail("this test needs Python 3.11+ (the case it covers); CI runs 3.11")
+    for name, version in {**A1111_110, "torch": "2.13.0+cpu"}.items():
+        _fake_dist(site, name, version)
+    webui = tmp_path / "webui"
+    webui.mkdir()
+    (webui / "launch.py").write_text(FAKE_LAUNCH, encoding="utf-8")
+    log = tmp_path / "launch-calls.jsonl"
+    before = _dists(site)
+    result = _run_install(python, env_extra={"PYTHONPATH": str(webui), "LIKENESS_FAKE_LAUNCH_LOG": str(log)}, cwd=webui)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "[Likeness] ERROR: cannot install: insightface needs onnx" in result.stderr
+    assert "protobuf is 3.20.0" in result.stderr and "nothing was changed" in result.stderr
+    assert [c for c in _calls(log) if c["call"] in ("run_pip", "run")] == []  # pip never ran
+    assert _dists(site) == before
