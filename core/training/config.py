@@ -236,6 +236,10 @@ class TrainConfig:
         return self
 
 
+# The CLI's short spellings, accepted as TOML keys too.
+ALIASES = {"save_every": "save_every_n_epochs", "grad_accum": "gradient_accumulation", "sample_every": "sample_every_n_epochs",
+           "sample_prompt": "sample_prompts", "pack": "score_pack", "early_stop": "early_stop_patience"}
+
 _PATH_FIELDS = {"base", "data", "reg_data", "out", "tokenizer", "base_config", "score_refs", "sd_scripts", "accelerate"}
 
 
@@ -275,6 +279,7 @@ def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = No
     changes = {}
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
+        key = ALIASES.get(key, key)
         if key not in known:
             hint = difflib.get_close_matches(key, list(known), n=1)
             raise ConfigError(f"{source}: unknown setting {raw_key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
@@ -322,8 +327,9 @@ def load_config_file(path: Path, base: TrainConfig | None = None) -> TrainConfig
     if set(values) == {"train"} and isinstance(values["train"], dict):
         values = values["train"]
     config = config_from_mapping(values, base, source=str(path))
+    given = {ALIASES.get(k.replace("-", "_"), k.replace("-", "_")) for k in values}
     for name in _PATH_FIELDS:
         value = getattr(config, name)
-        if name in values and value is not None and not value.is_absolute():
+        if name in given and value is not None and not value.is_absolute():
             setattr(config, name, (path.parent / value))
     return config

@@ -25,7 +25,8 @@ from ..progress import Cancelled, Progress
 from .config import ConfigError, TrainConfig
 from .kohya_format import epoch_file_name, final_file_name
 
-TQDM_RE = re.compile(r"(\d+)/(\d+) \[[^\]]*?(?:,\s*([\d.]+)(it/s|s/it))?[^\]]*\]")
+TQDM_RE = re.compile(r"(\d+)/(\d+) \[")
+RATE_RE = re.compile(r"([\d.]+)\s*(it/s|s/it)")
 LOSS_RE = re.compile(r"avr_loss=([\d.eE+-]+)")
 EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)")
 SAVING_RE = re.compile(r"saving checkpoint: (.+\.safetensors)\s*$")
@@ -151,11 +152,12 @@ def build_command(config: TrainConfig, checkout: Path | None = None, accelerate:
     return command
 
 
-def prepare(config: TrainConfig, resume: bool = False, write: bool = True) -> tuple[list[str], Path, dict]:
+def prepare(config: TrainConfig, resume: bool = False, write: bool = True, strict: bool = True) -> tuple[list[str], Path, dict]:
     """Resolve the checkout, accelerate, dataset and tokenizer; write the dataset config; return the command.
 
-    With ``write=False`` nothing is written and a missing checkout or accelerate falls back to plain
-    names (for ``--print-command`` on a machine without sd-scripts).
+    ``write``: write ``<out>/<name>-dataset.toml`` and the tokenizer cache the command refers to.
+    ``strict=False``: a missing checkout or accelerate falls back to plain names (``--print-command``
+    on a machine without sd-scripts; ``info["placeholders"]`` then says why).
     """
     from .data import resolve_subsets
     from .models import ModelLoadError, resolve_tokenizer_dir
@@ -164,9 +166,10 @@ def prepare(config: TrainConfig, resume: bool = False, write: bool = True) -> tu
     try:
         checkout = find_checkout(config)
         accelerate = find_accelerate(config, checkout)
-    except SdScriptsError:
-        if write:
+    except SdScriptsError as exc:
+        if strict:
             raise
+        info["placeholders"] = str(exc)
         checkout = Path(config.sd_scripts or os.environ.get("SD_SCRIPTS_DIR") or ".")
         accelerate = config.accelerate or "accelerate"
         if not (checkout / "train_network.py").is_file():
@@ -256,7 +259,8 @@ class OutputFollower:
             self.done = 0
             self.progress.start(total, "sd-scripts train_network")
         if done > self.done:
-            rate = f" {match.group(3)} {match.group(4)}" if match.group(3) else ""
+            speed = RATE_RE.search(line)
+            rate = f" {speed.group(1)} {speed.group(2)}" if speed else ""
             loss_text = f" loss {self.loss:.4f}" if self.loss is not None else ""
             self.progress.advance(done - self.done, detail=f"ep {self.epoch}/{self.epochs}{loss_text}{rate}")
             self.done = done
