@@ -9,6 +9,7 @@ the output must follow sd-scripts' conventions.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -31,8 +32,8 @@ from lora_likeness.progress import Cancelled, Progress
 from lora_likeness.scoring import normalize
 
 KEPT_ALWAYS = {
-    "obama/obama_01_official_portrait.jpg",
-    "obama/obama_04_whitehouse_seal.jpg",
+    "obama/obama_01_official_portrait.webp",  # converted to WebP
+    "obama/obama_04_whitehouse_seal.jpg",  # pixels stored rotated, EXIF orientation 6
     "group/obama_partial_face_crop.jpg",
     "group/obama_and_biden.jpg",  # Biden is cropped out
 }
@@ -48,6 +49,7 @@ EXPECTED_CODES = {
     "bad/notes.jpg": "unreadable",
     "bad/empty.png": "unreadable",
     "bad/no_face.png": "no_face",
+    "bad/phone.heic": "unreadable",
     "others/biden_01.jpg": "not_subject",
     "others/rose_leslie_02.jpg": "not_subject",
     "others/lfw_Al_Pacino_0001.jpg": "not_subject",
@@ -65,8 +67,14 @@ def build_mixed_folder(root: Path) -> Path:
     """Obama's photos + group photos + others + derived and broken files under ``root``."""
     for sub in ("obama", "group", "others", "bad"):
         (root / sub).mkdir(parents=True)
-    for path in (PEOPLE / "obama").iterdir():
-        shutil.copy(path, root / "obama" / path.name)
+    for name in ("obama_02_speech.jpg", "obama_03_oval_office.jpg"):
+        shutil.copy(PEOPLE / "obama" / name, root / "obama" / name)
+    with Image.open(PEOPLE / "obama" / "obama_01_official_portrait.jpg") as image:
+        image.save(root / "obama" / "obama_01_official_portrait.webp", quality=90)
+    with Image.open(PEOPLE / "obama" / "obama_04_whitehouse_seal.jpg") as image:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 clockwise to display": the pixels are stored turned left
+        image.transpose(Image.Transpose.ROTATE_90).save(root / "obama" / "obama_04_whitehouse_seal.jpg", exif=exif.tobytes(), quality=95)
     for name in ("obama_and_biden.jpg", "two_people.jpg", "obama_partial_face_crop.jpg", "insightface_t1_group.jpg"):
         shutil.copy(FACES / "group_photos" / name, root / "group" / name)
     for name in ("biden_01.jpg", "rose_leslie_02.jpg", "lfw_Al_Pacino_0001.jpg"):
@@ -81,6 +89,7 @@ def build_mixed_folder(root: Path) -> Path:
     (root / "bad" / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (root / "bad" / "notes.jpg").write_text("not an image")
     (root / "bad" / "empty.png").write_bytes(b"")
+    (root / "bad" / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))  # a HEIC header, no image
     y, x = np.mgrid[0:300, 0:400]
     Image.fromarray(np.dstack([x % 256, y % 256, (x + y) % 256]).astype(np.uint8)).save(root / "bad" / "no_face.png")
     return root
@@ -133,6 +142,9 @@ def test_mixed_folder_yields_exactly_the_subjects_photos(run, mixed):
     for rejection in result.rejected:
         assert rejection.reason and len(rejection.reason) > 10
     assert "sharpness" in next(r.reason for r in result.rejected if r.source == "obama/derived_blurred.jpg")
+    heic = next(r.reason for r in result.rejected if r.source == "bad/phone.heic")
+    if importlib.util.find_spec("pillow_heif") is None:
+        assert "pip install pillow-heif" in heic
     assert result.n_photos == len(every_file)
 
 
@@ -322,17 +334,22 @@ def test_cancel_between_photos_leaves_the_output_alone(engine, mixed, tmp_path):
     assert (out / "dataset.toml").read_text() == "# the user's earlier dataset\n"
 
 
-def test_cli_prepare(tmp_path, monkeypatch, capsys):
+def test_cli_prepare(tmp_path, capsys):
     from lora_likeness.cli import main
+    from test_dataset_units import make_tagger
 
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("obama_01_official_portrait.jpg", "obama_04_whitehouse_seal.jpg"):
         shutil.copy(PEOPLE / "obama" / name, photos / name)
-    out = tmp_path / "out"
+    tagger = tmp_path / "wd14"
+    make_tagger(tagger, [0.9, 0.2, 0.7])
+    (tagger / "selected_tags.csv").write_text("tag_id,name,category,count\n1,suit,0,1\n2,hat,0,1\n3,necktie,0,1\n")
+    out = photos / "dataset"  # inside the photos folder: must not read its own crops on a re-run
     common = ["prepare", "--photos", str(photos), "--pack", str(PACK_DIR), "--providers", "cpu", "-q", "--no-cache"]
-    assert main([*common, "--out", str(out), "--trigger", "ohwx", "--class", "man", "--size", "512", "--keep-aspect",
-                 "--framings", "close-up,half-body", "--format", "jpg", "--repeats", "7"]) == 0
+    options = ["--out", str(out), "--trigger", "ohwx", "--class", "man", "--size", "512", "--keep-aspect",
+               "--framings", "close-up,half-body", "--format", "jpg", "--repeats", "7", "--tagger", str(tagger)]
+    assert main([*common, *options]) == 0
     printed = capsys.readouterr().out
     assert "2 kept" in printed and "dataset.toml" in printed
     written = sorted((out / "img" / "7_ohwx man").glob("*.jpg"))
@@ -340,6 +357,24 @@ def test_cli_prepare(tmp_path, monkeypatch, capsys):
     for path in written:
         with Image.open(path) as image:
             assert abs(image.width * image.height / 512**2 - 1) < 0.1  # about size x size pixels, any aspect
+        caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        assert caption.split(", ")[0] == "ohwx man" and caption.endswith(", suit, necktie")
+    assert main([*common, *options]) == 0
+    assert "2 kept, 0 rejected of 2 photos" in capsys.readouterr().out and not (out / "previous").exists()
     assert main([*common, "--out", str(tmp_path / "o2"), "--class", "man"]) == 2  # no --trigger
     assert "--trigger is required" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "o3"), "--trigger", "ohwx", "--subject", str(FACES / "others" / "biden_02.jpg")]) == 1
+
+
+def test_hosts_can_pass_plain_values(engine, tmp_path):
+    """What the ComfyUI node / A1111 tab do: strings and dicts in, a result with plain data out."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PEOPLE / "obama" / "obama_04_whitehouse_seal.jpg", photos / "a.jpg")
+    config = PrepareConfig(photos=str(photos), out=str(tmp_path / "out"), trigger="ohwx", class_word="man", size=768,
+                           quality={"min_face_px": 600}, selection={"max_padding": 0.2}, use_cache=False)
+    result = prepare_dataset(engine, config)
+    assert [r.code for r in result.rejected] == ["face_too_small"] and "600 px" in result.rejected[0].reason
+    data = json.loads(json.dumps(result.as_dict()))
+    assert data["settings"]["quality"]["min_face_px"] == 600 and data["settings"]["selection"]["max_padding"] == 0.2
+    assert data["summary"]["kept"] == 0 and result.files["report.html"].is_file()

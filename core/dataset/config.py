@@ -161,11 +161,20 @@ class PrepareConfig:
         self.photos = Path(self.photos)
         self.out = Path(self.out)
         self.framings = tuple(self.framings)
+        # Hosts may pass plain dicts (from JSON or a UI) for the nested settings.
         self.identities = [
             i if isinstance(i, IdentitySpec) else IdentitySpec(**i) for i in self.identities
         ]
         for identity in self.identities:
             identity.refs = Path(identity.refs)
+        if isinstance(self.quality, dict):
+            self.quality = QualityThresholds(**self.quality)
+        if isinstance(self.selection, dict):
+            self.selection = SelectionSettings(**self.selection)
+        for name in ("subject_refs", "face_boxes", "reg_dir", "tagger_dir", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
 
     @property
     def multi(self) -> bool:

