@@ -311,6 +311,7 @@ def test_face_boxes_choose_the_subject(engine, tmp_path):
     assert {r.source: r.code for r in result.rejected} == {"a.jpg": "not_subject", "b.jpg": "not_subject", "c.jpg": "not_subject"}
     pair = next(k for k in result.kept if k.source == "pair.jpg")
     assert abs(pair.faces["ohwx"][0] - float(box[0])) < 2
+    assert pair.from_box and not next(k for k in result.kept if k.source == "biden.jpg").from_box
 
 
 class CancelAfter(Progress):

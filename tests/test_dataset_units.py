@@ -90,6 +90,10 @@ def test_perceptual_hash_survives_resizing_and_jpeg_but_not_another_picture():
     assert hamming(perceptual_hash(base), perceptual_hash(copy)) <= 4
     assert hamming(perceptual_hash(base), perceptual_hash(other)) >= 16
     assert hamming(5, 6) == 2
+    from lora_likeness.dataset.prepare import hash_distances
+
+    hashes = [perceptual_hash(base), perceptual_hash(other), 2**64 - 1, 0]
+    assert hash_distances(np.array(hashes, dtype=np.uint64), perceptual_hash(copy)).tolist() == [hamming(h, perceptual_hash(copy)) for h in hashes]
 
 
 # ---- crop geometry ----------------------------------------------------------------------------
@@ -376,3 +380,12 @@ def test_config_validation_messages(tmp_path):
         parse_identity("mum")
     with pytest.raises(PrepareConfigError, match="must differ"):
         PrepareConfig(photos=photos, out=tmp_path / "o", identities=[parse_identity(f"a={photos}"), parse_identity(f"A={photos}")]).validate()
+
+
+def test_every_threshold_is_stated_in_the_report():
+    from dataclasses import fields
+
+    from lora_likeness.dataset.config import THRESHOLD_NOTES, SelectionSettings
+
+    names = {f.name for f in fields(QualityThresholds)} | {f.name for f in fields(SelectionSettings)}
+    assert names == set(THRESHOLD_NOTES)

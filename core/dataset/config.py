@@ -102,6 +102,26 @@ class SelectionSettings:
     box_iou: float = 0.3
 
 
+#: One line per threshold for the report (units and what it applies to; details in the docstrings).
+THRESHOLD_NOTES = {
+    "min_face_px": "smallest face: larger side of the face box, source pixels",
+    "min_sharpness": "variance of the Laplacian of the face at 128x128 grey",
+    "max_yaw_deg": "largest head turn from frontal, degrees (from keypoints)",
+    "max_pitch_deg": "largest head tilt up/down, degrees (from keypoints)",
+    "min_brightness": "darkest mean face luminance, 0-255",
+    "max_brightness": "brightest mean face luminance, 0-255",
+    "max_clipped": "largest share of face pixels crushed (<=5) or blown (>=250)",
+    "match_threshold": "cosine similarity to the person's mean embedding that counts as them",
+    "duplicate_similarity": "face similarity at which two photos are the same shot",
+    "duplicate_hash_distance": "perceptual-hash bits (of 64) within which two photos are the same picture",
+    "other_face_ratio": "other faces at least this fraction of the subject's size are kept out of crops",
+    "max_padding": "largest share of a crop's area outside the photo (padded)",
+    "min_framing_scale": "smallest window as a fraction of the framing's ideal size",
+    "outlier_mad": "robust z-score (MAD units, floor 0.15) below the median similarity that flags an outlier",
+    "box_iou": "overlap with an imported face box that identifies a detected face",
+}
+
+
 @dataclass
 class PrepareConfig:
     """Everything ``likeness prepare`` needs, as plain values (paths, strings, numbers).

@@ -48,7 +48,7 @@ from .captions import Tagger, build_caption
 from .config import FRAMINGS, PrepareConfig, PrepareConfigError
 from .framing import output_size, photo_aspect, plan_window, render_crop
 from .identity import assign_faces, coverage_matrix, find_clusters, outliers
-from .quality import face_problem, hamming, measure_face, perceptual_hash, quality_score
+from .quality import face_problem, measure_face, perceptual_hash, quality_score
 from .records import FaceInfo, KeptImage, PhotoRecord, PrepareResult, Rejection
 
 #: Files and folders of ``--out`` that a run owns (and moves to ``previous/`` when they change).
@@ -349,38 +349,44 @@ def _primary_face(record: PhotoRecord) -> np.ndarray:
 
 def remove_duplicates(records: Sequence[PhotoRecord], config: PrepareConfig) -> None:
     """Among passing photos, best first: a photo that is the same file, the same picture
-    (perceptual hash) or the same shot (face embedding, same people) as one already kept is rejected."""
+    (perceptual hash) or the same shot (face embedding, same people) as one already kept is rejected.
+
+    Vectorised over the photos kept so far, so thousands of photos stay well under a second.
+    """
     survivors = sorted((r for r in records if r.code is None), key=lambda r: (-r.score, r.rel))
+    by_sha: dict[str, PhotoRecord] = {}
     accepted: list[PhotoRecord] = []
-    hashes = np.zeros(0, dtype=np.uint64)
-    faces = np.zeros((0, 0))
+    hashes: list[int] = []
+    by_people: dict[frozenset, tuple[list[PhotoRecord], list[np.ndarray]]] = {}
     for record in survivors:
-        duplicate_of, why = None, ""
-        if accepted:
-            same_file = [a for a in accepted if a.sha256 == record.sha256]
-            if same_file:
-                duplicate_of, why = same_file[0], "the same file"
-            else:
-                distances = np.array([hamming(int(h), record.phash) for h in hashes])
-                close = np.flatnonzero(distances <= config.selection.duplicate_hash_distance)
-                if close.size:
-                    duplicate_of = accepted[int(close[np.argmin(distances[close])])]
-                    why = f"the same picture (perceptual hash distance {int(distances.min())} of 64)"
-                else:
-                    similarity = faces @ _primary_face(record)
-                    same_people = np.array([set(a.identities) == set(record.identities) for a in accepted])
-                    candidates = np.flatnonzero((similarity >= config.selection.duplicate_similarity) & same_people)
-                    if candidates.size:
-                        best = int(candidates[np.argmax(similarity[candidates])])
-                        duplicate_of = accepted[best]
-                        why = f"the same shot (face similarity {similarity[best]:.3f})"
+        duplicate_of, why = by_sha.get(record.sha256), "the same file"
+        if duplicate_of is None and hashes:
+            distances = hash_distances(np.array(hashes, dtype=np.uint64), record.phash)
+            nearest = int(np.argmin(distances))
+            if distances[nearest] <= config.selection.duplicate_hash_distance:
+                duplicate_of, why = accepted[nearest], f"the same picture (perceptual hash distance {int(distances[nearest])} of 64)"
+        people = frozenset(record.identities)
+        same_people, faces = by_people.get(people, ([], []))
+        if duplicate_of is None and same_people:
+            similarity = np.asarray(faces) @ _primary_face(record)
+            best = int(np.argmax(similarity))
+            if similarity[best] >= config.selection.duplicate_similarity:
+                duplicate_of, why = same_people[best], f"the same shot (face similarity {similarity[best]:.3f})"
         if duplicate_of is not None:
             _reject(record, "duplicate", f"near-duplicate of {duplicate_of.rel}: {why}; the better one was kept")
             continue
         accepted.append(record)
-        hashes = np.append(hashes, np.uint64(record.phash))
-        vector = _primary_face(record)[None, :]
-        faces = vector if faces.size == 0 else np.vstack([faces, vector])
+        by_sha[record.sha256] = record
+        hashes.append(record.phash)
+        same_people.append(record)
+        faces.append(_primary_face(record))
+        by_people[people] = (same_people, faces)
+
+
+def hash_distances(hashes: np.ndarray, value: int) -> np.ndarray:
+    """Hamming distances between ``value`` and each 64-bit hash in ``hashes`` (uint64 array)."""
+    xor = np.bitwise_xor(hashes, np.uint64(value))
+    return np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
 def flag_outliers(records: Sequence[PhotoRecord], config: PrepareConfig, warnings: list[str]) -> None:
@@ -536,6 +542,8 @@ def prepare_dataset(
     progress = progress or Progress()
     started = time.perf_counter()
     warnings: list[str] = list(engine.warnings)
+    if config.multi and config.trigger:
+        warnings.append(f"the trigger {config.trigger!r} is not used: with identities, each identity's name is its trigger")
     if cache is None and config.use_cache:
         cache = FaceCache(config.cache_dir)
     if tagger is None and config.tagger_dir is not None:
@@ -678,6 +686,7 @@ def _write_images(selected, config: PrepareConfig, identities, classes, repeats:
             faces={n: [round(float(v), 1) for v in record.faces[record.identities[n]].box] for n in present},
             similarity={n: record.similarity[n] for n in present}, score=record.score, upscale=float(upscale),
             outlier=record.outlier, measures={n: record.faces[record.identities[n]].measures.as_dict() for n in present},
+            from_box=record.boxed,
         ))
         thumb = image.copy()
         thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)

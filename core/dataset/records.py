@@ -84,6 +84,7 @@ class KeptImage:
         upscale: output pixels per source pixel (> 1 means enlarged).
         outlier: flagged as looking less like the person than the other photos.
         measures: ``{trigger: face measures}``.
+        from_box: the person's face was chosen by an imported face box.
     """
 
     source: str
@@ -98,6 +99,7 @@ class KeptImage:
     upscale: float
     outlier: bool
     measures: dict[str, dict]
+    from_box: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -113,6 +115,7 @@ class KeptImage:
             "upscale": round(self.upscale, 3),
             "outlier": self.outlier,
             "measures": self.measures,
+            "from_box": self.from_box,
         }
 
 

@@ -154,8 +154,11 @@ def report_html(result: PrepareResult) -> str:
     ))
     parts.append("<h2>Rejected</h2><img src='contact_rejected.jpg' alt='rejected photos'>")
     parts.append(_table(["source", "reason", "details"], [[r.source, r.code, r.reason] for r in result.rejected]))
-    thresholds = [[f"quality.{k}", v] for k, v in settings["quality"].items()] + [[f"selection.{k}", v] for k, v in settings["selection"].items()]
-    parts.append("<h2>Thresholds</h2><p>Documented in <code>lora_likeness.dataset.config</code>.</p>" + _table(["setting", "value"], thresholds))
+    from .config import THRESHOLD_NOTES
+
+    thresholds = [[f"{group}.{k}", v, THRESHOLD_NOTES.get(k, "")] for group in ("quality", "selection") for k, v in settings[group].items()]
+    parts.append("<h2>Thresholds</h2><p>Details in <code>lora_likeness.dataset.config</code>.</p>"
+                 + _table(["setting", "value", "meaning"], thresholds))
     model = result.model
     parts.append(f"<p>Face model: {html.escape(str(model.get('pack')))} ({html.escape(str(model.get('embedding_dim')))}-d).</p>")
     parts.append("</body></html>\n")
