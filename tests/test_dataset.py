@@ -8,6 +8,7 @@ the output must follow sd-scripts' conventions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -221,6 +222,8 @@ def test_rerun_is_idempotent_and_never_touches_the_photos(run, engine, mixed):
     assert output_state(out) == first
     assert not (out / "previous").exists()
     assert again.timings["cache_hits"] >= again.n_photos - 4, "the second run reads faces from the cache"
+    uncached = prepare_dataset(engine, dataclasses.replace(config, use_cache=False))
+    assert uncached.unchanged and output_state(out) == first, "the cache changes the speed, not the dataset"
     assert tree_state(mixed) == run["before"], "source photos were modified"
 
 

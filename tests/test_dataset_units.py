@@ -389,3 +389,13 @@ def test_every_threshold_is_stated_in_the_report():
 
     names = {f.name for f in fields(QualityThresholds)} | {f.name for f in fields(SelectionSettings)}
     assert names == set(THRESHOLD_NOTES)
+
+
+def test_neighbour_counts_in_blocks_match_the_full_matrix():
+    from lora_likeness.dataset.identity import neighbour_counts
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(50, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    full = (vectors @ vectors.T >= 0.3).sum(axis=1)
+    assert neighbour_counts(vectors, 0.3, block=7).tolist() == full.tolist()

@@ -255,8 +255,11 @@ class PrepareConfig:
             raise PrepareConfigError(f"--tagger {self.tagger_dir} is not a folder")
 
     def as_dict(self) -> dict:
-        """JSON-ready settings (paths as strings), for ``report.json``."""
+        """JSON-ready settings (paths as strings), for ``report.json``. The face cache's settings
+        are left out: they change how fast, not what, so they must not make a re-run's report differ."""
         data = asdict(self)
+        for name in ("cache_dir", "use_cache"):
+            data.pop(name)
 
         def plain(value):
             if isinstance(value, Path):

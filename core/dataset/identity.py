@@ -67,8 +67,7 @@ def find_clusters(embeddings: np.ndarray, keys: Sequence[tuple[int, int]], thres
     clusters: list[Cluster] = []
     while remaining.size and len(clusters) < count:
         sub = embeddings[remaining]
-        neighbours = (sub @ sub.T >= threshold).sum(axis=1)
-        seed = int(np.argmax(neighbours))  # first on ties: deterministic
+        seed = int(np.argmax(neighbour_counts(sub, threshold)))  # first on ties: deterministic
         cluster = grow_cluster(sub, [keys[i] for i in remaining], sub[seed], threshold)
         if not cluster.members:
             cluster = Cluster(centroid=normalize(sub[seed]), members=[tuple(keys[remaining[seed]])])
@@ -76,6 +75,16 @@ def find_clusters(embeddings: np.ndarray, keys: Sequence[tuple[int, int]], thres
         taken = set(cluster.members)
         remaining = np.array([i for i in remaining if tuple(keys[i]) not in taken], dtype=int)
     return clusters
+
+
+def neighbour_counts(embeddings: np.ndarray, threshold: float, block: int = 2048) -> np.ndarray:
+    """For each row of ``(N, D)``, how many rows (itself included) are at least ``threshold``
+    similar; computed in blocks so 20,000 faces need 160 MB, not an N x N matrix."""
+    matrix = np.asarray(embeddings, dtype=np.float32)
+    counts = np.zeros(len(matrix), dtype=np.int64)
+    for start in range(0, len(matrix), block):
+        counts[start : start + block] = (matrix[start : start + block] @ matrix.T >= threshold).sum(axis=1)
+    return counts
 
 
 def assign_faces(

@@ -60,6 +60,8 @@ REG_REPEATS = 1
 JPEG_QUALITY = 95
 _STAGING_PREFIX = ".likeness-staging-"
 HEIF_SUFFIXES = (".heic", ".heif", ".avif")
+#: Crops enlarged more than this (output pixels per source pixel) are named in a warning.
+UPSCALE_WARNING = 2.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,6 +615,10 @@ def prepare_dataset(
             warnings.append("no photo was kept: see the rejections in report.html")
         elif len(kept) < 10:
             warnings.append(f"only {len(kept)} images were kept; 15-50 good photos train a face LoRA far better")
+        enlarged = [k for k in kept if k.upscale > UPSCALE_WARNING]
+        if enlarged:
+            warnings.append(f"{len(enlarged)} image(s) were enlarged more than {UPSCALE_WARNING:g}x (small faces or photos, e.g. "
+                            f"{enlarged[0].source}); they look soft at {config.size} px: a smaller --size or larger photos help")
         for name, _ in identities:
             present = sum(1 for k in kept if name in k.identities)
             if config.multi and present == 0:
