@@ -1,0 +1,256 @@
+"""Our Kohya LoRA files against the real loaders, on a full-size SD1.5 (random weights).
+
+Each test skips only when its checkout variable is unset:
+
+* ``COMFYUI_DIR`` (+ ``COMFYUI_PYTHON``, default: the interpreter running pytest): a random full-size
+  SD1.5 single file from ``../shared/tools/make_random_sd15.py`` is trained on for one step at 64 px by
+  the built-in trainer (loading the single file offline with the built-in SD1.5 configs), then
+  ComfyUI's own ``comfy.sd.load_checkpoint_guess_config`` + ``comfy.sd.load_lora_for_models`` load
+  both; every LoRA key must map (no ``lora key not loaded``) and patch one weight each.
+* ``A1111_DIR``: A1111's ``extensions-builtin/Lora/networks.py`` imports gradio, torch and A1111's
+  ``modules`` at module level, so its name conversion is taken from the checkout's source with ``ast``
+  (``convert_diffusers_name_to_compvis`` and the tables it reads) and run on every key of a LoRA over
+  all of sd-scripts' SD1.5 targets; A1111's ``network_layer_mapping`` is rebuilt from the SD1.5
+  checkpoint's module names (``make_random_sd15.py --list-keys``) as ``assign_network_names_to_compvis_modules``
+  does. The lookup lines we mirror are checked to be in the source.
+* ``SD_SCRIPTS_DIR`` (+ ``SD_SCRIPTS_ACCELERATE``, default: found as ``likeness train`` finds it; ``SD_SCRIPTS_PYTHON``,
+  default: the python beside that accelerate): the
+  ``--print-command`` arguments are parsed by ``train_network.setup_parser()`` and the dataset .toml is
+  validated by ``library.config_util.ConfigSanitizer``, both sd-scripts' own code.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("LIKENESS_SHARED", REPO.parent / "shared"))
+MAKER = SHARED / "tools" / "make_random_sd15.py"
+TOKENIZER = SHARED / "tokenizers" / "sd1_clip"
+RESULT_TAG = "LIKENESS_RESULT "
+
+
+def _checkout(variable: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set")
+    folder = Path(value)
+    assert folder.is_dir(), f"{variable}={value} is not a folder"
+    return folder
+
+
+def _full_size_targets():
+    """sd-scripts' LoRA targets on full-size SD1.5 diffusers models built without weights (meta device)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from lora_likeness.training.kohya_format import find_targets
+    from lora_likeness.training.models import SD15_TEXT_ENCODER, SD15_UNET
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config({k: v for k, v in SD15_UNET.items() if not k.startswith("_")})
+        text_encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in SD15_TEXT_ENCODER.items() if k not in ("architectures",)}))
+    return find_targets(unet, text_encoder)
+
+
+def _result(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_TAG)]
+    assert lines, stdout[-3000:]
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+# -- ComfyUI ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_sd15(tmp_path_factory) -> Path:
+    _checkout("COMFYUI_DIR")
+    folder = tmp_path_factory.mktemp("sd15")
+    path = folder / "sd15_random.safetensors"
+    subprocess.run([sys.executable, str(MAKER), str(path), "--dtype", "fp16", "--seed", "0"], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_full_size_lora(random_sd15, tmp_path_factory) -> Path:
+    """One training step of the built-in trainer on the full-size random SD1.5 at 64 px (single file, offline)."""
+    from lora_likeness.training.config import TrainConfig
+    from lora_likeness.training.tiny import write_training_folder
+    from lora_likeness.training.trainer import train_lora
+
+    folder = tmp_path_factory.mktemp("full-lora")
+    data = write_training_folder(folder / "data", n_images=1, size=(64, 64), repeats=1)
+    config = TrainConfig(base=random_sd15, data=data, out=folder / "out", name="full", epochs=1, rank=4, alpha=2, resolution=64,
+                         buckets=False, mixed_precision="no", tokenizer=TOKENIZER, device="cpu", gradient_checkpointing=True)
+    result = train_lora(config)
+    return result.final
+
+
+COMFY_SCRIPT = r"""
+import json, logging, sys
+sys.path.insert(0, sys.argv[1])
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger().addHandler(Keep())
+logging.getLogger().setLevel(logging.INFO)
+import comfy.sd, comfy.utils, comfy.lora
+model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(sys.argv[2], output_vae=True, output_clip=True)
+lora = comfy.utils.load_torch_file(sys.argv[3], safe_load=True)
+key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora) if hasattr(comfy, "lora_convert") else lora, key_map)
+new_model, new_clip = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 1.0)
+print("LIKENESS_RESULT " + json.dumps({
+    "model_type": type(model.model).__name__, "config": type(model.model.model_config).__name__,
+    "lora_modules": len({k.split(".")[0] for k in lora}), "patched_weights": len(patches),
+    "not_loaded": [m for m in records if "lora key not loaded" in m],
+    "unet_patches": len(new_model.patches), "clip_patches": len(new_clip.patcher.patches),
+}))
+"""
+
+
+def test_comfyui_maps_every_key_on_full_size_sd15(random_sd15, trained_full_size_lora, tmp_path):
+    comfy_dir = _checkout("COMFYUI_DIR")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    script = tmp_path / "check_comfy_lora.py"
+    script.write_text(COMFY_SCRIPT, encoding="utf-8")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    run = subprocess.run([python, str(script), str(comfy_dir), str(random_sd15), str(trained_full_size_lora)], cwd=comfy_dir,
+                         capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = _result(run.stdout)
+    expected = {t.key for t in _full_size_targets()}
+    from safetensors import safe_open
+
+    with safe_open(str(trained_full_size_lora), "pt") as handle:
+        keys = {k.split(".")[0] for k in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    assert keys == expected and len(expected) == 192 + 72  # 16 transformers x 12 + 12 layers x 6
+    assert result["config"] == "SD15" and result["not_loaded"] == []
+    assert result["lora_modules"] == result["patched_weights"] == len(expected)
+    assert result["unet_patches"] == 192 and result["clip_patches"] == 72
+
+
+# -- A1111 ------------------------------------------------------------------------------------------
+
+
+def _a1111_conversion(a1111_dir: Path):
+    """``convert_diffusers_name_to_compvis`` and its tables, taken from the checkout's networks.py."""
+    path = a1111_dir / "extensions-builtin" / "Lora" / "networks.py"
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    wanted = {"re_digits", "re_x_proj", "re_compiled", "suffix_conversion", "convert_diffusers_name_to_compvis"}
+    nodes = [n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name in wanted)
+             or (isinstance(n, ast.Assign) and any(getattr(t, "id", None) in wanted for t in n.targets))]
+    assert {getattr(n, "name", None) or n.targets[0].id for n in nodes} == wanted, "networks.py changed shape"
+    namespace: dict = {"re": re}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102 - A1111's own code
+    return namespace, source
+
+
+def test_a1111_name_conversion_accepts_every_key():
+    a1111_dir = _checkout("A1111_DIR")
+    namespace, source = _a1111_conversion(a1111_dir)
+    # The lookup in load_network that we mirror below:
+    for line in ('key = convert_diffusers_name_to_compvis(key_network_without_network_parts, is_sd2)',
+                 'sd_module = shared.sd_model.network_layer_mapping.get(key, None)',
+                 'key = key_network_without_network_parts.replace("lora_unet", "diffusion_model")',
+                 "network_name = name.replace(\".\", \"_\")"):
+        assert line in source, f"A1111's networks.py no longer has: {line}"
+
+    listing = subprocess.run([sys.executable, str(MAKER), "--list-keys"], capture_output=True, text=True, check=True).stdout
+    mapping = set()
+    for line in listing.splitlines():
+        key = line.split()[0] if line.strip() else ""
+        if not key.endswith(".weight"):
+            continue
+        module = key[: -len(".weight")]
+        # A1111: sd_model.model.named_modules() and cond_stage_model.wrapped.named_modules(), "." -> "_"
+        if module.startswith("model."):
+            mapping.add(module[len("model."):].replace(".", "_"))
+        elif module.startswith("cond_stage_model."):
+            mapping.add(module[len("cond_stage_model."):].replace(".", "_"))
+    assert "diffusion_model_input_blocks_1_1_proj_in" in mapping
+    assert "transformer_text_model_encoder_layers_0_self_attn_q_proj" in mapping
+
+    convert = namespace["convert_diffusers_name_to_compvis"]
+    targets = _full_size_targets()
+    failed = []
+    for target in targets:
+        key = convert(target.key, False)
+        if key not in mapping:
+            fallback = target.key.replace("lora_unet", "diffusion_model")
+            if fallback not in mapping:
+                failed.append((target.key, key))
+    assert len(targets) == 264 and failed == []
+
+
+# -- sd-scripts -------------------------------------------------------------------------------------
+
+
+SD_SCRIPTS_CHECK = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import train_network
+from library import config_util
+args = json.loads(sys.argv[2])
+parsed = train_network.setup_parser().parse_args(args)
+sanitizer = config_util.ConfigSanitizer(True, True, False, True)
+user = config_util.load_user_config(sys.argv[3])
+blueprint = config_util.BlueprintGenerator(sanitizer).generate(user, parsed)
+subsets = [s.params for d in blueprint.dataset_group.datasets for s in d.subsets]
+print("LIKENESS_RESULT " + json.dumps({
+    "network_module": parsed.network_module, "network_dim": parsed.network_dim, "network_alpha": parsed.network_alpha,
+    "unet_only": parsed.network_train_unet_only, "max_train_epochs": parsed.max_train_epochs, "cache_latents": parsed.cache_latents,
+    "sdpa": parsed.sdpa, "save_every_n_epochs": parsed.save_every_n_epochs, "optimizer_type": parsed.optimizer_type,
+    "mixed_precision": parsed.mixed_precision, "tokenizer_cache_dir": parsed.tokenizer_cache_dir, "save_state": parsed.save_state,
+    "resolution": [list(d.params.resolution) for d in blueprint.dataset_group.datasets],
+    "subsets": [[s.image_dir, s.num_repeats, s.class_tokens, s.is_reg, s.caption_extension] for s in subsets],
+}))
+"""
+
+
+def test_sd_scripts_accepts_the_command_and_dataset_config(tmp_path, capsys):
+    sd_dir = _checkout("SD_SCRIPTS_DIR")
+    from lora_likeness.cli import main
+    from lora_likeness.training.config import TrainConfig
+    from lora_likeness.training.sd_scripts import find_accelerate, python_of
+    from lora_likeness.training.tiny import write_training_folder
+
+    data = write_training_folder(tmp_path / "data", n_images=2, repeats=5, reg=1)
+    accelerate = os.environ.get("SD_SCRIPTS_ACCELERATE")
+    code = main(["train", "--base", str(tmp_path / "sd15.safetensors"), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--name", "me", "--rank", "8", "--alpha", "4", "--epochs", "12", "--save-every", "2", "--text-encoder-lr", "0",
+                 "--gradient-checkpointing", "--optimizer", "AdamW8bit", "--tokenizer", str(TOKENIZER), "--sd-scripts", str(sd_dir),
+                 "--print-command", *(["--accelerate", accelerate] if accelerate else [])])
+    assert code == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1]
+    import shlex
+
+    argv = shlex.split(command)
+    script = argv.index(str(sd_dir / "train_network.py"))
+    assert argv[1] == "launch" and Path(argv[0]).name.startswith("accelerate")
+    python = os.environ.get("SD_SCRIPTS_PYTHON") or python_of(Path(accelerate) if accelerate else find_accelerate(TrainConfig(), sd_dir))
+    run = subprocess.run([python, "-c", SD_SCRIPTS_CHECK, str(sd_dir), json.dumps(argv[script + 1:]), str(tmp_path / "out" / "me-dataset.toml")],
+                         cwd=sd_dir, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = _result(run.stdout)
+    assert result["network_module"] == "networks.lora" and result["network_dim"] == 8 and result["network_alpha"] == 4.0
+    assert result["unet_only"] is True and result["max_train_epochs"] == 12 and result["save_every_n_epochs"] == 2
+    assert result["cache_latents"] and result["sdpa"] and result["save_state"] and result["optimizer_type"] == "AdamW8bit"
+    assert result["mixed_precision"] == "fp16" and (Path(result["tokenizer_cache_dir"]) / "openai_clip-vit-large-patch14" / "vocab.json").is_file()
+    assert result["resolution"] == [[512, 512]]
+    train_dir = str((data / "img" / "5_ohwx person").resolve())
+    reg_dir = str((data / "reg" / "1_person").resolve())
+    assert result["subsets"] == [[train_dir, 5, "ohwx person", False, ".txt"], [reg_dir, 1, "person", True, ".txt"]]
