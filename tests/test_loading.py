@@ -272,6 +272,11 @@ _report(
     decoy_core_intact=sys.modules.get("core") is decoy_core and sorted(vars(decoy_core)) == before["core"],
     decoy_scripts_intact=sys.modules.get("scripts") is decoy_scripts and sorted(vars(decoy_scripts)) == before["scripts"],
     decoys_touched=touched,
+    # Outside A1111 (no modules.scripts loading us) only the packages are registered: no script
+    # class, no adapter module that imports A1111.
+    script_class=hasattr(first, "LikenessScript"),
+    adapter_submodules=sorted(m for m in sys.modules if m.startswith("lora_likeness_a1111.")),
+    a1111_modules=sorted(m for m in sys.modules if m == "modules" or m.startswith("modules.")),
 )
 """
     result = run_python(code, cwd=tmp_path)
@@ -291,6 +296,9 @@ _report(
     assert result["marker"] == "", f"decoy modules were imported:\n{result['marker']}"
     assert result["bare_names"] == ["core", "scripts"], result["bare_names"]  # only the decoys
     assert result["heavy"] == [], f"heavy modules imported at load time: {result['heavy']}"
+    assert not result["script_class"], "the A1111 script class was defined outside A1111"
+    assert result["adapter_submodules"] == [], result["adapter_submodules"]
+    assert result["a1111_modules"] == [], result["a1111_modules"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""X/Y/Z plot axes "Likeness: LoRA epoch" and "Likeness: LoRA strength".
+
+Epoch x strength without Prompt S/R: the epoch axis puts ``<lora:<checkpoint stem>:<strength>>``
+into each cell's prompt in place of any tag of the same training run (or appends it), the strength
+axis sets that tag's multiplier. A1111's own Lora extra network then loads and applies the file,
+exactly as if the user had typed the tag. The two axes may come in any order: each records its
+value on the cell's processing object and the tag is rewritten from both.
+
+The axis objects are built from the xyz module's own ``AxisOption`` class and appended to its
+``axis_options`` when our script file is imported: under ``--nowebui`` A1111 builds the X/Y/Z UI
+(which fixes the list the API's axis indexes refer to) before ``on_before_ui`` callbacks run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from lora_likeness.checkpoints import LoraCheckpoint, list_runs, scan_loras
+
+from .prompt_loras import find_lora_tags, same_run, set_lora, set_strength
+
+EPOCH_AXIS = "Likeness: LoRA epoch"
+STRENGTH_AXIS = "Likeness: LoRA strength"
+STATE_ATTRIBUTE = "likeness_lora"
+
+
+def _a1111_lora_dir() -> Path:
+    from modules import shared  # A1111's --lora-dir (default models/Lora)
+
+    return Path(shared.cmd_opts.lora_dir)
+
+
+#: Where the LoRA files are; A1111's ``--lora-dir`` unless a test or host sets another provider.
+lora_dir: Callable[[], Path] = _a1111_lora_dir
+
+
+@dataclass
+class LoraAxisState:
+    """What the LoRA axes chose for one cell (kept on the cell's processing object)."""
+
+    stem: str | None = None
+    run_name: str | None = None
+    epoch: int | None = None
+    final: bool = False
+    strength: float | None = None
+    pending_strength: bool = False
+
+    def info(self) -> dict:
+        """Group fields for :func:`lora_likeness.labels.group_sort_key` (run, epoch, strength)."""
+        return {"run": self.run_name, "epoch": self.epoch, "strength": self.strength}
+
+
+def state_of(p) -> LoraAxisState:
+    """The cell's state; X/Y/Z cells are shallow copies of one object, so only the cell's own
+    ``__dict__`` counts."""
+    state = vars(p).get(STATE_ATTRIBUTE)
+    if state is None:
+        state = LoraAxisState()
+        setattr(p, STATE_ATTRIBUTE, state)
+    return state
+
+
+def epoch_choices() -> list[str]:
+    """Every checkpoint stem in the Lora folder: run by run, each run in epoch order, final last."""
+    root = lora_dir()
+    if not root.is_dir():
+        return []
+    return [checkpoint.stem for run in list_runs(root).values() for checkpoint in run]
+
+
+def _runs_text(root: Path) -> str:
+    runs = list_runs(root) if root.is_dir() else {}
+    if not runs:
+        return f"no .safetensors LoRA files were found in {root}"
+    parts = [f"{key} ({', '.join(c.label for c in checkpoints)})" for key, checkpoints in runs.items()]
+    return f"the runs in {root} are: " + "; ".join(parts)
+
+
+def resolve_checkpoint(value: str, root: Path | None = None) -> LoraCheckpoint:
+    """The checkpoint an axis value names: its stem (``jx265-000010``), or its path relative to the
+    Lora folder with or without ``.safetensors``.
+
+    Raises:
+        RuntimeError: unknown or ambiguous value; the message lists the runs that exist.
+    """
+    root = root or lora_dir()
+    text = str(value).strip()
+    bare = text[: -len(".safetensors")] if text.lower().endswith(".safetensors") else text
+    checkpoints = scan_loras(root) if root.is_dir() else []
+    found = [c for c in checkpoints if c.stem == bare or c.name[: -len(".safetensors")] == bare.replace("\\", "/")]
+    if not found:
+        raise RuntimeError(f"{EPOCH_AXIS}: no LoRA checkpoint named {text!r}; {_runs_text(root)}")
+    if len({c.path for c in found}) > 1:
+        names = ", ".join(c.name for c in found)
+        raise RuntimeError(f"{EPOCH_AXIS}: {text!r} names several files ({names}); give the path relative to {root}")
+    return found[0]
+
+
+def rewrite_prompt(p) -> None:
+    """Write the cell's LoRA choice into ``p.prompt`` (A1111 parses extra networks from it)."""
+    state = state_of(p)
+    if state.stem is not None:
+        p.prompt = set_lora(p.prompt, state.stem, state.strength, same_run(state.run_name or state.stem))
+        state.pending_strength = False
+        return
+    if state.strength is None:
+        return
+    tags = find_lora_tags(p.prompt)
+    if len(tags) == 1:
+        p.prompt = set_strength(p.prompt, tags[0], state.strength)
+        state.pending_strength = False
+    else:  # the epoch axis (applied later) may still name the LoRA; checked before processing
+        state.pending_strength = True
+
+
+def apply_epoch(p, x, xs) -> None:
+    checkpoint = resolve_checkpoint(x)
+    state = state_of(p)
+    state.stem, state.run_name = checkpoint.stem, checkpoint.run_name
+    state.epoch, state.final = checkpoint.epoch, checkpoint.final
+    rewrite_prompt(p)
+
+
+def apply_strength(p, x, xs) -> None:
+    state_of(p).strength = float(x)
+    rewrite_prompt(p)
+
+
+def check_before_processing(p) -> None:
+    """Called by our always-on script before a cell is processed.
+
+    Raises:
+        RuntimeError: the strength axis found no single LoRA to act on.
+    """
+    state = vars(p).get(STATE_ATTRIBUTE)
+    if state is not None and state.pending_strength:
+        tags = [t.name for t in find_lora_tags(p.prompt)]
+        which = f"the prompt has {len(tags)} LoRAs ({', '.join(tags)})" if tags else "the prompt has no <lora:…> tag"
+        raise RuntimeError(
+            f"{STRENGTH_AXIS}: {which}; put exactly one LoRA in the prompt or add the {EPOCH_AXIS} axis to choose it"
+        )
+
+
+def confirm_epochs(p, xs) -> None:
+    for x in xs:
+        resolve_checkpoint(x)
+
+
+def format_epoch(p, opt, x) -> str:
+    """``jx265 e10`` / ``jx265 final (e20)``."""
+    try:
+        checkpoint = resolve_checkpoint(x)
+    except RuntimeError:
+        return str(x)
+    return f"{checkpoint.run_name} {checkpoint.label}"
+
+
+def format_strength(p, opt, x) -> str:
+    return f"strength {float(x):g}"
+
+
+def install_axes(xyz: ModuleType) -> list:
+    """Append our two axes to ``xyz.axis_options`` (once per xyz module object) and return them."""
+    existing = {option.label: option for option in xyz.axis_options}
+    if EPOCH_AXIS in existing and STRENGTH_AXIS in existing:
+        return [existing[EPOCH_AXIS], existing[STRENGTH_AXIS]]
+    options = [
+        xyz.AxisOption(EPOCH_AXIS, str, apply_epoch, format_value=format_epoch, confirm=confirm_epochs, choices=epoch_choices),
+        xyz.AxisOption(STRENGTH_AXIS, float, apply_strength, format_value=format_strength),
+    ]
+    xyz.axis_options.extend(option for option in options if option.label not in existing)
+    return options

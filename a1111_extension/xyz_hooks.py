@@ -1,0 +1,332 @@
+"""Scores in A1111's X/Y/Z plot: on every cell, in the axis labels, in the grid's infotext, and
+as ``<grid>-likeness_scores.csv`` / ``.json`` next to the saved grid.
+
+Where it hooks in (A1111 1.10 ``scripts/xyz_grid.py``; Forge keeps the same structure):
+
+* Each cell runs ``process_images``; our always-on script scores every image there and leaves
+  the cell's scores on the returned ``Processed`` (attribute ``likeness``).
+* ``draw_xyz_grid`` (module function, looked up by name when ``Script.run`` calls it) is wrapped.
+  The wrapper runs the original once, generating every cell as usual; when the cells carry scores
+  it runs the original a second time over the finished cells (no sampling: its ``cell`` callback
+  returns the stored results) with the score drawn on each cell image and the axis labels
+  carrying the row / column / sheet means, so A1111's own code lays out the scored grid. Lone
+  images stay unannotated.
+* ``Script.run`` is wrapped to put the grid mean into the grid infotexts it returns (it builds
+  them from the first cell, before any mean is known) and the summary table into ``comments``,
+  which the UI shows under the gallery.
+* ``on_before_image_saved`` / ``on_image_saved`` callbacks put the grid mean into the saved grid
+  file's infotext and write the reports next to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from copy import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_likeness import grid as core_grid
+from lora_likeness import report as core_report
+from lora_likeness.images import write_text_atomic
+
+from .scorer import ScoredImage, Scorer
+
+INFOTEXT_KEY = "Likeness"
+WRAPPED_MARK = "_likeness_original"
+REPORT_SUFFIXES = ("-likeness_scores.csv", "-likeness_scores.json")
+
+
+@dataclass
+class CellScores:
+    """The scores of one ``process_images`` call (one X/Y/Z cell, or one plain generation)."""
+
+    scorer: Scorer
+    images: list[ScoredImage] = field(default_factory=list)
+    pil_images: list = field(default_factory=list)  # the scored PIL images, to find their saved files
+    lora: dict = field(default_factory=dict)  # run / epoch / strength chosen by our LoRA axes
+
+    @property
+    def values(self) -> list[float | None]:
+        return [image.value for image in self.images]
+
+    @property
+    def mean(self) -> float | None:
+        return core_grid.axis_means(self.values, [0] * len(self.values)).get(0) if self.images else None
+
+
+# --- infotext -------------------------------------------------------------------------------------
+
+_INFOTEXT_FIELD = re.compile(r'(?P<head>(?:^|, )Likeness: )(?P<value>"(?:[^"\\]|\\.)*"|[^,\n]*)')
+
+
+def infotext_with_score(text: str | None, score: float | None) -> str | None:
+    """``text`` (an A1111 infotext) with ``Likeness: <score>`` set on its parameter line."""
+    if text is None:
+        return None
+    value = core_grid.format_score(score)
+    if _INFOTEXT_FIELD.search(text):
+        return _INFOTEXT_FIELD.sub(lambda m: m.group("head") + value, text, count=1)
+    lines = text.split("\n")
+    lines[-1] = f"{lines[-1]}, {INFOTEXT_KEY}: {value}" if lines[-1].strip() else f"{INFOTEXT_KEY}: {value}"
+    return "\n".join(lines)
+
+
+# --- the scored grid --------------------------------------------------------------------------------
+
+
+def cell_index(ix: int, iy: int, iz: int, nx: int, ny: int) -> int:
+    """Position of a cell in ``draw_xyz_grid``'s flat cell list."""
+    return ix + iy * nx + iz * nx * ny
+
+
+@dataclass
+class GridScores:
+    """Scores of every cell of one X/Y/Z run and everything derived from them."""
+
+    scorer: Scorer
+    x_labels: list[str]
+    y_labels: list[str]
+    z_labels: list[str]
+    cells: dict[tuple[int, int, int], CellScores]
+    saved_grids: list[Path] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    grid_images: list = field(default_factory=list)
+    _run: object = field(default=None, repr=False)
+
+    def _keyed(self, axis: int) -> tuple[list[float | None], list[int]]:
+        scores, keys = [], []
+        for position, cell in self.cells.items():
+            scores += cell.values
+            keys += [position[axis]] * len(cell.values)
+        return scores, keys
+
+    def axis_means(self, axis: int) -> dict[int, float | None]:
+        """Mean score per index along axis 0 (x), 1 (y) or 2 (z)."""
+        return core_grid.axis_means(*self._keyed(axis))
+
+    @property
+    def mean(self) -> float | None:
+        values = [v for cell in self.cells.values() for v in cell.values]
+        return core_grid.axis_means(values, [0] * len(values)).get(0) if values else None
+
+    def labels_with_means(self, labels: Sequence[str], axis: int) -> list[str]:
+        """``e10 · 0.612``; an empty label (the "Nothing" axis) stays empty."""
+        means = self.axis_means(axis)
+        return [core_grid.axis_label(label, means.get(i)) if label else label for i, label in enumerate(labels)]
+
+    def group_label(self, ix: int, iy: int, iz: int) -> str:
+        parts = [self.x_labels[ix], self.y_labels[iy], self.z_labels[iz]]
+        return " | ".join(str(part) for part in parts if part) or "all"
+
+    def run(self, saved_names: Callable[[object], str | None] | None = None):
+        """The core's ScoreRun, one group per cell (its axis labels), images named by their saved
+        file when A1111 saved them (computed once: the cells' files are saved before the grid)."""
+        if self._run is not None:
+            return self._run
+        scored, groups = [], []
+        for (ix, iy, iz), cell in sorted(self.cells.items(), key=lambda item: (item[0][2], item[0][1], item[0][0])):
+            label = self.group_label(ix, iy, iz)
+            for k, (image, pil) in enumerate(zip(cell.images, cell.pil_images or [None] * len(cell.images))):
+                name = saved_names(pil) if (saved_names and pil is not None) else None
+                image.name = name or f"{label} #{k + 1}"
+                scored.append(image)
+                groups.append((label, {k2: v for k2, v in cell.lora.items() if v is not None}))
+        self._run = self.scorer.run(scored, groups)
+        return self._run
+
+    def summary(self) -> str:
+        return core_report.summary_table_text(self.run())
+
+
+def badge_cell(processed, cell: CellScores | None, baseline: float | None):
+    """A shallow copy of a cell's ``Processed`` whose first image (what the grid shows) carries
+    the score: the face box and value for a single image, the cell mean for a batch grid."""
+    if cell is None or not processed.images:
+        return processed
+    clone = copy(processed)
+    clone.images = list(processed.images)
+    single = len(cell.images) == 1 and getattr(processed, "index_of_first_image", 0) == 0
+    if single:
+        image = cell.images[0]
+        clone.images[0] = core_grid.draw_score(processed.images[0], image.value, image.box, baseline, image.note)
+    else:
+        clone.images[0] = core_grid.draw_score(processed.images[0], cell.mean, None, baseline, f"mean of {len(cell.images)}")
+    return clone
+
+
+# --- registry of grids in flight (read by the image-save callbacks and the run wrapper) ------------
+
+_LOCK = threading.Lock()
+_BY_GRID_IMAGE: dict[int, tuple[weakref.ref, GridScores]] = {}
+_SAVED_FILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+SESSION_ATTRIBUTE = "likeness_grid"
+
+
+def _register_grid_images(scores: GridScores, images: Sequence) -> None:
+    with _LOCK:
+        for key in [k for k, (ref, _) in _BY_GRID_IMAGE.items() if ref() is None]:
+            del _BY_GRID_IMAGE[key]
+        for image in images:
+            _BY_GRID_IMAGE[id(image)] = (weakref.ref(image), scores)
+
+
+def grid_of(image) -> GridScores | None:
+    with _LOCK:
+        entry = _BY_GRID_IMAGE.get(id(image))
+    if entry is None or entry[0]() is not image:
+        return None
+    return entry[1]
+
+
+def saved_name(image) -> str | None:
+    try:
+        return _SAVED_FILES.get(image)
+    except TypeError:
+        return None
+
+
+def wrap_draw_xyz_grid(original: Callable) -> Callable:
+    """The ``draw_xyz_grid`` wrapper described in the module docstring."""
+    if getattr(original, WRAPPED_MARK, None) is not None:
+        return original
+
+    @functools.wraps(original)
+    def draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend, include_lone_images,
+                      include_sub_grids, first_axes_processed, second_axes_processed, margin_size):
+        results: dict[tuple[int, int, int], object] = {}
+
+        def recording_cell(x, y, z, ix, iy, iz):
+            processed = cell(x, y, z, ix, iy, iz)
+            results[(ix, iy, iz)] = processed
+            return processed
+
+        plain = original(p, xs, ys, zs, x_labels, y_labels, z_labels, recording_cell, draw_legend, include_lone_images,
+                         include_sub_grids, first_axes_processed, second_axes_processed, margin_size)
+        cells = {key: getattr(processed, "likeness", None) for key, processed in results.items()}
+        cells = {key: value for key, value in cells.items() if value is not None}
+        if not cells or not getattr(plain, "images", None):
+            return plain
+        scorer = next(iter(cells.values())).scorer
+        scores = GridScores(scorer, [str(v) for v in x_labels], [str(v) for v in y_labels], [str(v) for v in z_labels], cells)
+        baseline = scorer.baseline
+
+        def scored_cell(x, y, z, ix, iy, iz):
+            return badge_cell(results[(ix, iy, iz)], cells.get((ix, iy, iz)), baseline)
+
+        scored = original(p, xs, ys, zs, scores.labels_with_means(x_labels, 0), scores.labels_with_means(y_labels, 1),
+                          scores.labels_with_means(z_labels, 2), scored_cell, draw_legend, include_lone_images,
+                          include_sub_grids, first_axes_processed, second_axes_processed, margin_size)
+        grids = 1 + len(zs)
+        scored.images[grids:] = plain.images[grids:]  # lone images as generated, without badges
+        scores.grid_images = list(scored.images[:grids])
+        _register_grid_images(scores, scores.grid_images)
+        setattr(p, SESSION_ATTRIBUTE, scores)
+        return scored
+
+    setattr(draw_xyz_grid, WRAPPED_MARK, original)
+    return draw_xyz_grid
+
+
+def wrap_run(original: Callable) -> Callable:
+    """``Script.run`` wrapper: grid infotexts, the summary in ``comments``, reports when the grid was
+    not saved (``grid_save`` off)."""
+    if getattr(original, WRAPPED_MARK, None) is not None:
+        return original
+
+    @functools.wraps(original)
+    def run(self, p, *args, **kwargs):
+        processed = original(self, p, *args, **kwargs)
+        scores = vars(p).pop(SESSION_ATTRIBUTE, None)
+        if scores is None or processed is None:
+            return processed
+        finish(scores, processed, fallback_dir=getattr(p, "outpath_grids", None))
+        return processed
+
+    setattr(run, WRAPPED_MARK, original)
+    return run
+
+
+def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
+    """Grid infotexts and the UI summary; the reports when no saved grid got them already."""
+    n_grids = sum(1 for image in processed.images if grid_of(image) is scores)
+    for index in range(min(n_grids, len(processed.infotexts))):
+        processed.infotexts[index] = infotext_with_score(processed.infotexts[index], scores.mean)
+    if processed.infotexts:
+        processed.info = processed.infotexts[0]
+    if not scores.reports and fallback_dir:
+        stem = time.strftime("xyz_grid-%Y%m%d-%H%M%S")
+        write_reports(scores, Path(fallback_dir), stem)
+    run = scores.run(saved_name)
+    lines = [f"Likeness (identity score, {run.settings.aggregation}): grid mean {core_grid.format_score(scores.mean)}",
+             core_report.summary_table_text(run)]
+    lines += [f"Scores saved to {path}" for path in scores.reports]
+    lines += [f"Warning: {w}" for w in run.warnings]
+    text = "\n".join(lines)
+    processed.comments = (processed.comments or "") + text + "\n"  # the UI shows comments under the gallery
+    print("\n".join(f"[Likeness] {line}" for line in text.splitlines()), flush=True)  # API users see the console
+
+
+def write_reports(scores: GridScores, folder: Path, stem: str) -> list[Path]:
+    """``<stem>-likeness_scores.csv`` and ``.json`` in ``folder``; an existing file of that name is
+    renamed with its time first, never overwritten."""
+    run = scores.run(saved_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, text in zip(REPORT_SUFFIXES, (core_report.scores_csv(run), core_report.report_json(run))):
+        path = folder / f"{stem}{suffix}"
+        core_report.preserve_file(path)
+        write_text_atomic(path, text)
+        written.append(path)
+    scores.reports += written
+    return written
+
+
+# --- A1111 image-save callbacks -------------------------------------------------------------------
+
+
+def on_before_image_saved(params) -> None:
+    """The saved grid's infotext gets the grid mean (A1111 built it from the first cell)."""
+    scores = grid_of(params.image)
+    if scores is None or not isinstance(getattr(params, "pnginfo", None), dict):
+        return
+    params.pnginfo["parameters"] = infotext_with_score(params.pnginfo.get("parameters"), scores.mean)
+
+
+def on_image_saved(params) -> None:
+    """Remember where each image went (to name it in the reports); next to a saved scored grid,
+    write the reports."""
+    try:
+        _SAVED_FILES[params.image] = str(params.filename)
+    except TypeError:
+        pass
+    scores = grid_of(params.image)
+    if scores is None or scores.reports:
+        return
+    path = Path(params.filename)
+    scores.saved_grids.append(path)
+    write_reports(scores, path.parent, path.stem)
+
+
+# --- installing -----------------------------------------------------------------------------------
+
+
+def find_xyz_module():
+    """A1111's / Forge's loaded ``scripts/xyz_grid.py`` module, found the way other extensions
+    find it (its classes' ``__module__`` is the file name), or None."""
+    from modules import scripts
+
+    for data in scripts.scripts_data:
+        if data.script_class.__module__ == "xyz_grid.py" and hasattr(data.module, "draw_xyz_grid"):
+            return data.module
+    return None
+
+
+def install_hooks(xyz) -> None:
+    """Wrap ``draw_xyz_grid`` and ``Script.run`` of this xyz module (idempotent)."""
+    xyz.draw_xyz_grid = wrap_draw_xyz_grid(xyz.draw_xyz_grid)
+    xyz.Script.run = wrap_run(xyz.Script.run)
