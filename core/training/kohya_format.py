@@ -215,14 +215,12 @@ def serialize_lora(tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> b
 
 def save_lora_file(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
     """Write a Kohya LoRA atomically (a crash leaves the previous file or none, never half a file)."""
-    from ..images import write_bytes_atomic
-
     import os
 
+    from ..images import write_bytes_atomic
+
     write_bytes_atomic(Path(path), serialize_lora(tensors, metadata))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # the temporary file was private (0600); a model file is shared like any other
+    os.chmod(path, 0o644)  # the temporary file was private (0600); a model file is readable like any other
     return Path(path)
 
 
