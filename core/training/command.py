@@ -119,6 +119,7 @@ def command_train(args: argparse.Namespace) -> int:
     import sys
 
     from ..cli import RichProgress, _console, _error
+    from ..progress import Cancelled
     from .config import ConfigError
     from .models import ModelLoadError
 
@@ -165,8 +166,12 @@ def command_train(args: argparse.Namespace) -> int:
     except TrainingCancelled as exc:
         err.print(f"cancelled: {exc}", markup=False)
         return EXIT_CANCELLED
+    except Cancelled:
+        err.print("cancelled before training started; nothing was written", markup=False)
+        return EXIT_CANCELLED
     except KeyboardInterrupt:
-        err.print("stopped at once (second Ctrl-C): the state of the last finished epoch is kept; --resume continues from it", markup=False)
+        err.print("stopped at once (second Ctrl-C): the state saved at the end of the last finished epoch, if any, is kept; "
+                  "--resume continues from it", markup=False)
         return EXIT_CANCELLED
 
     if args.json is not None:

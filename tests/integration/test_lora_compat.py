@@ -105,6 +105,8 @@ class Keep(logging.Handler):
         records.append(record.getMessage())
 logging.getLogger().addHandler(Keep())
 logging.getLogger().setLevel(logging.INFO)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True  # as `main.py --cpu`
 import comfy.sd, comfy.utils, comfy.lora
 model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(sys.argv[2], output_vae=True, output_clip=True)
 lora = comfy.utils.load_torch_file(sys.argv[3], safe_load=True)
