@@ -1,13 +1,15 @@
-"""Likeness as a ComfyUI node pack.
+"""Likeness as a ComfyUI node pack (V3 node API; ComfyUI 0.3.48 or newer).
 
 ComfyUI imports this folder as a package (``custom_nodes/<folder>/__init__.py``). The shared core
 is registered as ``lora_likeness`` first, so the node modules import it by that unique name.
+Only ``comfy_entrypoint`` is exported: a module that also exported ``NODE_CLASS_MAPPINGS`` would
+have its entrypoint ignored by ComfyUI.
 """
 
 from .likeness_bootstrap import load_core
 
 load_core()
 
-from .comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from .comfy_nodes import comfy_entrypoint
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["comfy_entrypoint"]

@@ -3,7 +3,8 @@
 1. ComfyUI: ``custom_nodes/ComfyUI-Likeness`` imported as a package, mirroring
    ``nodes.load_custom_node`` (ComfyUI 0.3.64): ``spec_from_file_location`` on ``<dir>/__init__.py``
    under the name ``module_path.replace(".", "_x_")`` (the folder's full path), registered in
-   ``sys.modules`` before ``exec_module``.
+   ``sys.modules`` before ``exec_module``; then its V3 branch: ``comfy_entrypoint()`` and the
+   extension's node list, each node's schema (outside ComfyUI the nodes run on ``comfy_nodes.standin``).
 2. A1111 / Forge: ``scripts/likeness.py`` loaded by path, mirroring
    ``modules/script_loading.load_module`` (module named ``os.path.basename(path)``, i.e.
    ``"likeness.py"``, not put in ``sys.modules``) inside ``modules/scripts.load_scripts``'s
@@ -173,10 +174,21 @@ sys.modules[sys_module_name] = module
 module_spec.loader.exec_module(module)
 # --- end of mirror ---
 
+# --- mirror of ComfyUI's V3 branch of load_custom_node (taken only without NODE_CLASS_MAPPINGS) ---
+import asyncio, inspect
+has_v1 = hasattr(module, "NODE_CLASS_MAPPINGS")
+entrypoint = getattr(module, "comfy_entrypoint", None)
+extension = asyncio.run(entrypoint()) if inspect.iscoroutinefunction(entrypoint) else entrypoint()
+nodes = asyncio.run(extension.get_node_list())
+schemas = [node.define_schema() for node in nodes]  # what /object_info asks each node
+# --- end of mirror ---
+
 _report(
     sys_module_name=sys_module_name,
-    node_class_mappings_type=type(getattr(module, "NODE_CLASS_MAPPINGS", None)).__name__,
-    display_name_mappings_type=type(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None)).__name__,
+    has_v1_mappings=has_v1,
+    entrypoint_is_async=inspect.iscoroutinefunction(entrypoint),
+    node_ids=[schema.node_id for schema in schemas],
+    categories=sorted({schema.category for schema in schemas}),
     bootstrap_module=getattr(sys.modules.get(sys_module_name + ".likeness_bootstrap"), "__file__", None),
 )
 """
@@ -189,12 +201,19 @@ _report(
     if how == "copy":
         # Loaded from the clone itself, not from an editable install of this checkout.
         assert not Path(result["lora_likeness_file"]).resolve().is_relative_to(REPO)
-    assert result["node_class_mappings_type"] == "dict"
-    assert result["display_name_mappings_type"] == "dict"
+    # V3 only: ComfyUI ignores comfy_entrypoint when NODE_CLASS_MAPPINGS is there too.
+    assert result["has_v1_mappings"] is False
+    assert result["entrypoint_is_async"] is True
+    assert result["node_ids"] == [
+        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessScoreImages", "LikenessLoraCheckpoints",
+        "LikenessEpochSweep", "LikenessScoredGrid",
+    ]
+    assert result["categories"] == ["Likeness"]
     assert result["bootstrap_module"], "root __init__ did not import the bootstrap relatively"
     assert result["a1111_file"] is None, "ComfyUI load pulled in the A1111 adapter"
     assert result["marker"] == "", f"decoy modules were imported:\n{result['marker']}"
     assert result["bare_names"] == [], f"bare top-level names imported: {result['bare_names']}"
+    # Nor when ComfyUI lists the nodes (/object_info): torch, onnxruntime, ... load when a node runs.
     assert result["heavy"] == [], f"heavy modules imported at load time: {result['heavy']}"
 
 

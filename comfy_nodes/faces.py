@@ -1,0 +1,235 @@
+"""Face Model and Reference Faces: load an insightface pack once; turn photos into a reference set."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from lora_likeness import faces, grid, pipeline
+from lora_likeness.cache import FaceCache
+from lora_likeness.images import decode_image
+from lora_likeness.references import ReferenceSet, reference_names
+from lora_likeness.scoring import AGGREGATIONS
+from PIL import Image
+
+from . import host
+from .host import io
+from .types import CATEGORY, FaceModelType, References, ReferencesType, arrays_to_tensor, tensor_to_arrays
+
+log = logging.getLogger("lora_likeness.comfyui")
+
+PROVIDERS = ("auto", "cpu", "cuda", "rocm", "directml", "coreml", "openvino")
+THUMBNAIL = 192  # px, side of each reference face in the preview
+
+_ENGINES: dict[tuple, faces.FaceEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def load_engine(pack: str, provider: str) -> faces.FaceEngine:
+    """One engine per (pack folder, provider) for the whole process: several Face Model nodes, or
+    a re-run after ComfyUI dropped its cache, reuse the loaded ONNX sessions."""
+    location = faces.find_pack(pack)
+    key = (str(location.path), provider)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = faces.FaceEngine(location, providers=provider)
+            _ENGINES[key] = engine
+    return engine
+
+
+class FaceModel(io.ComfyNode):
+    """An insightface pack (detector + recogniser) from ``models/insightface/models/``."""
+
+    @classmethod
+    def define_schema(cls):
+        packs = host.installed_packs()
+        # A pack must be selectable even when none is installed, so the node can say where to put one.
+        options = packs or [faces.DEFAULT_PACK]
+        default = faces.DEFAULT_PACK if faces.DEFAULT_PACK in options else options[0]
+        return io.Schema(
+            node_id="LikenessFaceModel",
+            display_name="Face Model",
+            category=CATEGORY,
+            description=(
+                "Loads an insightface face-model pack (detector + ArcFace recogniser) once. Packs live in "
+                "ComfyUI/models/insightface/models/<pack>/ (buffalo_l, antelopev2, …; folders from "
+                "extra_model_paths.yaml's 'insightface:' entries too)."
+            ),
+            inputs=[
+                io.Combo.Input("pack", options=options, default=default,
+                               tooltip="Face-model pack folder found in models/insightface/models/."),
+                io.Combo.Input("provider", options=list(PROVIDERS), default="auto",
+                               tooltip="onnxruntime device: auto takes the GPU when this onnxruntime build has one."),
+                io.String.Input("pack_path", default="", optional=True,
+                                tooltip="Optional: a pack folder anywhere on disk; overrides 'pack'."),
+            ],
+            outputs=[FaceModelType.Output("face_model", display_name="face_model")],
+        )
+
+    @classmethod
+    def execute(cls, pack: str, provider: str = "auto", pack_path: str = ""):
+        host.register_face_model_folders()
+        chosen = pack_path.strip() or pack
+        engine = load_engine(chosen, provider)
+        for message in engine.warnings:
+            log.warning("[Likeness] %s", message)
+        return io.NodeOutput(engine)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def face_thumbnail(rgb: np.ndarray, box, size: int = THUMBNAIL) -> Image.Image:
+    """A square crop around a face box ``(x1, y1, x2, y2)`` with some context, ``size`` px."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = 1.6 * max(x2 - x1, y2 - y1, 1.0)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top, width = round(cx - side / 2), round(cy - side / 2), round(side)
+    crop = Image.fromarray(rgb).crop((left, top, left + width, top + width))  # pads with black
+    return crop.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def whole_thumbnail(rgb: np.ndarray | None, size: int = THUMBNAIL) -> Image.Image:
+    canvas = Image.new("RGB", (size, size), (40, 40, 40))
+    if rgb is not None:
+        image = Image.fromarray(rgb)
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+    return canvas
+
+
+def reference_preview(references: ReferenceSet, results, sources) -> list[Image.Image]:
+    """One tile per reference photo: its face with its leave-one-out score (``outlier?`` noted),
+    or the whole photo marked ``no face`` when it was left out."""
+    tiles = []
+    for photo, result, source in zip(references.photos, results, sources):
+        rgb, scale = source() if callable(source) else source
+        if photo.row is not None and rgb is not None:
+            face = result.faces[photo.face_index]
+            tile = face_thumbnail(rgb, np.asarray(face.box) / scale)
+            if photo.loo is not None:
+                tile = grid.draw_score(tile, photo.loo, baseline=references.baseline.mean,
+                                       note="outlier?" if photo.outlier else None)
+        else:
+            tile = grid.draw_score(whole_thumbnail(rgb), None, note=None if photo.error == "no face found" else "unreadable")
+        tiles.append(tile)
+    return tiles
+
+
+def describe_references(references: ReferenceSet, source: str) -> str:
+    """Plain-text summary: how many faces, the baseline, and every warning."""
+    b = references.baseline
+    lines = [f"{references.n} reference face(s) from {len(references.photos)} photo(s) ({source})"]
+    if b.mean is not None:
+        lines.append(
+            f"baseline ({b.aggregation}, each photo against the others): mean {b.mean:.3f}, min {b.min:.3f}, max {b.max:.3f}"
+        )
+    for photo in references.photos:
+        state = "skipped: " + photo.error if photo.error else (
+            f"loo {photo.loo:.3f}" + (" OUTLIER?" if photo.outlier else "") if photo.loo is not None else "used"
+        )
+        lines.append(f"  {photo.path}: {state}")
+    lines += [f"warning: {w}" for w in references.warnings]
+    return "\n".join(lines)
+
+
+def _folder_fingerprint(folder: str) -> str:
+    """Changes when files are added, removed or rewritten, so ComfyUI re-runs the node."""
+    digest = hashlib.sha256(folder.encode())
+    root = Path(folder.strip()).expanduser()
+    if root.is_dir():
+        for path in pipeline.collect_images(root):
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+class ReferenceFaces(io.ComfyNode):
+    """Real photos of the person -> reference embeddings, with their baseline and a face preview."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessReferenceFaces",
+            display_name="Reference Faces",
+            category=CATEGORY,
+            description=(
+                "Real photos of the person (an IMAGE batch, a folder, or both) -> reference faces. Shows each "
+                "face with how well it matches the others (the baseline a LoRA can reach) and warns about photos "
+                "that look like someone else."
+            ),
+            inputs=[
+                FaceModelType.Input("face_model"),
+                io.Combo.Input("aggregation", options=list(AGGREGATIONS), default="max",
+                               tooltip="max: best-matching reference photo; mean: mean over them; ism: the mean face."),
+                io.Image.Input("images", optional=True, tooltip="Reference photos as an IMAGE batch."),
+                io.String.Input("folder", default="", optional=True,
+                                tooltip="A folder of reference photos (searched recursively)."),
+            ],
+            outputs=[
+                ReferencesType.Output("references", display_name="references"),
+                io.Image.Output("faces", display_name="faces"),
+                io.String.Output("summary", display_name="summary"),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, face_model=None, aggregation="max", images=None, folder=""):
+        return _folder_fingerprint(folder or "")
+
+    @classmethod
+    def execute(cls, face_model, aggregation: str = "max", images=None, folder: str = ""):
+        engine: faces.FaceEngine = face_model
+        folder = (folder or "").strip()
+        if images is None and not folder:
+            raise ValueError(
+                "Reference Faces has no photos: connect an IMAGE batch (e.g. Load Image) or type the path of a "
+                "folder of photos of the person."
+            )
+        cache = FaceCache()
+        results, names, sources, parts = [], [], [], []
+        if images is not None:
+            arrays = tensor_to_arrays(images, "reference images")
+            batch_names = [f"image {i + 1}" for i in range(len(arrays))]
+            results += pipeline.analyze_arrays(engine, arrays, batch_names, cache=cache, progress=host.HostProgress(),
+                                               description="reference photos")
+            names += batch_names
+            sources += [(a, 1.0) for a in arrays]
+            parts.append(f"{len(arrays)} image(s) from the batch")
+        if folder:
+            root = Path(os.path.expanduser(folder))
+            if not root.exists():
+                raise FileNotFoundError(f"Reference Faces: folder {root} does not exist")
+            paths = pipeline.collect_images(root)
+            results += pipeline.analyze_paths(engine, paths, cache=cache, progress=host.HostProgress(),
+                                              description="reference photos")
+            names += reference_names(paths, root if root.is_dir() else None)
+            sources += [_lazy_source(p) for p in paths]
+            parts.append(f"folder {root}")
+        source = " + ".join(parts)
+        references = ReferenceSet.from_results(results, names, aggregation=aggregation)  # NoReferencesError if empty
+        for message in references.warnings:
+            log.warning("[Likeness] %s", message)
+        tiles = reference_preview(references, results, sources)
+        preview = arrays_to_tensor(tiles)
+        summary = describe_references(references, source)
+        return io.NodeOutput(References(engine, references, source), preview, summary,
+                             ui=host.preview_images(preview, cls))
+
+
+def _lazy_source(path: Path):
+    """Decode a reference photo again only for its preview tile: ``(rgb, source px per px)``."""
+
+    def load():
+        loaded = decode_image(path, max_side=1024)
+        return loaded.rgb, loaded.scale
+
+    return load
+
+
+NODES = [FaceModel, ReferenceFaces]

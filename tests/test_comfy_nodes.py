@@ -1,0 +1,510 @@
+"""The ComfyUI nodes, called directly with IMAGE tensors ``(B, H, W, C)`` float 0..1, as ComfyUI calls them.
+
+In CI ComfyUI is not installed, so the nodes run on ``comfy_nodes.standin`` (the node code itself is
+unchanged). With ComfyUI's folder on ``PYTHONPATH`` the same tests run on its real node API
+(``tests/integration/test_comfyui_host.py`` does that, and also runs the nodes inside a ComfyUI
+server). Epoch Sweep's sampling is ComfyUI's own code: here a recording fake stands in for it,
+which checks the sweep's order, labels, LoRA handling, architecture check and cancellation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from likeness_assets import PACK_DIR, PEOPLE
+from lora_likeness.checkpoints import ArchitectureMismatch
+from lora_likeness.faces import FaceEngine, PackNotFoundError
+from lora_likeness.images import list_images
+from lora_likeness.pipeline import ScoreSettings, build_references, score_folder
+from lora_likeness.progress import Cancelled
+from lora_likeness.references import NoReferencesError
+from PIL import Image
+
+torch = pytest.importorskip("torch", reason="IMAGE tensors need torch (the project venv has the CPU build)")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_node_pack():
+    """``comfy_nodes`` under a unique name, as the root ``__init__`` imports it inside ComfyUI."""
+    name = "likeness_comfy_nodes_under_test"
+    if importlib.util.find_spec("comfy") is not None:  # ComfyUI on the path: run it as `main.py --cpu` would
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+    if name not in sys.modules:
+        folder = REPO / "comfy_nodes"
+        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+pack = _load_node_pack()
+host = sys.modules[pack.__name__ + ".host"]
+faces_nodes = sys.modules[pack.__name__ + ".faces"]
+scoring_nodes = sys.modules[pack.__name__ + ".scoring"]
+sweep_nodes = sys.modules[pack.__name__ + ".sweep"]
+report_nodes = sys.modules[pack.__name__ + ".report"]
+types = sys.modules[pack.__name__ + ".types"]
+
+SIZE = 256
+
+
+def image_batch(paths, size: int = SIZE):
+    """Photos as one ComfyUI IMAGE batch (squared onto a grey canvas: a batch has one size)."""
+    frames = []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", (size, size), (127, 127, 127))
+        canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+        frames.append(np.asarray(canvas, np.float32) / 255.0)
+    return torch.from_numpy(np.stack(frames))
+
+
+def blank(count: int = 1, size: int = SIZE, value: float = 0.5):
+    return torch.full((count, size, size, 3), value, dtype=torch.float32)
+
+
+OBAMA = list_images(PEOPLE / "obama")
+JOLIE = list_images(PEOPLE / "angelina_jolie")
+
+
+@pytest.fixture(scope="module")
+def face_model():
+    return faces_nodes.FaceModel.execute(pack="likeness_test", provider="cpu", pack_path=str(PACK_DIR)).args[0]
+
+
+@pytest.fixture(scope="module")
+def obama_refs(face_model):
+    return faces_nodes.ReferenceFaces.execute(face_model, "max", images=image_batch(OBAMA[:3])).args[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The pack as ComfyUI sees it
+
+
+@pytest.fixture(autouse=True)
+def _comfyui_folders(tmp_path):
+    """On the real API, node previews go to ComfyUI's temp folder: keep them out of the checkout."""
+    if host.IN_COMFYUI:
+        import folder_paths
+
+        saved = folder_paths.get_temp_directory(), folder_paths.get_output_directory()
+        folder_paths.set_temp_directory(str(tmp_path / "comfy-temp"))
+        folder_paths.set_output_directory(str(tmp_path / "comfy-output"))
+        yield
+        folder_paths.set_temp_directory(saved[0])
+        folder_paths.set_output_directory(saved[1])
+    else:
+        yield
+
+
+def test_standin_only_where_comfyui_is_absent():
+    real = importlib.util.find_spec("comfy_api") is not None
+    assert host.IN_COMFYUI is real
+    assert host.io.__name__.endswith("_io") if real else host.io.__module__.endswith(".standin")
+
+
+def test_every_node_schema_matches_its_execute():
+    assert [n.define_schema().node_id for n in pack.NODES] == [
+        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessScoreImages", "LikenessLoraCheckpoints",
+        "LikenessEpochSweep", "LikenessScoredGrid",
+    ]
+    for node in pack.NODES:
+        schema = node.define_schema()
+        assert schema.category == "Likeness" and schema.display_name and schema.description
+        parameters = inspect.signature(node.execute).parameters
+        ids = [i.id for i in schema.inputs]
+        assert len(set(ids)) == len(ids) and set(ids) == set(parameters), (schema.node_id, ids, list(parameters))
+        for port in schema.inputs:
+            # ComfyUI leaves out unconnected optional inputs: execute must not require them.
+            has_default = parameters[port.id].default is not inspect.Parameter.empty
+            assert has_default == bool(port.optional) or (has_default and hasattr(port, "default")), (schema.node_id, port.id)
+        assert len({o.id for o in schema.outputs}) == len(schema.outputs)
+    assert [n.define_schema().is_output_node for n in pack.NODES].count(True) == 1  # Scored Grid
+
+
+def test_entrypoint_lists_the_nodes():
+    import asyncio
+
+    extension = asyncio.run(pack.comfy_entrypoint())
+    assert isinstance(extension, host.ComfyExtension)
+    assert asyncio.run(extension.get_node_list()) == pack.NODES
+
+
+# --------------------------------------------------------------------------------------------
+# IMAGE tensors <-> the core's arrays
+
+
+def test_tensor_conversion():
+    batch = torch.rand(2, 5, 7, 3)
+    arrays = types.tensor_to_arrays(batch)
+    assert len(arrays) == 2 and arrays[0].shape == (5, 7, 3) and arrays[0].dtype == np.uint8
+    assert np.abs(arrays[1] / 255.0 - batch[1].numpy()).max() <= 0.5 / 255 + 1e-6
+    back = types.arrays_to_tensor(arrays)
+    assert back.shape == (2, 5, 7, 3) and back.dtype == torch.float32
+    rgba = types.tensor_to_arrays(torch.rand(1, 4, 4, 4))[0]
+    assert rgba.shape == (4, 4, 3)
+    grey = types.tensor_to_arrays(torch.full((1, 4, 4, 1), 1.0))[0]
+    assert grey.shape == (4, 4, 3) and (grey == 255).all()
+    assert types.tensor_to_arrays(torch.rand(4, 4, 3))[0].shape == (4, 4, 3)  # one image without batch axis
+    with pytest.raises(ValueError, match=r"expected a ComfyUI IMAGE batch .* got shape \(2, 3, 8, 8\)"):
+        types.tensor_to_arrays(torch.rand(2, 3, 8, 8))  # channels first
+
+
+# --------------------------------------------------------------------------------------------
+# Face Model
+
+
+def test_face_model_loads_once(face_model):
+    assert isinstance(face_model, FaceEngine) and face_model.location.name == "likeness_test"
+    again = faces_nodes.FaceModel.execute(pack="ignored", provider="cpu", pack_path=str(PACK_DIR)).args[0]
+    assert again is face_model
+
+
+def test_face_model_without_a_pack_says_where_to_put_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("LIKENESS_MODELS_DIR", raising=False)
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
+    with pytest.raises(PackNotFoundError, match=r"ComfyUI/models/insightface/models/buffalo_l/") as error:
+        faces_nodes.FaceModel.execute(pack="buffalo_l", provider="cpu")
+    assert "Searched, in order" in str(error.value)
+    schema = faces_nodes.FaceModel.define_schema()  # the node stays usable: it lists the default pack
+    assert schema.inputs[0].options == ["buffalo_l"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reference Faces
+
+
+def test_reference_faces_from_a_batch(face_model):
+    out = faces_nodes.ReferenceFaces.execute(face_model, "max", images=image_batch(OBAMA))
+    references, preview, summary = out.args
+    assert references.references.n == 4 and references.engine is face_model
+    assert references.references.baseline.mean > 0.5
+    assert tuple(preview.shape) == (4, faces_nodes.THUMBNAIL, faces_nodes.THUMBNAIL, 3)
+    assert "4 reference face(s) from 4 photo(s)" in summary and "baseline (max" in summary
+    assert len(out.ui.as_dict()["images"]) == 4  # shown on the node
+
+
+def test_reference_faces_from_a_folder_match_the_cli(face_model):
+    references = faces_nodes.ReferenceFaces.execute(face_model, "max", folder=str(PEOPLE / "obama")).args[0]
+    cli = build_references(face_model, PEOPLE / "obama")
+    assert references.references.n == cli.n == 4
+    assert references.references.baseline.mean == pytest.approx(cli.baseline.mean, abs=1e-6)
+
+
+def test_reference_faces_flag_someone_else_and_skip_faceless(face_model):
+    photos = image_batch(OBAMA + JOLIE[:1])
+    batch = torch.cat([photos, blank()])
+    references, preview, summary = faces_nodes.ReferenceFaces.execute(face_model, "max", images=batch).args
+    refs = references.references
+    assert refs.n == 5 and len(refs.photos) == 6
+    assert [p.outlier for p in refs.photos if p.row is not None] == [False] * 4 + [True]
+    assert "image 5: loo" in summary and "OUTLIER?" in summary
+    assert "image 6: skipped: no face found" in summary
+    assert preview.shape[0] == 6  # the faceless photo is shown too, marked
+
+
+def test_reference_faces_errors(face_model, tmp_path):
+    with pytest.raises(ValueError, match="connect an IMAGE batch .* or type the path of a folder"):
+        faces_nodes.ReferenceFaces.execute(face_model, "max")
+    with pytest.raises(NoReferencesError, match="image 1: no face found"):
+        faces_nodes.ReferenceFaces.execute(face_model, "max", images=blank(2))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        faces_nodes.ReferenceFaces.execute(face_model, "max", folder=str(tmp_path / "missing"))
+
+
+def test_reference_folder_fingerprint_follows_the_files(tmp_path):
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    first = faces_nodes.ReferenceFaces.fingerprint_inputs(folder=str(folder))
+    assert faces_nodes.ReferenceFaces.fingerprint_inputs(folder=str(folder)) == first
+    Image.new("RGB", (8, 8)).save(folder / "b.png")
+    assert faces_nodes.ReferenceFaces.fingerprint_inputs(folder=str(folder)) != first
+
+
+# --------------------------------------------------------------------------------------------
+# Score Images
+
+
+def test_score_images_one_score_per_image_in_order(obama_refs):
+    images = torch.cat([image_batch([OBAMA[3], JOLIE[0]]), blank(), image_batch([OBAMA[3]])])
+    out = scoring_nodes.ScoreImages.execute(images, obama_refs)
+    scores, summary, annotated, scored = out.args
+    assert len(scores) == 4
+    assert scores[0] > 0.4 > scores[1] and math.isnan(scores[2]) and scores[3] == pytest.approx(scores[0])
+    assert tuple(annotated.shape) == tuple(images.shape)
+    assert not torch.equal(annotated, images)  # boxes and badges drawn
+    assert "| all | 4 | 3 | 25% |" in summary
+    run = scored.run
+    assert [i.path for i in run.images] == ["image 1", "image 2", "image 3", "image 4"]
+    assert run.images[2].score.face_found is False and run.images[2].error is None
+
+
+def test_score_images_agree_with_scoring_the_files(obama_refs, tmp_path):
+    """The tensor path (ComfyUI) gives the CLI's scores for the same pixels: same colour order (BGR
+    for insightface), same detection."""
+    photos = [OBAMA[3], JOLIE[0], JOLIE[1]]
+    images = image_batch(photos)
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    for i, rgb in enumerate(types.tensor_to_arrays(images)):
+        Image.fromarray(rgb).save(folder / f"{i}.png")
+    nodes_scores = scoring_nodes.ScoreImages.execute(images, obama_refs).args[0]
+    refs_folder = tmp_path / "refs"
+    refs_folder.mkdir()
+    for i, rgb in enumerate(types.tensor_to_arrays(image_batch(OBAMA[:3]))):
+        Image.fromarray(rgb).save(refs_folder / f"r{i}.png")
+    cli = score_folder(obama_refs.engine, refs_folder, folder, ScoreSettings(group_by="none"))
+    by_name = {i.path: i.score.value("max") for i in cli.images}
+    assert nodes_scores == pytest.approx([by_name[f"{i}.png"] for i in range(3)], abs=1e-4)
+
+
+def test_score_images_groups_by_labels(obama_refs):
+    images = torch.cat([image_batch([OBAMA[3]]), blank(), image_batch([JOLIE[0]])])
+    labels = [
+        ("run e10 @1", {"run": "run", "epoch": 10, "strength": 1.0, "seed": 1}),
+        ("run e2 @1", {"run": "run", "epoch": 2, "strength": 1.0, "seed": 1}),
+        ("run e2 @1", {"run": "run", "epoch": 2, "strength": 1.0, "seed": 2}),
+    ]
+    scored = scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels).args[3]
+    assert [g.label for g in scored.run.groups] == ["run e2 @1", "run e10 @1"]  # epoch order, not text order
+    assert scored.labels == labels
+    assert [i.path for i in scored.run.images][:2] == ["image 1 (run e10 @1 seed 1)", "image 2 (run e2 @1 seed 1)"]
+    with pytest.raises(ValueError, match="2 labels for 3 images"):
+        scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA Checkpoints
+
+
+def write_lora_header(path: Path, context: int, metadata: dict) -> None:
+    """A header-only LoRA (zero tensors): enough for listing and the architecture check."""
+    tensors = {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": [4, context],
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": [320, 4],
+    }
+    header, offset = {}, 0
+    for key, shape in tensors.items():
+        size = 2 * shape[0] * shape[1]
+        header[key] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * offset)
+
+
+@pytest.fixture()
+def loras(tmp_path, monkeypatch):
+    root = tmp_path / "loras"
+    for epoch in (1, 2, 10):
+        write_lora_header(root / "people" / f"me-{epoch:06d}.safetensors", 768, {"ss_epoch": str(epoch)})
+    write_lora_header(root / "people" / "me.safetensors", 768, {"ss_epoch": "12"})
+    write_lora_header(root / "xl.safetensors", 2048, {"ss_base_model_version": "sdxl_base_v1-0"})
+    monkeypatch.setattr(host, "lora_roots", lambda: [root])
+    return root
+
+
+def test_lora_checkpoints_in_epoch_order(loras):
+    schema = sweep_nodes.LoraCheckpoints.define_schema()
+    assert schema.inputs[0].options == ["people/me", "xl"]
+    items, listing = sweep_nodes.LoraCheckpoints.execute("people/me").args
+    assert [c.label for c in items] == ["e1", "e2", "e10", "final (e12)"]
+    assert [c.name for c in items][:2] == ["people/me-000001.safetensors", "people/me-000002.safetensors"]
+    assert "4 checkpoint(s) of run people/me" in listing
+    items = sweep_nodes.LoraCheckpoints.execute("people/me", first_epoch=2, last_epoch=10, include_final=False).args[0]
+    assert [c.epoch for c in items] == [2, 10]
+    with pytest.raises(ValueError, match=r"no checkpoint in the chosen range \(it has: e1, e2, e10, final \(e12\)\)"):
+        sweep_nodes.LoraCheckpoints.execute("people/me", first_epoch=3, last_epoch=9, include_final=False)
+    with pytest.raises(ValueError, match="runs found: people/me, xl"):
+        sweep_nodes.LoraCheckpoints.execute("someone")
+
+
+def test_lora_checkpoints_without_files(monkeypatch, tmp_path):
+    monkeypatch.setattr(host, "lora_roots", lambda: [tmp_path / "empty"])
+    assert sweep_nodes.LoraCheckpoints.define_schema().inputs[0].options == [sweep_nodes.NO_RUNS]
+    with pytest.raises(FileNotFoundError, match=r"No LoRA files found in .*empty.*name-000001.safetensors"):
+        sweep_nodes.LoraCheckpoints.execute(sweep_nodes.NO_RUNS)
+
+
+def test_lora_checkpoints_fingerprint_sees_new_epochs(loras):
+    before = sweep_nodes.LoraCheckpoints.fingerprint_inputs(run="people/me")
+    write_lora_header(loras / "people" / "me-000011.safetensors", 768, {"ss_epoch": "11"})
+    assert sweep_nodes.LoraCheckpoints.fingerprint_inputs(run="people/me") != before
+
+
+# --------------------------------------------------------------------------------------------
+# Epoch Sweep (ComfyUI's sampling replaced by a recording fake)
+
+
+class FakeSampling:
+    """Records the calls Epoch Sweep makes; "images" encode (strength, seed) so order can be checked."""
+
+    def __init__(self, arch="sd1", cancel_after=None, matching=5):
+        self.arch, self.cancel_after, self.matching = arch, cancel_after, matching
+        self.calls = []
+
+    def architecture(self, model):
+        return self.arch
+
+    def load_lora(self, path):
+        self.calls.append(("load", Path(path).name))
+        return {"lora": Path(path).name}
+
+    def matching_keys(self, model, clip, lora):
+        return self.matching
+
+    def apply(self, model, clip, lora, strength):
+        self.calls.append(("apply", model, lora["lora"], strength))
+        return ("patched", lora["lora"], strength), ("patched clip", strength)
+
+    def encode(self, clip, text):
+        return (clip, text)
+
+    def sample(self, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, width, height, progress):
+        self.calls.append(("sample", model, seed))
+        for step in range(steps):
+            progress.step(step)
+        if self.cancel_after is not None and sum(c[0] == "sample" for c in self.calls) >= self.cancel_after:
+            progress.cancel()  # what ComfyUI's Stop does, seen by the next check
+        return torch.full((1, 4, height // 8, width // 8), float(model[2]) * 100 + seed)
+
+    def decode(self, vae, samples):
+        return torch.full((1, 16, 16, 3), float(samples.flatten()[0]) / 1000.0)
+
+
+SWEEP_ARGS = {"positive": "photo of sks", "negative": "", "strengths": "0.5, 1", "seeds": "1, 2", "steps": 3, "cfg": 5.0,
+              "sampler_name": "euler", "scheduler": "normal", "width": 64, "height": 64}
+
+
+def test_epoch_sweep_order_labels_and_one_lora_load_each(loras, monkeypatch):
+    fake = FakeSampling()
+    monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", fake)
+    items = sweep_nodes.LoraCheckpoints.execute("people/me", first_epoch=1, last_epoch=2, include_final=False).args[0]
+    images, labels = sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS).args
+    assert tuple(images.shape) == (8, 16, 16, 3)
+    assert [(info["row"], info["column"], info["seed"]) for _, info in labels] == [
+        (row, column, seed) for row in ("e1", "e2") for column in ("@0.5", "@1") for seed in (1, 2)]
+    assert labels[0] == ("me e1 @0.5", {"run": "me", "epoch": 1, "step": None, "strength": 0.5, "seed": 1,
+                                        "lora": "people/me-000001.safetensors", "row": "e1", "column": "@0.5"})
+    # image i was sampled with labels[i]'s strength and seed
+    assert [round(float(img[0, 0, 0]) * 1000) for img in images] == [round(i["strength"] * 100 + i["seed"]) for _, i in labels]
+    loads = [c for c in fake.calls if c[0] == "load"]
+    applies = [c for c in fake.calls if c[0] == "apply"]
+    assert loads == [("load", "me-000001.safetensors"), ("load", "me-000002.safetensors")]
+    assert [(c[2], c[3]) for c in applies] == [("me-000001.safetensors", 0.5), ("me-000001.safetensors", 1.0),
+                                               ("me-000002.safetensors", 0.5), ("me-000002.safetensors", 1.0)]
+    assert all(c[1] == "BASE" for c in applies)  # always onto the loaded base, never onto a patched clone
+
+
+def test_epoch_sweep_refuses_another_architecture_before_sampling(loras, monkeypatch):
+    fake = FakeSampling(arch="sd1")
+    monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", fake)
+    items = sweep_nodes.LoraCheckpoints.execute("people/me").args[0] + sweep_nodes.LoraCheckpoints.execute("xl").args[0]
+    with pytest.raises(ArchitectureMismatch, match="xl.safetensors is a SDXL LoRA but the loaded model is SD1.x"):
+        sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS)
+    assert fake.calls == []  # nothing loaded or sampled
+
+
+def test_epoch_sweep_lora_without_matching_weights(loras, monkeypatch):
+    monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", FakeSampling(arch="unknown", matching=0))
+    items = sweep_nodes.LoraCheckpoints.execute("people/me").args[0]
+    with pytest.raises(ArchitectureMismatch, match="none of its weights match the loaded model"):
+        sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS)
+
+
+def test_epoch_sweep_stops_when_cancelled(loras, monkeypatch):
+    fake = FakeSampling(cancel_after=3)
+    monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", fake)
+    items = sweep_nodes.LoraCheckpoints.execute("people/me").args[0]
+    with pytest.raises(Cancelled, match="after 3 of 16"):
+        sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS)
+    assert sum(c[0] == "sample" for c in fake.calls) == 3
+
+
+def test_sweep_lists_parse():
+    assert sweep_nodes.parse_numbers("0.6, 0.8 1.0;0.6", float, "strengths") == [0.6, 0.8, 1.0]
+    assert sweep_nodes.parse_numbers("1,2, 3", int, "seeds") == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"seeds: 'x' is not an integer"):
+        sweep_nodes.parse_numbers("1, x", int, "seeds")
+    with pytest.raises(ValueError, match="seeds: 1.5 is not an integer|seeds: '1.5' is not an integer"):
+        sweep_nodes.parse_numbers("1.5", int, "seeds")
+    with pytest.raises(ValueError, match="strengths: give at least one value"):
+        sweep_nodes.parse_numbers(" , ", float, "strengths")
+
+
+# --------------------------------------------------------------------------------------------
+# Scored Grid
+
+
+@pytest.fixture()
+def output_dir(tmp_path, monkeypatch):
+    out = tmp_path / "output"
+    monkeypatch.setattr(host, "output_directory", lambda: out)
+    return out
+
+
+def test_scored_grid_epochs_by_strengths_and_report(obama_refs, output_dir):
+    # Epoch Sweep's order is checkpoint-major; give it shuffled to check the axes are sorted.
+    cells = [("e10", 10, 1.0), ("e2", 2, 0.5), ("final (e12)", None, 0.5), ("e2", 2, 1.0), ("e10", 10, 0.5), ("final (e12)", None, 1.0)]
+    labels = [(f"me {row} @{s:g}", {"run": "me", "epoch": epoch, "strength": s, "seed": 1, "row": row, "column": f"@{s:g}"})
+              for row, epoch, s in cells]
+    labels[2][1]["epoch"] = None  # the final file
+    images = torch.cat([image_batch([OBAMA[3]]), image_batch([JOLIE[0]]), blank(), image_batch([OBAMA[3]]),
+                        image_batch([JOLIE[1]]), image_batch([OBAMA[3]])])
+    scored = scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels).args[3]
+    out = report_nodes.ScoredGrid.execute(images, scored, labels=labels, filename_prefix="likeness/test")
+    grid, summary = out.args
+    assert grid.shape[0] == 1 and grid.shape[3] == 3 and grid.shape[1] > 2 * 128 and grid.shape[2] > 2 * 128
+    folder = output_dir / "likeness" / "test_00001"
+    for name in ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png", "grid.png", "grid.json"):
+        assert (folder / name).is_file(), name
+    layout = json.loads((folder / "grid.json").read_text())
+    assert layout["rows"] == ["e2", "e10", "final (e12)"] and layout["columns"] == ["@0.5", "@1"]
+    obama_score = scored.run.images[0].score.value("max")
+    assert layout["row_means"]["e10"] == pytest.approx((obama_score + scored.run.images[4].score.value("max")) / 2)
+    final_cells = {c["column"]: c for c in layout["cells"] if c["row"] == "final (e12)"}
+    assert final_cells["@0.5"]["mean"] is None and final_cells["@0.5"]["scores"] == [None]  # no face: missing, not 0
+    assert f"report: {folder}" in summary
+    shown = out.ui["images"]
+    assert [s["filename"] for s in shown] == ["grid.png", "scores.png"] and shown[0]["subfolder"] == "likeness/test_00001"
+    assert shown[0]["type"] == "output"
+
+    # A second run never touches the first report.
+    before = (folder / "report.json").read_bytes()
+    report_nodes.ScoredGrid.execute(images, scored, labels=labels, filename_prefix="likeness/test")
+    assert (output_dir / "likeness" / "test_00002" / "grid.png").is_file()
+    assert (folder / "report.json").read_bytes() == before
+
+
+def test_scored_grid_without_labels_is_a_contact_sheet(obama_refs, output_dir):
+    images = torch.cat([image_batch([OBAMA[3], JOLIE[0]]), blank()])
+    scored = scoring_nodes.ScoreImages.execute(images, obama_refs).args[3]
+    out = report_nodes.ScoredGrid.execute(images, scored)
+    folder = output_dir / "likeness" / "report_00001"
+    assert (folder / "grid.png").is_file() and not (folder / "grid.json").exists()
+    assert out.args[0].shape[0] == 1
+
+
+def test_scored_grid_errors(obama_refs, output_dir):
+    images = torch.cat([image_batch([OBAMA[3]]), blank()])
+    scored = scoring_nodes.ScoreImages.execute(images, obama_refs).args[3]
+    with pytest.raises(ValueError, match="got 1 images but the score run has 2"):
+        report_nodes.ScoredGrid.execute(images[:1], scored)
+    with pytest.raises(ValueError, match="points outside ComfyUI's output folder"):
+        report_nodes.ScoredGrid.execute(images, scored, filename_prefix="../../elsewhere/report")
