@@ -176,7 +176,7 @@ class _Trainer:
         self._check_outputs()
         self.device = pick_device(config.device)
         self.weight_dtype = _weight_dtype(config, self.device, self.warnings)
-        parts = self.base_model or load_base_model(Path(config.base), config.tokenizer, config.base_config)
+        parts = self.base_model or load_base_model(Path(config.base), config.tokenizer, config.base_config, dtype=self.weight_dtype)
         self.parts = parts
         self.v_prediction = parts.noise_scheduler.config.get("prediction_type") == "v_prediction"
         for model in (parts.unet, parts.text_encoder, parts.vae):
