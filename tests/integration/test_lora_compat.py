@@ -16,7 +16,9 @@ Each test skips only when its checkout variable is unset:
 * ``SD_SCRIPTS_DIR`` (+ ``SD_SCRIPTS_ACCELERATE``, default: found as ``likeness train`` finds it; ``SD_SCRIPTS_PYTHON``,
   default: the python beside that accelerate): the
   ``--print-command`` arguments are parsed by ``train_network.setup_parser()`` and the dataset .toml is
-  validated by ``library.config_util.ConfigSanitizer``, both sd-scripts' own code.
+  validated by ``library.config_util.ConfigSanitizer``, both sd-scripts' own code; then a real CPU run
+  (2 steps at 64 px on a random full-size SD1.5) goes through ``--backend sd-scripts`` and the module
+  names in sd-scripts' own file must equal ours. Needs sd-scripts' requirements in its venv (see the README).
 """
 
 from __future__ import annotations
@@ -256,3 +258,40 @@ def test_sd_scripts_accepts_the_command_and_dataset_config(tmp_path, capsys):
     train_dir = str((data / "img" / "5_ohwx person").resolve())
     reg_dir = str((data / "reg" / "1_person").resolve())
     assert result["subsets"] == [[train_dir, 5, "ohwx person", False, ".txt"], [reg_dir, 1, "person", True, ".txt"]]
+
+
+def test_sd_scripts_trains_with_our_command_and_names_modules_as_we_do(tmp_path):
+    """A real (CPU, 64 px, 2 steps) sd-scripts run through ``--backend sd-scripts`` on a random full-size SD1.5:
+    progress is followed, checkpoints collected, and sd-scripts' own module names equal ours."""
+    sd_dir = _checkout("SD_SCRIPTS_DIR")
+    from lora_likeness.training.config import TrainConfig
+    from lora_likeness.training.tiny import write_training_folder
+    from lora_likeness.training.trainer import train_lora
+    from safetensors import safe_open
+
+    checkpoint = tmp_path / "sd15_random.safetensors"
+    subprocess.run([sys.executable, str(MAKER), str(checkpoint), "--dtype", "fp16"], check=True, capture_output=True)
+    data = write_training_folder(tmp_path / "data", n_images=1, size=(64, 64), repeats=1)
+    accelerate = os.environ.get("SD_SCRIPTS_ACCELERATE")
+    config = TrainConfig(base=checkpoint, data=data, out=tmp_path / "out", name="sd", epochs=2, rank=4, alpha=2, resolution=64,
+                         buckets=False, mixed_precision="no", text_encoder_lr=0.0, tokenizer=TOKENIZER, backend="sd-scripts",
+                         sd_scripts=sd_dir, accelerate=Path(accelerate) if accelerate else None)
+
+    from lora_likeness.progress import Progress
+
+    class Recording(Progress):
+        def __init__(self):
+            super().__init__()
+            self.details = []
+
+        def advance(self, count=1, detail=None):
+            super().advance(count, detail)
+            self.details.append(detail)
+
+    progress = Recording()
+    result = train_lora(config, progress)
+    assert [p.name for p in result.checkpoints] == ["sd-000001.safetensors"] and result.final == tmp_path / "out" / "sd.safetensors"
+    assert progress.total == progress.done == 2 and "ep 2/2" in progress.details[-1]
+    with safe_open(str(result.final), "pt") as handle:
+        modules = {k.split(".")[0] for k in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    assert modules == {t.key for t in _full_size_targets() if t.component == "unet"}
