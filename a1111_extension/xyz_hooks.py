@@ -161,33 +161,38 @@ def badge_cell(processed, cell: CellScores | None, baseline: float | None):
 
 # --- registry of grids in flight (read by the image-save callbacks and the run wrapper) ------------
 
-_LOCK = threading.Lock()
-_BY_GRID_IMAGE: dict[int, tuple[weakref.ref, GridScores]] = {}
-_SAVED_FILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+class ImageMap:
+    """Values keyed by PIL image *identity*, not kept alive by the map (PIL images compare by
+    content and are unhashable, so a WeakKeyDictionary cannot hold them)."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[weakref.ref, object]] = {}
+        self._lock = threading.Lock()
+
+    def __setitem__(self, image, value) -> None:
+        with self._lock:
+            for key in [k for k, (ref, _) in self._items.items() if ref() is None]:
+                del self._items[key]
+            self._items[id(image)] = (weakref.ref(image), value)
+
+    def get(self, image, default=None):
+        with self._lock:
+            entry = self._items.get(id(image))
+        return entry[1] if entry is not None and entry[0]() is image else default
+
+
+_GRIDS = ImageMap()  # grid image -> GridScores
+_SAVED_FILES = ImageMap()  # any image A1111 saved -> its file
 SESSION_ATTRIBUTE = "likeness_grid"
 
 
-def _register_grid_images(scores: GridScores, images: Sequence) -> None:
-    with _LOCK:
-        for key in [k for k, (ref, _) in _BY_GRID_IMAGE.items() if ref() is None]:
-            del _BY_GRID_IMAGE[key]
-        for image in images:
-            _BY_GRID_IMAGE[id(image)] = (weakref.ref(image), scores)
-
-
 def grid_of(image) -> GridScores | None:
-    with _LOCK:
-        entry = _BY_GRID_IMAGE.get(id(image))
-    if entry is None or entry[0]() is not image:
-        return None
-    return entry[1]
+    return _GRIDS.get(image)
 
 
 def saved_name(image) -> str | None:
-    try:
-        return _SAVED_FILES.get(image)
-    except TypeError:
-        return None
+    return _SAVED_FILES.get(image)
 
 
 def wrap_draw_xyz_grid(original: Callable) -> Callable:
@@ -224,7 +229,8 @@ def wrap_draw_xyz_grid(original: Callable) -> Callable:
         grids = 1 + len(zs)
         scored.images[grids:] = plain.images[grids:]  # lone images as generated, without badges
         scores.grid_images = list(scored.images[:grids])
-        _register_grid_images(scores, scores.grid_images)
+        for image in scores.grid_images:
+            _GRIDS[image] = scores
         setattr(p, SESSION_ATTRIBUTE, scores)
         return scored
 
@@ -300,10 +306,7 @@ def on_before_image_saved(params) -> None:
 def on_image_saved(params) -> None:
     """Remember where each image went (to name it in the reports); next to a saved scored grid,
     write the reports."""
-    try:
-        _SAVED_FILES[params.image] = str(params.filename)
-    except TypeError:
-        pass
+    _SAVED_FILES[params.image] = str(params.filename)
     scores = grid_of(params.image)
     if scores is None or scores.reports:
         return

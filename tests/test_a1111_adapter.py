@@ -235,3 +235,16 @@ def test_tab_sections_are_a_container_later_stages_extend():
         assert [title for title, _ in tab.SECTIONS] == ["Score a folder", "Dataset"]
     finally:
         tab.SECTIONS[:] = before
+
+
+def test_image_map_keys_pil_images_by_identity_without_keeping_them_alive():
+    import gc
+
+    images = xyz_hooks.ImageMap()
+    a, twin = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4))  # equal content, unhashable
+    images[a] = "a.png"
+    assert images.get(a) == "a.png" and images.get(twin) is None
+    del a
+    gc.collect()
+    images[twin] = "b.png"  # a dead entry is dropped on the next write
+    assert len(images._items) == 1

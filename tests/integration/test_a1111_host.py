@@ -26,12 +26,20 @@ code here. ``modules.scripts`` (``load_scripts``) is not: it imports gradio and 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -183,7 +191,7 @@ def test_a1111_loader_imports_our_script(a1111_dir: Path, tmp_path: Path) -> Non
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    proc = subprocess.run([python, str(driver)], cwd=a1111_dir, env=env, capture_output=True,
+    proc = subprocess.run([python, str(driver)], check=False, cwd=a1111_dir, env=env, capture_output=True,
                           text=True, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -209,3 +217,424 @@ def test_a1111_loader_imports_our_script(a1111_dir: Path, tmp_path: Path) -> Non
     assert r["refs_to_other"] == [], f"our modules hold the other extension's modules: {r['refs_to_other']}"
     assert r["forbidden"] == "", f"the other extension's modules were imported:\n{r['forbidden']}"
     assert r["heavy"] == [], f"heavy modules imported: {r['heavy']}"
+
+
+# ==================================================================================================
+# A1111 itself, offline on CPU: the always-on script, the X/Y/Z hooks and the LoRA axes end to end
+# ==================================================================================================
+#
+# Needs A1111_DIR with repositories/ filled and A1111_PYTHON = a venv with A1111's requirements and
+# Likeness's (see tests/integration/README.md). Starts `launch.py --nowebui --api` on CPU with a
+# random full-size SD1.5 checkpoint (shared/tools/make_random_sd15.py; cached outside the repo),
+# three tiny Kohya LoRA files of one run in the Lora folder, and a test-only extension that puts a
+# real photo in place of each generated image (random weights draw no faces). That extension picks
+# the photo by the LoRA A1111's own Lora extension has loaded for the image, and logs the loaded
+# networks with their multipliers, so the test sees that the axes really drove A1111's LoRA loading.
+
+
+SHARED = Path(os.environ.get("LIKENESS_SHARED", REPO.parent / "shared"))
+PACK = SHARED / "models" / "insightface" / "models" / "likeness_test"
+OBAMA = sorted((SHARED / "faces" / "people" / "obama").iterdir())
+BUSH = sorted((SHARED / "faces" / "people" / "lfw_george_w_bush").iterdir())
+RUN = "jxtest"
+STEMS = [f"{RUN}-000001", f"{RUN}-000002", RUN]  # epochs 1, 2 and the final file (ss_epoch 3)
+
+FACE_INJECTOR = '''
+"""Test-only A1111 extension: replaces each generated image by the photo mapped to the LoRA that
+A1111's Lora extension loaded for it, and logs what A1111 parsed and loaded."""
+import json, os, sys
+from PIL import Image
+from modules import scripts
+
+FACES = json.loads(os.environ["LIKENESS_TEST_FACES"])
+LOG = os.environ["LIKENESS_TEST_LOG"]
+
+
+class Script(scripts.Script):
+    def title(self):
+        return "Likeness test faces"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return []
+
+    def postprocess_image(self, p, pp, *args):
+        networks = sys.modules["networks"]  # A1111's built-in Lora extension
+        loaded = [[n.name, n.te_multiplier, n.unet_multiplier] for n in networks.loaded_networks]
+        parsed = {k: [x.items for x in v] for k, v in (p.extra_network_data or {}).items()}
+        path = FACES.get(loaded[0][0]) if loaded else None
+        if path:
+            pp.image = Image.open(path).convert("RGB")
+        with open(LOG, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"prompt": p.prompt, "loaded": loaded, "parsed": parsed, "photo": path}) + "\\n")
+'''
+
+
+def _a1111_python() -> str:
+    python = os.environ.get("A1111_PYTHON")
+    if not python:
+        pytest.fail("A1111_PYTHON is not set: the host tests need A1111's venv (see tests/integration/README.md)")
+    return python
+
+
+def _square_photo(source: Path, target: Path, side: int = 256) -> Path:
+    from PIL import Image, ImageOps
+
+    with Image.open(source) as image:
+        ImageOps.fit(ImageOps.exif_transpose(image).convert("RGB"), (side, side)).save(target)
+    return target
+
+
+def _write_lora(path: Path, epoch: int, seed: int) -> None:
+    """A tiny SD1.5 Kohya LoRA: one UNet and one text-encoder module, alpha, ss_* metadata."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for key, width in (("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 320),
+                       ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", 768)):
+        tensors[f"{key}.lora_down.weight"] = (rng.standard_normal((4, width)) * 0.01).astype(np.float16)
+        tensors[f"{key}.lora_up.weight"] = (rng.standard_normal((width, 4)) * 0.01).astype(np.float16)
+        tensors[f"{key}.alpha"] = np.array(4.0, dtype=np.float16)
+    metadata = {"ss_epoch": str(epoch), "ss_output_name": RUN, "ss_base_model_version": "sd_v1",
+                "ss_network_module": "networks.lora", "ss_network_dim": "4", "ss_network_alpha": "4"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _sd15_checkpoint(python: str) -> Path:
+    given = os.environ.get("A1111_CKPT")
+    if given:
+        return Path(given)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "likeness-tests"
+    path = cache / "sd15_random_fp16.safetensors"
+    if not path.exists():  # 2.1 GB, about 25 s; kept for later runs
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        subprocess.run([python, str(SHARED / "tools" / "make_random_sd15.py"), str(partial), "--dtype", "fp16", "--seed", "0"],
+                       check=True, timeout=600)
+        os.replace(partial, path)
+    return path
+
+
+def _hf_home(root: Path) -> Path:
+    """An offline Hugging Face cache holding only the CLIP tokenizer and config A1111 reads."""
+    snapshot = "0" * 40
+    model = root / "hub" / "models--openai--clip-vit-large-patch14"
+    (model / "refs").mkdir(parents=True)
+    (model / "refs" / "main").write_text(snapshot, encoding="utf-8")
+    files = model / "snapshots" / snapshot
+    files.mkdir(parents=True)
+    for source in (SHARED / "tokenizers" / "sd1_clip").iterdir():
+        shutil.copy(source, files / source.name)
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class A1111Server:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path, data: Path, test_log: Path, faces: dict):
+        self.url, self.process, self.log, self.data, self.test_log, self.faces = url, process, log, data, test_log, faces
+
+    def call(self, method: str, path: str, body: dict | None = None, timeout: float = 900) -> dict:
+        request = urllib.request.Request(self.url + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            pytest.fail(f"{method} {path}: HTTP {error.code}: {error.read()[:2000]!r}\n--- server log ---\n{self.tail()}")
+
+    def tail(self, n: int = 6000) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-n:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
+    python = _a1111_python()
+    assert (a1111_dir / "repositories" / "stable-diffusion-stability-ai" / "ldm").is_dir(), (
+        f"{a1111_dir}/repositories is not filled; see tests/integration/README.md")
+    root = tmp_path_factory.mktemp("a1111")
+    data = root / "data"
+    (data / "extensions").mkdir(parents=True)
+    shutil.copytree(REPO, data / "extensions" / "sd-webui-likeness", ignore=_COPY_IGNORE)
+    injector = data / "extensions" / "likeness-test-faces" / "scripts" / "test_faces.py"
+    injector.parent.mkdir(parents=True)
+    injector.write_text(FACE_INJECTOR, encoding="utf-8")
+    (data / "config.json").write_text(json.dumps({"live_previews_enable": False, "show_progress_every_n_steps": -1}), encoding="utf-8")
+    loras = data / "models" / "Lora" / "likeness_test"
+    for epoch, stem in enumerate(STEMS, start=1):
+        _write_lora(loras / f"{stem}.safetensors", epoch, seed=epoch)
+    photos = root / "photos"
+    photos.mkdir()
+    faces = {
+        STEMS[0]: str(_square_photo(BUSH[0], photos / "e1_bush.png")),      # someone else: low score
+        STEMS[1]: str(_square_photo(OBAMA[-1], photos / "e2_obama.png")),  # the person, not a reference photo
+    }                                                                      # final: the generated noise, no face
+    refs = root / "refs"
+    refs.mkdir()
+    for photo in OBAMA[:-1]:
+        shutil.copy(photo, refs / photo.name)
+    test_log = root / "injector.jsonl"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HOME=str(_hf_home(root / "hf")), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", COMMANDLINE_ARGS="",
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="127.0.0.1,localhost",
+               LIKENESS_TEST_FACES=json.dumps(faces), LIKENESS_TEST_LOG=str(test_log), LIKENESS_CACHE_DIR=str(root / "cache"),
+               PYTHONDONTWRITEBYTECODE="1")
+    command = [python, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
+               "--use-cpu", "all", "--no-half", "--precision", "full", "--disable-opt-split-attention", "--api", "--nowebui",
+               "--server-name", "127.0.0.1", "--port", str(port), "--ckpt", str(_sd15_checkpoint(python)),
+               "--data-dir", str(data), "--no-download-sd-model", "--no-hashing",
+               "--disable-nan-check"]  # random weights: a LoRA on them can overflow to NaN
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=a1111_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = A1111Server(f"http://127.0.0.1:{port}", process, log, data, test_log, faces)
+    server.refs, server.loras = refs, loras
+    try:
+        deadline = time.monotonic() + 420
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"A1111 exited with {process.returncode}\n{server.tail()}")
+            try:
+                with urllib.request.urlopen(server.url + "/sdapi/v1/sd-models", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"A1111 did not answer within 420 s\n{server.tail()}")
+                time.sleep(2)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _core_scores(photos: list[str], refs: Path) -> list[float | None]:
+    """What the core says for the same files, in this (pytest's) interpreter."""
+    from lora_likeness import faces, pipeline
+
+    engine = faces.FaceEngine.load(str(PACK))
+    run = pipeline.score_folder(engine, refs, Path(photos[0]).parent, settings=pipeline.ScoreSettings(group_by="none"))
+    by_name = {Path(image.path).name: image.score.value("max") for image in run.images}
+    return [by_name[Path(p).name] for p in photos]
+
+
+def _txt2img(server: A1111Server, **extra) -> dict:
+    body = {"prompt": "photo of a person", "negative_prompt": "", "width": 64, "height": 64, "steps": 2, "seed": 1,
+            "sampler_name": "Euler", "scheduler": "automatic", "cfg_scale": 5, "send_images": True, "save_images": False}
+    body.update(extra)
+    return server.call("POST", "/sdapi/v1/txt2img", body)
+
+
+def _likeness(text: str) -> float | None:
+    """The ``Likeness:`` value of an infotext (None for ``no face``); fails when absent."""
+    match = re.search(r"(?:^|, )Likeness: ([^,\n]+)", text)
+    assert match, f"no Likeness field in {text!r}"
+    return None if match.group(1) == "no face" else float(match.group(1))
+
+
+def _close(value: float | None, expected: float | None) -> bool:
+    # Printed with 3 decimals; the core's float32 and this float64 mean may round apart.
+    return value is None if expected is None else value is not None and abs(value - expected) <= 1.5e-3
+
+
+def _likeness_args(server: A1111Server) -> dict:
+    return {"likeness identity score": {"args": [True, str(server.refs), str(PACK), "max"]}}
+
+
+def test_a1111_lists_the_likeness_script_and_axes(a1111_server: A1111Server) -> None:
+    info = a1111_server.call("GET", "/sdapi/v1/script-info")
+    ours = [s for s in info if s["name"] == "likeness identity score"]
+    assert {s["is_img2img"] for s in ours} == {False, True}, [s["name"] for s in info]
+    assert all(s["is_alwayson"] for s in ours)
+    xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    choices = xyz["args"][0]["choices"]
+    assert "Likeness: LoRA epoch" in choices and "Likeness: LoRA strength" in choices, choices
+
+
+def test_plain_txt2img_scores_each_image_into_its_infotext(a1111_server: A1111Server) -> None:
+    result = _txt2img(a1111_server, prompt=f"photo of a person, <lora:{STEMS[1]}:0.8>", batch_size=2,
+                      alwayson_scripts=_likeness_args(a1111_server))
+    info = json.loads(result["info"])
+    expected = _core_scores([a1111_server.faces[STEMS[1]]], a1111_server.refs)[0]
+    assert expected is not None and expected > 0.3
+    per_image = info["infotexts"][-2:]
+    for text in per_image:
+        assert _close(_likeness(text), expected), text
+    # The summary goes to the UI's comments (not part of the API's answer) and to the console.
+    assert f"[Likeness] mean {expected:.3f} over 2 image(s), 2 with a face" in a1111_server.tail(), a1111_server.tail()
+
+
+def test_xyz_over_the_likeness_axes_scores_every_cell(a1111_server: A1111Server) -> None:
+    server = a1111_server
+    info = server.call("GET", "/sdapi/v1/script-info")
+    choices = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])["args"][0]["choices"]
+    epoch_axis, strength_axis = choices.index("Likeness: LoRA epoch"), choices.index("Likeness: LoRA strength")
+    server.test_log.write_text("", encoding="utf-8")
+    # Dropdown axes take their values from *_values_dropdown unless csv_mode (the last argument) is on.
+    script_args = [epoch_axis, "", STEMS, strength_axis, "0.5, 1", [], 0, "", [], True, True, False, False,
+                   False, False, False, 0, False]
+    result = _txt2img(server, prompt="photo of a person", script_name="x/y/z plot", script_args=script_args,
+                      alwayson_scripts=_likeness_args(server), save_images=True)
+    info = json.loads(result["info"])
+
+    # What A1111 parsed and loaded for each cell: the axes' LoRA at the axis' strength.
+    cells = [json.loads(line) for line in server.test_log.read_text(encoding="utf-8").splitlines()]
+    loaded = sorted((c["loaded"][0][0], c["loaded"][0][2]) for c in cells)
+    assert loaded == sorted((stem, s) for stem in STEMS for s in (0.5, 1.0)), cells
+    assert all(c["parsed"]["lora"] == [[c["loaded"][0][0], f"{c['loaded'][0][2]:g}"]] for c in cells), cells
+
+    e1, e2 = _core_scores([server.faces[STEMS[0]], server.faces[STEMS[1]]], server.refs)
+    assert e1 is not None and e2 is not None and e2 > e1 + 0.2, (e1, e2)
+    expected = {STEMS[0]: e1, STEMS[1]: e2, STEMS[2]: None}
+    grid_mean = (2 * e1 + 2 * e2) / 4
+
+    # 1 grid + 6 cells (include_lone_images); the grid's infotext carries the grid mean, each
+    # cell's the cell's score, and the comments the summary.
+    assert len(result["images"]) == 7
+    texts = info["infotexts"]
+    assert _close(_likeness(texts[0]), grid_mean), texts[0]
+    for text in texts[1:]:
+        stem = re.search(r"<lora:([^:>]+):", text).group(1)
+        assert _close(_likeness(text), expected[stem]), text
+    console = server.tail(20000)
+    mean_line = re.search(r"\[Likeness\] Likeness \(identity score, max\): grid mean ([0-9.-]+)", console)
+    assert mean_line and _close(float(mean_line.group(1)), grid_mean), console
+    assert "[Likeness] | jxtest e2 | strength 1 | 1 | 1 |" in console, console
+
+    # The grid was saved with the mean in its infotext, and the reports beside it.
+    grids = sorted((server.data / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))
+    assert grids, "no grid saved"
+    from PIL import Image
+
+    with Image.open(grids[-1]) as saved:
+        assert _close(_likeness(saved.info["parameters"]), grid_mean), saved.info["parameters"]
+        assert saved.size == Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).size
+    csv_path = grids[-1].with_name(grids[-1].stem + "-likeness_scores.csv")
+    json_path = grids[-1].with_name(grids[-1].stem + "-likeness_scores.json")
+    assert csv_path.is_file() and json_path.is_file(), sorted(p.name for p in grids[-1].parent.iterdir())
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    groups = {g["label"]: g for g in report["groups"]}
+    assert set(groups) == {f"jxtest {c} | strength {s}" for c in ("e1", "e2", "final (e3)") for s in ("0.5", "1")}, groups
+    for label, group in groups.items():
+        value = e1 if " e1 " in label else e2 if " e2 " in label else None
+        assert group["n_images"] == 1
+        assert _close(group["mean"], value), (label, group)
+    # Ordered by the core's group order: epoch, then strength.
+    assert [g["label"] for g in report["groups"]][:2] == ["jxtest e1 | strength 0.5", "jxtest e1 | strength 1"]
+    rows = csv_path.read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("path,group,face_found") and len(rows) == 7
+    # Each cell image was saved (save_images) with its score in its infotext; the report names it.
+    for image in report["images"]:
+        saved_cell = Path(image["path"])
+        assert saved_cell.is_file() and saved_cell.parent.parent.name == "txt2img-images", image["path"]
+        with Image.open(saved_cell) as cell_file:
+            assert _close(_likeness(cell_file.info["parameters"]), image["score_max"]), image
+    if os.environ.get("LIKENESS_SCREENSHOT_DIR"):  # README picture: the grid A1111 saved
+        target = Path(os.environ["LIKENESS_SCREENSHOT_DIR"])
+        shutil.copy(grids[-1], target / "xyz_grid_scored.png")
+        lone = [Image.open(io.BytesIO(base64.b64decode(image))) for image in result["images"][1:]]
+        _blank_photos(Image.open(grids[-1]), lone, columns=3, rows=2).save(target / "xyz_grid_scored_blanked.png")
+
+
+def _blank_photos(grid, cells: list, columns: int, rows: int):
+    """The scored grid with the photos' own pixels greyed out, keeping what Likeness drew on them
+    (the test photos may not be redistributed; the README shows this version). Cell positions follow
+    A1111's image_grid + draw_grid_annotations layout with no margin: labels take the top/left."""
+    import numpy as np
+    from PIL import Image
+
+    out = np.asarray(grid.convert("RGB")).copy()
+    width, height = max(c.width for c in cells), max(c.height for c in cells)
+    left, top = grid.width - columns * width, grid.height - rows * height
+    for index, clean in enumerate(cells):
+        x = left + (index % columns) * width + (width - clean.width) // 2
+        y = top + (index // columns) * height + (height - clean.height) // 2
+        region = out[y:y + clean.height, x:x + clean.width]
+        drawn = np.abs(region.astype(int) - np.asarray(clean.convert("RGB")).astype(int)).sum(axis=2) > 24
+        band = clean.height * 4 // 5  # the badge sits bottom-left: keep its whole box (black ground)
+        ys, xs = np.nonzero(drawn[band:])
+        if len(xs):
+            pad = max(2, clean.height // 64)
+            window = (slice(max(0, band + ys.min() - 2 * pad), None), slice(0, xs.max() + 2 * pad))
+            drawn[window] |= (region[window] == 0).all(axis=2)
+        region[~drawn] = 200
+    return Image.fromarray(out)
+
+
+TAB_DRIVER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("lora_likeness_bootstrap", sys.argv[1])
+bootstrap = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bootstrap
+spec.loader.exec_module(bootstrap)
+bootstrap.load_a1111_adapter()
+import gradio
+from lora_likeness_a1111 import tab
+
+tab.add_section("Later stage", lambda: gradio.Markdown("added by a later stage"))
+[(blocks, title, elem_id)] = tab.build_tab()
+config = blocks.get_config_file()
+kinds = sorted({c["type"] for c in config["components"]})
+labels = [c["props"].get("label") or c["props"].get("value") for c in config["components"] if c["type"] in ("tabitem", "button")]
+print("LIKENESS_RESULT " + json.dumps({"gradio": gradio.__version__, "title": title, "elem_id": elem_id,
+                                       "kinds": kinds, "labels": labels}))
+"""
+
+
+def test_likeness_tab_builds_with_a1111s_gradio(a1111_dir: Path, tmp_path: Path) -> None:
+    """The on_ui_tabs callback with the gradio A1111 pins (3.41): the tab is a container of
+    sections, and a section added later lands in it."""
+    driver = tmp_path / "tab_driver.py"
+    driver.write_text(TAB_DRIVER, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(GRADIO_ANALYTICS_ENABLED="False", PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run([_a1111_python(), str(driver), str(REPO / "likeness_bootstrap.py")], check=False, cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
+    r = json.loads(lines[-1][len(RESULT_TAG):])
+    assert r["gradio"].startswith("3.41")
+    assert (r["title"], r["elem_id"]) == ("Likeness", "likeness")
+    assert {"dataframe", "image", "textbox", "dropdown", "radio", "button", "tabitem"} <= set(r["kinds"]), r["kinds"]
+    assert r["labels"][:3] == ["Score a folder", "Score", "Later stage"], r["labels"]
+
+
+def test_a1111_runs_our_install_py_through_its_launcher(a1111_dir: Path, tmp_path: Path) -> None:
+    """A1111's own extension-installer runner (launch_utils.run_extension_installer, as at start-up
+    after "Install from URL") runs our install.py, which finds A1111's launch module; in a venv
+    already set up (see the README) it changes nothing, and A1111's pins are untouched."""
+    python = _a1111_python()
+    ext = tmp_path / "extensions" / "sd-webui-likeness"
+    shutil.copytree(REPO, ext, ignore=_COPY_IGNORE)
+    versions = ("import importlib.metadata as m, json; print(json.dumps({n: m.version(n) for n in "
+                "('numpy', 'Pillow', 'protobuf', 'transformers', 'torch', 'opencv-python')}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+
+    def pins() -> dict:
+        return json.loads(subprocess.run([python, "-c", versions], check=True, capture_output=True, text=True, env=env).stdout)
+
+    before = pins()
+    code = "import sys; from modules import launch_utils; launch_utils.run_extension_installer(sys.argv[1])"
+    proc = subprocess.run([python, "-c", code, str(ext)], check=False, cwd=a1111_dir, env=env, capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Error running install.py" not in out, out
+    assert "via A1111's launch.run_pip" in out, out
+    assert "[Likeness] nothing to do: all requirements are satisfied" in out, out
+    assert pins() == before
+    assert before["numpy"] == "1.26.2" and before["Pillow"] == "9.5.0" and before["transformers"] == "4.30.2", before
