@@ -478,6 +478,19 @@ def test_plain_txt2img_scores_each_image_into_its_infotext(a1111_server: A1111Se
     assert f"[Likeness] mean {expected:.3f} over 2 image(s), 2 with a face" in a1111_server.tail(), a1111_server.tail()
 
 
+def test_img2img_scores_too(a1111_server: A1111Server) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(buffer, format="PNG")
+    body = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "prompt": f"photo, <lora:{STEMS[0]}:1>",
+            "width": 64, "height": 64, "steps": 2, "denoising_strength": 0.5, "seed": 1, "sampler_name": "Euler",
+            "cfg_scale": 5, "send_images": True, "save_images": False, "alwayson_scripts": _likeness_args(a1111_server)}
+    info = json.loads(a1111_server.call("POST", "/sdapi/v1/img2img", body)["info"])
+    expected = _core_scores([a1111_server.faces[STEMS[0]]], a1111_server.refs)[0]
+    assert _close(_likeness(info["infotexts"][0]), expected), info["infotexts"][0]
+
+
 def test_xyz_over_the_likeness_axes_scores_every_cell(a1111_server: A1111Server) -> None:
     server = a1111_server
     info = server.call("GET", "/sdapi/v1/script-info")
