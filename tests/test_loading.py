@@ -217,6 +217,32 @@ _report(
     assert result["heavy"] == [], f"heavy modules imported at load time: {result['heavy']}"
 
 
+def test_comfyui_too_old_for_the_v3_api_says_so(tmp_path: Path) -> None:
+    """A ComfyUI before 0.3.48 has ``comfy_api`` but no ``comfy_api.latest``: the import fails with
+    a message naming both versions (ComfyUI prints it beside IMPORT FAILED)."""
+    old_comfy = tmp_path / "ComfyUI-0.3.47"
+    (old_comfy / "comfy_api").mkdir(parents=True)
+    (old_comfy / "comfy_api" / "__init__.py").write_text("", encoding="utf-8")
+    (old_comfy / "comfyui_version.py").write_text('__version__ = "0.3.47"\n', encoding="utf-8")
+    pack = tmp_path / "custom_nodes" / "ComfyUI-Likeness"
+    place_pack(REPO, pack, "symlink")
+    code = _preamble(PACK=str(pack), OLD=str(old_comfy), MARKER=str(tmp_path / "none")) + """
+sys.path.insert(0, OLD)
+spec = importlib.util.spec_from_file_location(PACK, os.path.join(PACK, "__init__.py"))
+module = importlib.util.module_from_spec(spec)
+sys.modules[PACK] = module
+try:
+    spec.loader.exec_module(module)
+    error = None
+except ImportError as exc:
+    error = str(exc)
+_report(error=error)
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert result["error"] is not None, "the pack loaded on a ComfyUI without the V3 node API"
+    assert "Likeness needs ComfyUI 0.3.48 or newer" in result["error"]
+    assert "this ComfyUI is 0.3.47" in result["error"]
+
 # --------------------------------------------------------------------------------------------
 # 2. A1111 / Forge
 

@@ -8,8 +8,14 @@ the frontend itself produces:
   the same UI-format document the *Save* menu writes and drag-and-drop loads.
 * ``shoot``: loads ``workflows/<name>.json`` as a user would, optionally sets widget values for the
   machine it runs on (``--set LikenessFaceModel.pack=likeness_test``), queues it, waits for it to
-  finish, and screenshots the page into ``docs/comfyui/<name>.png``. ``--templates`` also
-  screenshots ComfyUI's template browser showing the pack's workflows.
+  finish, and screenshots the page into ``docs/comfyui/<name>.png``, and a small one into
+  ``workflows/<name>.jpg``, the thumbnail ComfyUI's template browser shows. ``--templates`` also
+  screenshots the template browser showing the pack's workflows.
+
+``--blank-photos`` keeps the test photos out of the screenshots (they may not be redistributed):
+every image the page loads from ``/view`` passes through :func:`blank_photo_pixels`, which keeps the
+opaque score badges and the face-box lines Likeness draws and turns everything else flat grey.
+``--keep`` names images to leave alone (the plot, the random model's noise grid).
 
 Needs a running ComfyUI with this pack (see tests/integration/README.md), Playwright
 (``pip install playwright``) and a Chromium (``--chromium``; Debian: ``apt-get install
@@ -139,9 +145,9 @@ BUILD_JS = """async (spec) => {
   return JSON.stringify(workflow, null, 2);
 }"""
 
-LOAD_JS = """async ([workflow, settings]) => {
+LOAD_JS = """async ([workflow, settings, name]) => {
   const app = window.app;
-  await app.loadGraphData(workflow);
+  await app.loadGraphData(workflow, true, true, name);
   for (const [type, name, value] of settings) {
     const nodes = app.graph.nodes.filter(n => n.type === type);
     if (!nodes.length) throw new Error("no " + type + " node");
@@ -152,6 +158,11 @@ LOAD_JS = """async ([workflow, settings]) => {
     }
   }
   app.graph.setDirtyCanvas(true, true);
+}"""
+
+QUEUE_BUSY_JS = """async () => {
+  const q = await (await fetch('/queue')).json();
+  return q.queue_running.length + q.queue_pending.length > 0;
 }"""
 
 FIT_JS = """() => {
@@ -170,6 +181,86 @@ FIT_JS = """() => {
 }"""
 
 
+def _black_rectangles(black) -> list[tuple[int, int, int, int]]:
+    """Opaque black rectangles (score badges, contact-sheet text strips): ``(top, bottom, left, right)``,
+    found by a top row and a bottom row with the same black run and black left/right columns between."""
+    import numpy as np
+
+    height, _ = black.shape
+    runs_by_row = []
+    for y in range(height):
+        row = np.concatenate([[False], black[y], [False]])
+        edges = np.flatnonzero(row[1:] != row[:-1])
+        runs_by_row.append({(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= 12})
+    found = []
+    for top in range(height):
+        for x0, x1 in runs_by_row[top]:
+            bottom = top
+            while bottom + 1 < height and black[bottom + 1, x0] and black[bottom + 1, x1 - 1]:
+                bottom += 1
+            while bottom > top and (x0, x1) not in runs_by_row[bottom]:
+                bottom -= 1
+            if bottom - top >= 8 and not any(t <= top and b >= bottom and l <= x0 and r >= x1 for t, b, l, r in found):
+                found.append((top, bottom + 1, x0, x1))
+    return found
+
+
+def _long_runs(mask, length: int):
+    """Pixels of ``mask`` that belong to a horizontal run of at least ``length``."""
+    import numpy as np
+
+    out = np.zeros(mask.shape, bool)
+    for y in range(mask.shape[0]):
+        row = np.concatenate([[False], mask[y], [False]])
+        edges = np.flatnonzero(row[1:] != row[:-1])
+        for a, b in zip(edges[::2], edges[1::2]):
+            if b - a >= length:
+                out[y, a:b] = True
+    return out
+
+
+def blank_photo_pixels(data: bytes) -> bytes:
+    """Flat grey everywhere except what Likeness drew: its opaque black badges (with the score text)
+    and lines of a badge's text colour (the face box). The photo's own pixels do not survive."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    rgb = np.asarray(image)
+    black = (rgb == 0).all(axis=-1)
+    keep = np.zeros(black.shape, bool)
+    colours = set()
+    for top, bottom, left, right in _black_rectangles(black):
+        keep[top:bottom, left:right] = True
+        inside = rgb[top:bottom, left:right].reshape(-1, 3)
+        bright = inside[inside.max(axis=1) > 60]
+        if len(bright):
+            values, counts = np.unique(bright, axis=0, return_counts=True)
+            colours.add(tuple(int(v) for v in values[counts.argmax()]))
+    for colour in colours:  # the face box: straight runs of exactly the badge's colour
+        same = (rgb == np.array(colour, np.uint8)).all(axis=-1)
+        keep |= _long_runs(same, 6) | _long_runs(same.T, 6).T
+    out = np.where(keep[..., None], rgb, np.uint8(96))
+    buffer = io.BytesIO()
+    Image.fromarray(out.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def _blank_route(route, keep: list[str]) -> None:
+    import fnmatch
+    from urllib.parse import parse_qs, urlparse
+
+    query = parse_qs(urlparse(route.request.url).query)
+    name = "/".join(v for v in (query.get("subfolder", [""])[0], query.get("filename", [""])[0]) if v)
+    response = await route.fetch()
+    if any(fnmatch.fnmatch(name, pattern) for pattern in keep):
+        await route.fulfill(response=response)
+        return
+    await route.fulfill(response=response, body=blank_photo_pixels(await response.body()), content_type="image/png")
+
+
 async def _open(playwright, url: str, chromium: str, size: tuple[int, int]):
     browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
     page = await browser.new_page(viewport={"width": size[0], "height": size[1]})
@@ -177,6 +268,8 @@ async def _open(playwright, url: str, chromium: str, size: tuple[int, int]):
     await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=60_000)
     await page.wait_for_timeout(1500)
     await page.keyboard.press("Escape")  # the first-run template dialog
+    await page.evaluate("""async () => { try { await window.app.extensionManager.setting.set('Comfy.Minimap.Visible', false); }
+                           catch (e) { /* older frontends have no minimap */ } }""")
     await page.wait_for_timeout(500)
     return browser, page
 
@@ -216,24 +309,36 @@ async def shoot(args) -> None:
     settings = _settings(args.set)
     async with async_playwright() as p:
         browser, page = await _open(p, args.url, args.chromium, (args.width, args.height))
+        if args.blank_photos:
+            await page.route("**/view?**", lambda route: _blank_route(route, args.keep))
         names = args.names or list(GRAPHS)
         for name in names:
             workflow = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
             types = {n["type"] for n in workflow["nodes"]}
-            await page.evaluate(LOAD_JS, [workflow, [s for s in settings if s[0] in types]])
+            await page.evaluate(LOAD_JS, [workflow, [s for s in settings if s[0] in types], f"{name}.json"])
             if args.run:
                 await page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-                await page.wait_for_timeout(1000)
-                await page.wait_for_function(
-                    """async () => { const r = await fetch('/queue'); const q = await r.json();
-                       return q.queue_running.length === 0 && q.queue_pending.length === 0; }""",
-                    timeout=args.timeout * 1000, polling=1000)
-                await page.wait_for_timeout(2500)  # previews load
+                await page.wait_for_timeout(2000)
+                deadline = asyncio.get_running_loop().time() + args.timeout
+                while await page.evaluate(QUEUE_BUSY_JS):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise SystemExit(f"{name}: still running after {args.timeout}s")
+                    await asyncio.sleep(2)
+                await page.wait_for_timeout(3000)  # previews load
             await page.evaluate(FIT_JS)
             await page.wait_for_timeout(800)
             out = SHOTS / f"{name}.png"
             await page.screenshot(path=str(out))
             print(f"wrote {out}")
+            # The template browser's thumbnail: <name>.jpg beside the workflow (what the frontend asks for).
+            await page.set_viewport_size({"width": 720, "height": 600})  # the browser's cards are near square
+            await page.wait_for_timeout(500)
+            await page.evaluate(FIT_JS)
+            await page.wait_for_timeout(800)
+            thumb = WORKFLOWS / f"{name}.jpg"
+            await page.screenshot(path=str(thumb), type="jpeg", quality=70)
+            await page.set_viewport_size({"width": args.width, "height": args.height})
+            print(f"wrote {thumb}")
         if args.templates:
             await page.keyboard.press("Escape")
             await page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
@@ -262,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     shot.add_argument("--width", type=int, default=1800)
     shot.add_argument("--height", type=int, default=1100)
     shot.add_argument("--templates", action="store_true", help="also screenshot the template browser")
+    shot.add_argument("--blank-photos", action="store_true", help="grey out photo pixels in every image the page shows")
+    shot.add_argument("--keep", action="append", default=["*scores.png"], metavar="GLOB",
+                      help="subfolder/filename of images not to blank (default: the plots)")
     shot.add_argument("--pack-name", default="ComfyUI-Likeness", help="the pack's folder name in custom_nodes")
     args = parser.parse_args(argv)
     asyncio.run(build(args) if args.command == "build" else shoot(args))

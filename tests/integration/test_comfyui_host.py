@@ -21,8 +21,8 @@ What it checks, beyond the unit mirror in tests/test_loading.py:
   Stop interrupts an Epoch Sweep.
 
 The SD1.5 checkpoint (2.1 GB) is ``$LIKENESS_SD15_CKPT`` if set, else made once by
-``../shared/tools/make_random_sd15.py`` into ``$LIKENESS_TEST_CACHE`` (default
-``~/.cache/lora-likeness-tests``), about 25 s. The workflow conversion runs in ``COMFYUI_PYTHON``,
+``../shared/tools/make_random_sd15.py`` into ``~/.cache/likeness-tests/sd15_random_fp16.safetensors``
+(``$XDG_CACHE_HOME`` honoured; the A1111 test uses the same file), about 25 s. The workflow conversion runs in ``COMFYUI_PYTHON``,
 which needs ``comfy-cli`` (``pip install comfy-cli``).
 """
 
@@ -137,13 +137,14 @@ def _sd15_checkpoint() -> Path:
         path = Path(explicit)
         assert path.is_file(), f"LIKENESS_SD15_CKPT={path} does not exist"
         return path
-    cache = Path(os.environ.get("LIKENESS_TEST_CACHE", "~/.cache/lora-likeness-tests")).expanduser()
-    path = cache / "sd15_random.safetensors"
+    # The same file test_a1111_host.py makes: one 2.1 GB copy per machine.
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "likeness-tests"
+    path = cache / "sd15_random_fp16.safetensors"
     if not path.is_file():
         tool = SHARED / "tools" / "make_random_sd15.py"
         assert tool.is_file(), f"{tool} is missing (../shared/tools)"
         cache.mkdir(parents=True, exist_ok=True)
-        partial = cache / "sd15_random.partial.safetensors"
+        partial = cache / f"sd15_random_fp16.{os.getpid()}.partial"
         proc = subprocess.run([os.environ.get("COMFYUI_PYTHON") or sys.executable, str(tool), str(partial),
                                "--dtype", "fp16", "--seed", "0"], check=False, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"make_random_sd15.py failed:\n{proc.stdout}\n{proc.stderr}"
