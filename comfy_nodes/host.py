@@ -60,6 +60,9 @@ if IN_COMFYUI:
             for _name in _needed:
                 getattr(_module, _name)
     except (ImportError, AttributeError) as exc:
+        missing_api = isinstance(exc, AttributeError) or getattr(exc, "name", None) in ("comfy_api.latest", "comfy_api")
+        if not missing_api:  # the API is there but failed to import (a dependency of ComfyUI's own)
+            raise ImportError(f"Likeness could not import ComfyUI's node API (comfy_api.latest): {exc}") from exc
         raise ImportError(
             f"Likeness needs ComfyUI {MIN_COMFYUI} or newer (its V3 node API, comfy_api.latest); this ComfyUI "
             f"is {comfyui_version()}. Update ComfyUI (git pull, or ComfyUI-Manager's 'Update ComfyUI'). ({exc})"
