@@ -7,9 +7,10 @@
 # supported numpy and Pillow are what A1111 1.10 ships (numpy 1.26.2) and our own lower bound
 # (Pillow 9.5); opencv-python must then be <= 4.11 because 4.12+ requires numpy 2; insightface
 # 0.7.3 (built from its sdist) is what A1111 face extensions such as ReActor still carry. Those are
-# pinned through a constraints file so that `pip install -e .[test]` cannot lift them; everything
+# pinned through a constraints file so that `pip install -e .` cannot lift them; everything
 # else resolves to the newest release compatible with them. torch is not installed: the hosts own
-# it and the core must not need it. Then pytest runs tests/test_loading.py plus any TEST_FILEs.
+# it and the core must not need it (so the test tools are installed by name, not through the
+# `test` extra, which pulls the training stack and with it torch). Then pytest runs tests/test_loading.py plus any TEST_FILEs.
 # PYTHON picks the interpreter for the venv (default python3; the project supports 3.10-3.12).
 set -euo pipefail
 
@@ -36,7 +37,7 @@ pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86 insightface==0.
 # What a host user runs: install.py adds what is missing (insightface 0.7.3 brings no
 # onnxruntime) without moving the pins above.
 "$py" install.py
-pip_install -e ".[test]"
+pip_install -e . "pytest>=7.4" "jsonschema>=4.17" "safetensors>=0.4"
 
 echo "== oldest pins: versions in $venv"
 "$py" - <<'EOF'

@@ -232,10 +232,26 @@ def analyze_arrays(
     fingerprint = engine.fingerprint
     progress.start(len(arrays), description)
     results: list[FaceResult] = []
-    for rgb, name in zip(arrays, names):
-        progress.check()
-        results.append(_analyze_array_one(engine, fingerprint, rgb, name, cache))
-        progress.advance(1, name)
+    # engine.workers images in flight, as analyze_paths does: each worker has cores // workers threads.
+    with ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix="likeness-faces") as pool:
+        pending: deque = deque()
+        queue = iter(zip(arrays, names))
+        try:
+            while True:
+                while len(pending) < engine.workers * 2:
+                    item = next(queue, None)
+                    if item is None:
+                        break
+                    pending.append((item[1], pool.submit(_analyze_array_one, engine, fingerprint, item[0], item[1], cache)))
+                if not pending:
+                    break
+                progress.check()
+                name, future = pending.popleft()
+                results.append(future.result())
+                progress.advance(1, name)
+        finally:
+            for _, future in pending:
+                future.cancel()
     progress.finish()
     return results
 
