@@ -7,6 +7,8 @@ One module per node family, each exporting ``NODES``, a list of node classes; a 
     scoring.py  Score Images
     sweep.py    LoRA Checkpoints, Epoch Sweep
     report.py   Scored Grid
+    dataset.py  Prepare Dataset
+    training.py Train LoRA
 
 To add a family: write ``comfy_nodes/<family>.py`` with its ``NODES`` and add it to ``FAMILIES``.
 Shared pieces: ``host`` (the only module that touches ComfyUI), ``types`` (custom socket types
@@ -17,10 +19,10 @@ a module that also has ``NODE_CLASS_MAPPINGS``).
 
 from __future__ import annotations
 
-from . import faces, report, scoring, sweep
+from . import dataset, faces, report, scoring, sweep, training
 from .host import ComfyExtension, register_face_model_folders
 
-FAMILIES = (faces, scoring, sweep, report)
+FAMILIES = (faces, scoring, sweep, report, dataset, training)
 NODES = [node for family in FAMILIES for node in family.NODES]
 
 

@@ -124,6 +124,52 @@ class HostProgress(Progress):
         check_interrupted()
 
 
+def take_interruption() -> bool:
+    """Whether Stop / Cancel was pressed; clears ComfyUI's flag (the caller now owns the stop)."""
+    if not IN_COMFYUI:
+        return False
+    import comfy.model_management
+
+    try:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+    except comfy.model_management.InterruptProcessingException:
+        return True
+    return False
+
+
+class CoreCancelProgress(HostProgress):
+    """:class:`HostProgress` whose Stop becomes the core's own cancellation (:class:`Cancelled`).
+
+    For core jobs that save their state when cancelled (training): ComfyUI's interruption exception
+    would pass straight through them, so here Stop only sets the core's flag and the core's
+    ``check()`` raises :class:`~lora_likeness.progress.Cancelled` at its next safe point.
+    """
+
+    def _draw(self, value: int, preview=None) -> None:
+        if self._bar is None:
+            return
+        import comfy.model_management
+
+        try:
+            self._bar.update_absolute(value, preview=preview)
+        except comfy.model_management.InterruptProcessingException:  # raised by ComfyUI's progress hook
+            self.cancel()
+
+    def check(self) -> None:
+        if take_interruption():
+            self.cancel()
+        Progress.check(self)
+
+
+def free_models() -> None:
+    """Unload every model ComfyUI holds and empty the GPU cache (before training needs the memory)."""
+    if IN_COMFYUI:
+        import comfy.model_management
+
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
+
+
 # --------------------------------------------------------------------------------------------
 # Folders
 # --------------------------------------------------------------------------------------------
@@ -184,6 +230,37 @@ def lora_roots() -> list[Path]:
     import folder_paths
 
     return [Path(p) for p in folder_paths.get_folder_paths("loras")]
+
+
+def checkpoint_names() -> list[str]:
+    """The files of ComfyUI's ``checkpoints`` folders, as its Load Checkpoint node lists them."""
+    if not IN_COMFYUI:
+        return []
+    import folder_paths
+
+    return list(folder_paths.get_filename_list("checkpoints"))
+
+
+def checkpoint_path(name: str) -> Path:
+    """Full path of a ``checkpoints`` entry; outside ComfyUI ``name`` is taken as a path."""
+    if not IN_COMFYUI:
+        return Path(name).expanduser()
+    import folder_paths
+
+    found = folder_paths.get_full_path("checkpoints", name)
+    if not found:
+        raise FileNotFoundError(f"checkpoint {name!r} is not in ComfyUI's checkpoints folders")
+    return Path(found)
+
+
+def sd1_tokenizer_dir() -> Path | None:
+    """ComfyUI's bundled SD1 CLIP tokenizer (``comfy/sd1_tokenizer``); None outside ComfyUI."""
+    if not IN_COMFYUI:
+        return None
+    import comfy
+
+    folder = Path(comfy.__file__).resolve().parent / "sd1_tokenizer"
+    return folder if folder.is_dir() else None
 
 
 def output_directory() -> Path:

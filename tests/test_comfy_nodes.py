@@ -119,7 +119,7 @@ def test_standin_only_where_comfyui_is_absent():
 def test_every_node_schema_matches_its_execute():
     assert [n.define_schema().node_id for n in pack.NODES] == [
         "LikenessFaceModel", "LikenessReferenceFaces", "LikenessScoreImages", "LikenessLoraCheckpoints",
-        "LikenessEpochSweep", "LikenessScoredGrid",
+        "LikenessEpochSweep", "LikenessScoredGrid", "LikenessPrepareDataset", "LikenessTrainLora",
     ]
     for node in pack.NODES:
         schema = node.define_schema()
@@ -132,7 +132,10 @@ def test_every_node_schema_matches_its_execute():
             has_default = parameters[port.id].default is not inspect.Parameter.empty
             assert has_default == bool(port.optional) or (has_default and hasattr(port, "default")), (schema.node_id, port.id)
         assert len({o.id for o in schema.outputs}) == len(schema.outputs)
-    assert [n.define_schema().is_output_node for n in pack.NODES].count(True) == 1  # Scored Grid
+    # The nodes that write files run even when nothing is connected to their outputs.
+    assert [n.define_schema().node_id for n in pack.NODES if n.define_schema().is_output_node] == [
+        "LikenessScoredGrid", "LikenessPrepareDataset", "LikenessTrainLora",
+    ]
 
 
 def test_entrypoint_lists_the_nodes():
