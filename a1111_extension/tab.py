@@ -3,7 +3,8 @@
 Sections are built in :data:`SECTIONS` order, each in its own sub-tab; later stages add theirs
 with :func:`add_section` (e.g. ``add_section("Dataset", build_dataset_section)``) before A1111
 builds the UI. The first section scores an existing folder of images against reference photos
-with the core and shows the table, the plot and the contact sheet.
+with the core and shows the table, the plot and the contact sheet; "Dataset" and "Train"
+(:mod:`.stages`) prepare a Kohya dataset and train a LoRA into A1111's Lora folder.
 
 :func:`score_folder_action` holds the logic and needs neither gradio nor A1111, so it is tested
 directly; the ``build_*`` functions only lay out gradio components (gradio 3.41, A1111 1.10).
@@ -21,6 +22,7 @@ from lora_likeness import report as core_report
 from lora_likeness.cache import FaceCache
 
 from .scorer import DEFAULT_PACK, LikenessSetupError, available_packs, get_scorer
+from .stages import build_dataset_section, build_train_section
 
 TAB_TITLE = "Likeness"
 TAB_ID = "likeness"
@@ -135,7 +137,11 @@ def build_score_section() -> None:
 
 
 #: (sub-tab title, builder) in display order; see :func:`add_section`.
-SECTIONS: list[tuple[str, Callable[[], None]]] = [("Score a folder", build_score_section)]
+SECTIONS: list[tuple[str, Callable[[], None]]] = [
+    ("Score a folder", build_score_section),
+    ("Dataset", build_dataset_section),  # stages.py: photos -> Kohya dataset
+    ("Train", build_train_section),  # stages.py: dataset -> LoRA in A1111's Lora folder
+]
 
 
 def add_section(title: str, build: Callable[[], None]) -> None:

@@ -230,9 +230,9 @@ def test_score_folder_action_reports_bad_settings_as_a_message(tmp_path):
 def test_tab_sections_are_a_container_later_stages_extend():
     before = list(tab.SECTIONS)
     try:
-        tab.add_section("Dataset", lambda: None)
+        tab.add_section("Later stage", lambda: None)
         tab.add_section("Score a folder", tab.build_score_section)  # same title: replaced, not doubled
-        assert [title for title, _ in tab.SECTIONS] == ["Score a folder", "Dataset"]
+        assert [title for title, _ in tab.SECTIONS] == ["Score a folder", "Dataset", "Train", "Later stage"]
     finally:
         tab.SECTIONS[:] = before
 
