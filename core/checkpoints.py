@@ -18,6 +18,7 @@ from .images import natural_key
 from .labels import LoraUse, parse_kohya_name, read_safetensors_metadata
 
 LORA_SUFFIX = ".safetensors"
+TRAINING_STATE_SUFFIX = "-state.safetensors"
 
 #: Human names of the architectures :func:`lora_architecture` returns.
 ARCHITECTURE_NAMES = {
@@ -103,7 +104,13 @@ def scan_loras(root: Path) -> list[LoraCheckpoint]:
     root = Path(root)
     if not root.is_dir():
         return []
-    files = [p for p in root.rglob(f"*{LORA_SUFFIX}") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    files = [
+        p
+        for p in root.rglob(f"*{LORA_SUFFIX}")
+        if p.is_file()
+        and not p.name.endswith(TRAINING_STATE_SUFFIX)  # the trainer's resumable state, not a LoRA
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
     files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
     return [_checkpoint(p, root) for p in files]
 

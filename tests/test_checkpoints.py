@@ -51,6 +51,7 @@ def test_runs_in_epoch_order_with_final_last(tmp_path):
     make_run(tmp_path)
     make_run(tmp_path, name="other", epochs=(3,), sub="people")
     (tmp_path / "notes.txt").write_text("not a LoRA")
+    write_header_only(tmp_path / "jx265-state.safetensors", SD1_KEYS)  # likeness train's resumable state
     runs = list_runs(tmp_path)
     assert list(runs) == ["jx265", "people/other"]
     labels = [c.label for c in runs["jx265"]]
