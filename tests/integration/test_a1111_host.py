@@ -623,7 +623,8 @@ def test_likeness_tab_builds_with_a1111s_gradio(a1111_dir: Path, tmp_path: Path)
     assert r["gradio"].startswith("3.41")
     assert (r["title"], r["elem_id"]) == ("Likeness", "likeness")
     assert {"dataframe", "image", "textbox", "dropdown", "radio", "button", "tabitem"} <= set(r["kinds"]), r["kinds"]
-    assert r["labels"][:3] == ["Score a folder", "Score", "Later stage"], r["labels"]
+    assert r["labels"][:3] == ["Score a folder", "Score", "Dataset"], r["labels"]
+    assert {"Prepare dataset", "Train", "Later stage"} <= set(r["labels"]), r["labels"]
 
 
 def test_a1111_runs_our_install_py_through_its_launcher(a1111_dir: Path, tmp_path: Path) -> None:

@@ -58,6 +58,8 @@ LIKENESS_NODES = {
     "LikenessLoraCheckpoints": "LoRA Checkpoints",
     "LikenessEpochSweep": "Epoch Sweep",
     "LikenessScoredGrid": "Scored Grid",
+    "LikenessPrepareDataset": "Prepare Dataset",
+    "LikenessTrainLora": "Train LoRA",
 }
 RUN = "testface"        # an SD1.5 training run: testface-000001, -000002, testface (ss_epoch 3)
 XL_RUN = "otherxl"      # an SDXL LoRA, for the architecture error
