@@ -259,7 +259,8 @@ def sd1_tokenizer_dir() -> Path | None:
         return None
     import comfy
 
-    folder = Path(comfy.__file__).resolve().parent / "sd1_tokenizer"
+    # ``comfy`` is a namespace package in some ComfyUI versions (no __init__.py, __file__ is None).
+    folder = Path(next(iter(comfy.__path__))).resolve() / "sd1_tokenizer"
     return folder if folder.is_dir() else None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from comfy_pack import load_node_pack
 from likeness_assets import PACK_DIR, PEOPLE
 from lora_likeness.checkpoints import ArchitectureMismatch
 from lora_likeness.faces import FaceEngine, PackNotFoundError
@@ -32,23 +33,7 @@ torch = pytest.importorskip("torch", reason="IMAGE tensors need torch (the proje
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_node_pack():
-    """``comfy_nodes`` under a unique name, as the root ``__init__`` imports it inside ComfyUI."""
-    name = "likeness_comfy_nodes_under_test"
-    if importlib.util.find_spec("comfy") is not None:  # ComfyUI on the path: run it as `main.py --cpu` would
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True
-    if name not in sys.modules:
-        folder = REPO / "comfy_nodes"
-        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-pack = _load_node_pack()
+pack = load_node_pack()
 host = sys.modules[pack.__name__ + ".host"]
 faces_nodes = sys.modules[pack.__name__ + ".faces"]
 scoring_nodes = sys.modules[pack.__name__ + ".scoring"]

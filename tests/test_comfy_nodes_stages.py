@@ -7,12 +7,12 @@ folder on ``PYTHONPATH`` the same tests run on its real node API.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from comfy_pack import load_node_pack
 from likeness_assets import FACES, PACK_DIR, PEOPLE
 
 torch = pytest.importorskip("torch", reason="IMAGE tensors need torch (the project venv has the CPU build)")
@@ -21,23 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO.parent / "shared" / "tokenizers" / "sd1_clip"
 
 
-def _load_node_pack():
-    """``comfy_nodes`` under the name tests/test_comfy_nodes.py uses (one copy per process)."""
-    name = "likeness_comfy_nodes_under_test"
-    if importlib.util.find_spec("comfy") is not None:  # ComfyUI on the path: run it as `main.py --cpu` would
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True
-    if name not in sys.modules:
-        folder = REPO / "comfy_nodes"
-        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-pack = _load_node_pack()
+pack = load_node_pack()
 host = sys.modules[pack.__name__ + ".host"]
 faces_nodes = sys.modules[pack.__name__ + ".faces"]
 dataset_nodes = sys.modules[pack.__name__ + ".dataset"]

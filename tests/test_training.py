@@ -285,3 +285,21 @@ def test_cli_train_and_interrupt_handler(tiny, tmp_path, capsys):
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_tokenizer_declaring_8192_positions_is_fitted_to_clips_77(tiny, tmp_path):
+    """ComfyUI's bundled sd1_tokenizer says model_max_length 8192; CLIP has 77 positions."""
+    from lora_likeness.training.models import load_base_model
+    from lora_likeness.training.trainer import encode_prompts
+
+    tokenizer_dir = tmp_path / "sd1_tokenizer"
+    shutil.copytree(TOKENIZER, tokenizer_dir)
+    settings = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    settings["model_max_length"] = 8192
+    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps(settings))
+    base, _ = tiny
+    model = load_base_model(base, tokenizer_dir=tokenizer_dir)
+    positions = model.text_encoder.config.max_position_embeddings
+    assert model.tokenizer.model_max_length == positions
+    hidden = encode_prompts(model.tokenizer, model.text_encoder, ["ohwx person, close-up"], 1, "cpu")
+    assert hidden.shape[1] == positions

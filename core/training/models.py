@@ -197,7 +197,7 @@ def load_base_model(base: Path, tokenizer_dir: Path | None = None, config_dir: P
         scheduler_dir = base / "scheduler"
         noise_scheduler = (DDPMScheduler.from_pretrained(base, subfolder="scheduler") if scheduler_dir.is_dir()
                            else DDPMScheduler.from_config(SD15_SCHEDULER))
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+        tokenizer = _fit_tokenizer(CLIPTokenizer.from_pretrained(tok_dir), text_encoder)
         return BaseModel(tokenizer, text_encoder, vae, unet, _training_scheduler(noise_scheduler), base, tok_dir, {"format": "diffusers"})
 
     if base.suffix.lower() != ".safetensors":
@@ -229,8 +229,17 @@ def load_base_model(base: Path, tokenizer_dir: Path | None = None, config_dir: P
         except Exception as exc:
             raise ModelLoadError(f"cannot load the checkpoint {base.name}: {exc}") from exc
     noise_scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
-    return BaseModel(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, _training_scheduler(noise_scheduler), base, tok_dir,
+    return BaseModel(_fit_tokenizer(pipe.tokenizer, pipe.text_encoder), pipe.text_encoder, pipe.vae, pipe.unet, _training_scheduler(noise_scheduler), base, tok_dir,
                      {"format": "single-file"})
+
+
+def _fit_tokenizer(tokenizer, text_encoder):
+    """Pad and truncate prompts to the text encoder's positions (77 for SD1): ComfyUI's bundled
+    ``sd1_tokenizer`` declares ``model_max_length`` 8192, which CLIP's 77 position embeddings reject."""
+    positions = int(getattr(text_encoder.config, "max_position_embeddings", 77))
+    if not tokenizer.model_max_length or tokenizer.model_max_length > positions:
+        tokenizer.model_max_length = positions
+    return tokenizer
 
 
 def write_sd15_tokenizer(config_dir: Path, tokenizer_dir: Path) -> None:
