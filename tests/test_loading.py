@@ -206,7 +206,7 @@ _report(
     assert result["entrypoint_is_async"] is True
     assert result["node_ids"] == [
         "LikenessFaceModel", "LikenessReferenceFaces", "LikenessScoreImages", "LikenessLoraCheckpoints",
-        "LikenessEpochSweep", "LikenessScoredGrid",
+        "LikenessEpochSweep", "LikenessScoredGrid", "LikenessPrepareDataset", "LikenessTrainLora",
     ]
     assert result["categories"] == ["Likeness"]
     assert result["bootstrap_module"], "root __init__ did not import the bootstrap relatively"
