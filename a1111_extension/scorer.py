@@ -21,7 +21,7 @@ from lora_likeness import pipeline
 from lora_likeness.cache import FaceCache
 from lora_likeness.faces import FaceEngine, FaceResult, PackNotFoundError
 from lora_likeness.references import NoReferencesError, ReferenceSet
-from lora_likeness.scoring import AGGREGATIONS, ImageScore, score_faces
+from lora_likeness.scoring import AGGREGATIONS, ImageScore
 
 DEFAULT_PACK = core_faces.DEFAULT_PACK
 
@@ -104,11 +104,7 @@ class Scorer:
         return pipeline.analyze_arrays(self.engine, arrays, names, cache=self.memory)
 
     def score_result(self, result: FaceResult, name: str) -> ScoredImage:
-        embeddings = [face.embedding for face in result.faces] if result.ok else []
-        score = score_faces(
-            embeddings, self.references.embeddings, self.settings.face_choice, self.settings.aggregation,
-            self.references.baseline.pairwise_max,
-        )
+        score = pipeline.score_result(result, self.references, self.settings)
         return ScoredImage(name=name, result=result, score=score, aggregation=self.settings.aggregation)
 
     def score_images(self, images: Sequence, names: Sequence[str]) -> list[ScoredImage]:
@@ -127,7 +123,6 @@ class Scorer:
 
 _MEMORY = MemoryFaceCache()
 _LOCK = threading.Lock()
-_ENGINES: dict[str, FaceEngine] = {}
 _REFERENCES: dict[tuple, ReferenceSet] = {}
 
 
@@ -147,19 +142,9 @@ def load_engine(pack: str) -> FaceEngine:
     """The engine for ``pack`` (name or folder), loaded once per process."""
     pack = (pack or DEFAULT_PACK).strip()
     try:
-        location = core_faces.find_pack(pack)
+        return core_faces.shared_engine(pack)
     except (PackNotFoundError, core_faces.FaceModelError) as error:
         raise LikenessSetupError(f"Likeness: {error}") from error
-    key = str(location.path)
-    with _LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            try:
-                engine = FaceEngine(location)
-            except core_faces.FaceModelError as error:
-                raise LikenessSetupError(f"Likeness: {error}") from error
-            _ENGINES[key] = engine
-    return engine
 
 
 def get_scorer(refs: str, pack: str, aggregation: str = "max", face_choice: str = "largest") -> Scorer:

@@ -56,7 +56,7 @@ class CellScores:
 
     @property
     def mean(self) -> float | None:
-        return core_grid.axis_means(self.values, [0] * len(self.values)).get(0) if self.images else None
+        return core_grid.mean_score(self.values)
 
 
 # --- infotext -------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class GridScores:
     @property
     def mean(self) -> float | None:
         values = [v for cell in self.cells.values() for v in cell.values]
-        return core_grid.axis_means(values, [0] * len(values)).get(0) if values else None
+        return core_grid.mean_score(values)
 
     def labels_with_means(self, labels: Sequence[str], axis: int) -> list[str]:
         """``e10 · 0.612``; an empty label (the "Nothing" axis) stays empty."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +24,9 @@ log = logging.getLogger("lora_likeness.comfyui")
 PROVIDERS = ("auto", "cpu", "cuda", "rocm", "directml", "coreml", "openvino")
 THUMBNAIL = 192  # px, side of each reference face in the preview
 
-_ENGINES: dict[tuple, faces.FaceEngine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
 def load_engine(pack: str, provider: str) -> faces.FaceEngine:
-    """One engine per (pack folder, provider) for the whole process: several Face Model nodes, or
-    a re-run after ComfyUI dropped its cache, reuse the loaded ONNX sessions."""
-    location = faces.find_pack(pack)
-    key = (str(location.path), provider)
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = faces.FaceEngine(location, providers=provider)
-            _ENGINES[key] = engine
-    return engine
+    """One engine per (pack folder, provider) for the whole process (the core keeps them)."""
+    return faces.shared_engine(pack, provider)
 
 
 class FaceModel(io.ComfyNode):

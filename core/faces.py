@@ -579,3 +579,31 @@ class FaceEngine:
 
         return self.analyze(from_array(rgb, name))
 
+
+
+# --------------------------------------------------------------------------------------------
+# One engine per pack and providers for the whole process (hosts keep running between jobs)
+# --------------------------------------------------------------------------------------------
+
+_SHARED_ENGINES: dict[tuple[str, str], FaceEngine] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(pack: str | os.PathLike = DEFAULT_PACK, providers: str = "auto") -> FaceEngine:
+    """The engine for ``pack`` (name or folder) and ``providers``, loaded once per process.
+
+    Host front doors call this for every job: several nodes or tab actions, or a re-run after a
+    host dropped its own cache, reuse the loaded ONNX sessions.
+
+    Raises:
+        PackNotFoundError: no such pack (the message lists every folder searched).
+        FaceModelError: the pack is unusable.
+    """
+    location = find_pack(pack)
+    key = (str(location.path), providers)
+    with _SHARED_LOCK:
+        engine = _SHARED_ENGINES.get(key)
+        if engine is None:
+            engine = FaceEngine(location, providers=providers)
+            _SHARED_ENGINES[key] = engine
+    return engine

@@ -96,6 +96,11 @@ def axis_means(scores: Sequence[float | None], keys: Sequence[Hashable]) -> dict
     return {key: (float(np.mean(values)) if values else None) for key, values in groups.items()}
 
 
+def mean_score(scores: Sequence[float | None]) -> float | None:
+    """Mean of the non-missing scores; ``None`` when no image has a face (or there are none)."""
+    return axis_means(scores, [0] * len(scores)).get(0)
+
+
 def axis_label(label: str, mean: float | None) -> str:
     """``e10 · 0.612`` / ``e10 · no face``."""
     return f"{label} · {format_score(mean)}"
@@ -181,7 +186,7 @@ def scored_grid(
     height = top + len(row_order) * (size + gap)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    overall = axis_means([c.score for c in cells], [0] * len(cells))[0]
+    overall = mean_score([c.score for c in cells])
     corner = f"mean {format_score(overall)}" + (f" · baseline {baseline:.3f}" if baseline is not None else "")
     if title:
         _text(draw, (gap, gap), title, header_font, (0, 0, 0))

@@ -272,6 +272,12 @@ def image_groups(paths: Sequence[Path], root: Path | None, group_by: str) -> lis
     return [lora_group(loras_from_metadata(read_generation_text(Path(p)))) for p in paths]
 
 
+def score_result(result: FaceResult, references: ReferenceSet, settings: ScoreSettings) -> ImageScore:
+    """One analysed image's score; memorisation is judged against the references' pairwise maximum."""
+    embeddings = [f.embedding for f in result.faces] if result.ok else []
+    return score_faces(embeddings, references.embeddings, settings.face_choice, settings.aggregation, references.baseline.pairwise_max)
+
+
 def score_results(
     results: Sequence[FaceResult],
     names: Sequence[str],
@@ -282,12 +288,10 @@ def score_results(
     images_root: str | None = None,
 ) -> ScoreRun:
     """Score analysed images and compute group statistics (no I/O)."""
-    threshold = references.baseline.pairwise_max
-    scored: list[ScoredImage] = []
-    for result, name, (label, _) in zip(results, names, groups):
-        embeddings = [f.embedding for f in result.faces] if result.ok else []
-        image_score = score_faces(embeddings, references.embeddings, settings.face_choice, settings.aggregation, threshold)
-        scored.append(ScoredImage(path=name, group=label, result=result, score=image_score))
+    scored = [
+        ScoredImage(path=name, group=label, result=result, score=score_result(result, references, settings))
+        for result, name, (label, _) in zip(results, names, groups)
+    ]
 
     by_group: dict[str, list[ScoredImage]] = {}
     infos: dict[str, dict] = {}
