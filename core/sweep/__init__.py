@@ -1,0 +1,1 @@
+"""Epoch × strength sweep: checkpoints × strengths × seeds × prompts → scored, labelled images."""
