@@ -3,6 +3,7 @@
     likeness score --refs DIR --images DIR [--pack NAME|PATH] [--group-by folder|lora|none]
                    [--aggregation max|mean|ism] [--out DIR] [--json FILE]
     likeness doctor [--pack NAME|PATH] [--fix-onnxruntime]
+    likeness prepare / train / sweep / run / convert: see ``likeness <command> --help``
 
 Exit codes: 0 done (unreadable images are reported, not fatal); 2 a setting the user must fix
 (no face-model pack, no usable reference photo, a missing folder); 130 cancelled with Ctrl-C.
@@ -110,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Sub-commands of the later stages register themselves and set ``handler`` (args -> exit code).
     from .dataset import command as dataset_command
+    from .sweep import command as sweep_command
     from .training import command as training_command
 
-    for register in (dataset_command.register, training_command.register):
+    for register in (dataset_command.register, training_command.register, sweep_command.register):
         register(commands)
     return parser
 

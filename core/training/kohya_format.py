@@ -111,14 +111,16 @@ def target_map(targets: Iterable[LoraTarget]) -> dict[str, LoraTarget]:
     return {t.key: t for t in targets}
 
 
-def kohya_to_peft(state_dict: Mapping[str, Any], unet=None, text_encoder=None) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
+def kohya_to_peft(state_dict: Mapping[str, Any], unet=None, text_encoder=None,
+                  targets: Mapping[str, LoraTarget] | None = None) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
     """Split a Kohya LoRA into per-component peft-style tensors for a diffusers pipeline.
 
     Returns ``(tensors, alphas, unknown)``: ``tensors[component]`` maps ``<path>.lora_A.weight`` /
     ``<path>.lora_B.weight`` to the file's tensors, ``alphas[component][path]`` is the module's alpha
     (for peft's ``alpha_pattern``), and ``unknown`` lists module keys that match no target module.
+    ``targets`` (from :func:`target_map`) saves walking the models again when many files are mapped.
     """
-    targets = target_map(find_targets(unet, text_encoder))
+    targets = targets if targets is not None else target_map(find_targets(unet, text_encoder))
     tensors: dict[str, dict] = {"unet": {}, "text_encoder": {}}
     alphas: dict[str, dict] = {"unet": {}, "text_encoder": {}}
     unknown = []

@@ -1,0 +1,219 @@
+"""``likeness sweep`` and ``likeness run``: argument parsers and handlers (nothing heavy until they run).
+
+    likeness sweep --base MODEL --loras DIR --refs DIR --prompt TEXT [--negative TEXT] [--seeds 1236,1237]
+                   [--strengths 0.6,0.8,1.0] [--steps N] [--cfg X] [--width W] [--height H] [--pack NAME|PATH] --out DIR
+    likeness run --photos DIR --trigger T --class C --base MODEL --out DIR
+
+Exit codes: 0 done, 2 a setting to fix, 130 cancelled (re-running continues where it stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def _sweep_options(parser: argparse.ArgumentParser, for_run: bool) -> None:
+    """Generation options shared by ``sweep`` and ``run`` (defaults None = the SweepConfig default)."""
+    from .config import SAMPLERS
+
+    group = parser.add_argument_group("sweep")
+    if not for_run:
+        group.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT", required=True,
+                           help="prompt (repeatable: each prompt is generated with every seed in every cell)")
+    group.add_argument("--negative", metavar="TEXT", help="negative prompt")
+    group.add_argument("--seeds", metavar="LIST", help="seeds, e.g. 1236,1237 or 1236-1239 (default 1236,1237)")
+    group.add_argument("--strengths", metavar="LIST", help="LoRA strengths, e.g. 0.6,0.8,1.0 (default)")
+    group.add_argument("--steps", type=int, help="sampling steps (default 25)")
+    group.add_argument("--cfg", type=float, help="CFG scale (default 7)")
+    group.add_argument("--width", type=int, help="image width in px (default 512)")
+    group.add_argument("--height", type=int, help="image height in px (default 768)")
+    group.add_argument("--sampler", choices=tuple(SAMPLERS), help="sampler (default dpmpp_2m_karras)")
+    group.add_argument("--clip-skip", type=int, help="CLIP skip as A1111 counts it (default 1 = none)")
+    group.add_argument("--batch-size", type=int, help="images generated at once (default 4)")
+    group.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
+                       help="skip the no-LoRA cell (the floor every checkpoint should beat)")
+    group.add_argument("--clip", type=Path, metavar="DIR", help="local CLIP model folder for prompt adherence (default: the offline Hugging Face cache)")
+    group.add_argument("--no-adherence", dest="adherence", action="store_false", default=None, help="do not measure prompt adherence")
+    group.add_argument("--max-no-face", type=float, help="cells whose no-face rate is above this cannot be recommended (default 0.5)")
+    group.add_argument("--precision", choices=("auto", "fp16", "bf16", "float"), help="auto = fp16 on CUDA, float32 on CPU")
+    group.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    group.add_argument("--tokenizer", type=Path, metavar="DIR", help="CLIP tokenizer folder (default: found offline)")
+
+
+def sweep_overrides(args: argparse.Namespace) -> dict:
+    """The sweep options the user gave, as SweepConfig fields."""
+    from .config import parse_floats, parse_seeds
+
+    values = {}
+    for name in ("negative", "steps", "cfg", "width", "height", "sampler", "clip_skip", "batch_size", "baseline", "clip",
+                 "adherence", "max_no_face", "precision", "device", "tokenizer"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if args.seeds is not None:
+        values["seeds"] = parse_seeds(args.seeds)
+    if args.strengths is not None:
+        values["strengths"] = parse_floats(args.strengths, "strengths")
+    return values
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``sweep`` and ``run`` to the CLI."""
+    from ..cli import _add_engine_arguments
+
+    sweep = commands.add_parser(
+        "sweep", help="generate every checkpoint x strength x seed, score them and recommend one",
+        description="Generate images for every LoRA checkpoint at every strength (plus a no-LoRA baseline) with fixed seeds, "
+                    "score them against the reference photos and recommend the best checkpoint and strength. Re-running reuses "
+                    "the images already made.",
+    )
+    sweep.add_argument("--base", required=True, type=Path, metavar="MODEL", help="SD1.x base: diffusers folder or .safetensors checkpoint")
+    sweep.add_argument("--loras", required=True, type=Path, metavar="DIR",
+                       help="a Kohya run folder (name-000010.safetensors …), a folder of diffusers/PEFT run folders, or one LoRA file")
+    sweep.add_argument("--run", metavar="NAME", help="which training run in --loras when it holds several")
+    sweep.add_argument("--refs", required=True, type=Path, metavar="DIR", help="real photos of the person")
+    sweep.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (images/, report.html, recommendation.json, grid.jpg …)")
+    _add_engine_arguments(sweep)
+    _sweep_options(sweep, for_run=False)
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=command_sweep)
+
+    run = commands.add_parser(
+        "run", help="photos -> dataset -> LoRA -> sweep -> report in one command",
+        description="Prepare a dataset from the photos, train a LoRA, sweep its epochs x strengths and write the report with a "
+                    "recommendation. Every stage's output is kept under --out; re-running skips what is done.",
+    )
+    run.add_argument("--photos", required=True, type=Path, metavar="DIR", help="photos of the person (never modified)")
+    run.add_argument("--trigger", required=True, metavar="WORD", help="rare trigger word for the person, e.g. ohwx")
+    run.add_argument("--class", dest="class_word", required=True, metavar="WORD", help="class word: man, woman, person, …")
+    run.add_argument("--base", required=True, type=Path, metavar="MODEL", help="SD1.x base: diffusers folder or .safetensors checkpoint")
+    run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (dataset/, training/, sweep/)")
+    run.add_argument("--refs", type=Path, metavar="DIR", help="reference photos for scoring (default: --photos)")
+    _add_engine_arguments(run)
+    run.add_argument("--epochs", type=int, default=10, help="training epochs, one checkpoint each (default 10)")
+    run.add_argument("--resolution", type=int, default=512, help="training resolution and crop size (default 512)")
+    run.add_argument("--max-images", type=int, default=50, help="keep at most this many photos (default 50)")
+    run.add_argument("--train-config", type=Path, metavar="FILE.toml", help="more training settings (TrainConfig fields, as for likeness train --config)")
+    run.add_argument("--prompt", metavar="TEXT", help="sweep prompt (default: 'photo of TRIGGER CLASS')")
+    _sweep_options(run, for_run=True)
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=command_run)
+
+
+def _interruptible(progress):
+    from ..training.command import _install_interrupt
+
+    return _install_interrupt(progress)
+
+
+def _print_result(sweep, console) -> None:
+    recommendation = sweep.recommendation
+    console.print(f"{sweep.generated} image(s) generated, {sweep.reused} reused", markup=False)
+    console.print(recommendation.headline(), markup=False)
+    for warning in recommendation.warnings:
+        console.print(f"warning: {warning}", markup=False)
+    for path in sweep.files.values():
+        console.print(f"wrote {path}", markup=False)
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..cli import RichProgress, _console, _error
+    from ..faces import FaceModelError, PackNotFoundError
+    from ..progress import Cancelled
+    from ..references import NoReferencesError
+    from ..training.models import ModelLoadError
+    from .config import SweepConfig, SweepConfigError
+    from .engine import run_sweep
+    from .loras import LoraLoadError
+
+    err = _console(stderr=True)
+    out = _console()
+    try:
+        config = SweepConfig(base=args.base, loras=args.loras, refs=args.refs, out=args.out, prompts=list(args.prompts),
+                             run=args.run, pack=args.pack, providers=args.providers).replace(**sweep_overrides(args))
+        config.validate()
+    except SweepConfigError as exc:
+        _error(err, str(exc))
+        return EXIT_USAGE
+    progress = RichProgress(err, enabled=not args.quiet)
+    previous = _interruptible(progress)
+    try:
+        try:
+            result = run_sweep(config, progress)
+        finally:
+            progress.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+    except (SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError, ModelLoadError, LoraLoadError) as exc:
+        _error(err, str(exc))
+        return EXIT_USAGE
+    except (Cancelled, KeyboardInterrupt):
+        err.print("cancelled: every image saved so far is reused when you run the same command again", markup=False)
+        return EXIT_CANCELLED
+    _print_result(result, out)
+    return 0
+
+
+def command_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..cli import RichProgress, _console, _error
+    from ..dataset.config import PrepareConfigError
+    from ..faces import FaceModelError, PackNotFoundError
+    from ..progress import Cancelled
+    from ..references import NoReferencesError
+    from ..training.config import ConfigError, load_config_file
+    from ..training.models import ModelLoadError
+    from ..training.trainer import TrainingCancelled
+    from .config import SweepConfigError
+    from .loras import LoraLoadError
+    from .run import RunConfig, RunError, run_all
+
+    err = _console(stderr=True)
+    out = _console()
+    try:
+        train = {}
+        if args.train_config is not None:
+            loaded = load_config_file(args.train_config)
+            train = {k: v for k, v in loaded.to_dict().items() if k not in ("base", "data", "out", "name")}
+        config = RunConfig(photos=args.photos, trigger=args.trigger, class_word=args.class_word, base=args.base, out=args.out,
+                           refs=args.refs, pack=args.pack, providers=args.providers, resolution=args.resolution,
+                           epochs=args.epochs, max_images=args.max_images, prompt=args.prompt,
+                           train_overrides=train, sweep_overrides=sweep_overrides(args))
+    except (ConfigError, SweepConfigError) as exc:
+        _error(err, str(exc))
+        return EXIT_USAGE
+    progress = RichProgress(err, enabled=not args.quiet)
+    previous = _interruptible(progress)
+    try:
+        try:
+            result = run_all(config, progress)
+        finally:
+            progress.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+    except (RunError, PrepareConfigError, ConfigError, SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError,
+            ModelLoadError, LoraLoadError) as exc:
+        _error(err, str(exc))
+        return EXIT_USAGE
+    except TrainingCancelled as exc:
+        err.print(f"cancelled during training: {exc}; run the same command again to continue", markup=False)
+        return EXIT_CANCELLED
+    except (Cancelled, KeyboardInterrupt):
+        err.print("cancelled: finished stages and images are kept; run the same command again to continue", markup=False)
+        return EXIT_CANCELLED
+    if result.skipped:
+        out.print(f"already done, skipped: {', '.join(result.skipped)}", markup=False)
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False)
+    dataset = result.dataset
+    out.print(f"dataset: {len(dataset.kept)} photo(s) kept, {len(dataset.rejected)} rejected -> {dataset.out}", markup=False)
+    out.print(f"training: {len(result.training.checkpoints)} checkpoint(s) in {result.training.out}", markup=False)
+    _print_result(result.sweep, out)
+    return 0
