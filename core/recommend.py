@@ -184,7 +184,9 @@ class Recommendation:
     def headline(self) -> str:
         """One line for a terminal, a node output or under a grid, e.g.
         ``Recommended: e30 @ 0.8 — identity 0.612 (95% CI 0.581–0.640); beats e40 @ 0.8 by 0.031 (95% CI 0.010–0.052).
-        Floor (no LoRA) 0.05, ceiling (reference photos) 0.81.``"""
+        Floor (no LoRA) 0.05, ceiling (reference photos) 0.81.``; when the difference's CI reaches 0:
+        ``…; within noise of e40 @ 0.8 (difference 0.004, 95% CI -0.010–0.018). …``; without an eligible
+        cell: ``No recommendation: <reason>. …``. Floor and ceiling are left out when unknown."""
         context = []
         if self.floor is not None:
             context.append(f"floor (no LoRA) {self.floor:.2f}")
@@ -198,7 +200,7 @@ class Recommendation:
         if self.best.ci is not None:
             text += f" ({ci_name} {_range(self.best.ci)})"
         if self.runner_up is None or self.difference is None:
-            text += "; no other cell finds faces often enough to compare with."
+            text += "; the only cell that can be recommended (no runner-up to compare with)."
         elif self.decisive:
             text += f"; beats {self.runner_up.label} by {self.difference:.3f} ({ci_name} {_range(self.difference_ci)})."
         else:
@@ -317,12 +319,15 @@ def cells_from_records(records: Iterable[Mapping]) -> list[Cell]:
     """
     groups: dict[tuple[str, float | None], dict] = {}
     checkpoint_rank: dict[str, tuple[float, int]] = {}
-    for record in records:
+    for number, record in enumerate(records, start=1):
         strength = _get(record, "strength")
         if strength is None:
             checkpoint, strength = NO_LORA, None
         else:
-            checkpoint = str(_get(record, "checkpoint"))
+            checkpoint = _get(record, "checkpoint")
+            if checkpoint is None or checkpoint == "":
+                raise ValueError(f"record {number}: an image made with a LoRA (strength {strength}) names no 'checkpoint'")
+            checkpoint = str(checkpoint)
             strength = float(strength)
             if checkpoint not in checkpoint_rank:
                 explicit = _get(record, "order")

@@ -165,7 +165,7 @@ def test_cell_with_too_many_no_faces_is_not_eligible_even_with_the_highest_mean(
     stricter = recommend(cells, max_no_face=0.25, n_boot=N_BOOT)
     assert stricter.best.label == "e10 @ 1" and stricter.runner_up is None
     assert stricter.difference is None and not stricter.decisive
-    assert "no other cell" in stricter.headline()
+    assert "the only cell that can be recommended (no runner-up to compare with)." in stricter.headline()
 
 
 # --- warnings --------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_floor_and_ceiling_warnings():
 def test_headline_without_floor_or_ceiling_has_no_trailing_context():
     rec = recommend([cell("e10", 1.0, [0.5, 0.6])], n_boot=N_BOOT)
     assert rec.floor is None and rec.ceiling is None
-    assert rec.headline().endswith("no other cell finds faces often enough to compare with.")
+    assert rec.headline().endswith("(no runner-up to compare with).")
     only_ceiling = recommend([cell("e10", 1.0, [0.5, 0.6])], ceiling=0.8, n_boot=N_BOOT)
     assert only_ceiling.headline().endswith(" Ceiling (reference photos) 0.80.")
 
@@ -421,6 +421,11 @@ def test_cells_from_records_without_keys_and_with_explicit_order():
     cells = cells_from_records(records)
     assert [(c.checkpoint, c.order) for c in cells] == [("early", 0), ("late", 1)]
     assert cells[0].keys is None and cells[0].scores == [0.4, None] and cells[0].strength == 1.0
+
+
+def test_cells_from_records_refuses_a_lora_image_without_checkpoint():
+    with pytest.raises(ValueError, match="record 2: .*strength 0.8.* names no 'checkpoint'"):
+        cells_from_records([{"checkpoint": "e1", "strength": 1.0, "score": 0.5}, {"strength": 0.8, "score": 0.4}])
 
 
 def test_cells_from_sweep_images():
