@@ -1,24 +1,52 @@
 """The LoRA checkpoints of training runs in a ``loras`` folder, in epoch order.
 
-sd-scripts saves one file per epoch, ``name-000001.safetensors`` … , and the final one as
-``name.safetensors`` (``ss_epoch`` in its metadata says which epoch it is); saving by steps gives
-``name-step00000500.safetensors``. A *run* is the set of files sharing one ``name`` in one folder.
+Two layouts are understood:
+
+* Kohya (sd-scripts, ``likeness train``): one file per epoch, ``name-000001.safetensors`` … , and the
+  final one as ``name.safetensors`` (``ss_epoch`` in its metadata says which epoch it is); saving by
+  steps gives ``name-step00000500.safetensors``. A *run* is the set of files sharing one ``name`` in one
+  folder.
+* diffusers / PEFT: one folder per checkpoint holding a file with a fixed name
+  (``pytorch_lora_weights.safetensors`` from diffusers' training scripts, ``adapter_model.safetensors``
+  from PEFT), e.g. ``output/exp_e10/…`` … ``output/exp_e50/…`` or ``output/checkpoint-500/…`` beside the
+  final ``output/pytorch_lora_weights.safetensors``. The folder name gives the label: an epoch
+  (``exp_e10``, ``epoch_10``, ``epoch-10``, ``e10``), else a step (``checkpoint-500``), else the name
+  itself. Sibling folders under one parent form one run: ``<parent>/<name prefix>`` (``output/exp``), or
+  the parent alone when the names have no prefix (``checkpoint-500`` → run ``output``).
+
+:attr:`LoraCheckpoint.format` tells the key layout apart (``kohya``, ``diffusers``, ``peft``): the sweep
+loads all three; A1111 loads only Kohya files (``likeness convert`` writes one).
 
 Everything here reads safetensors headers only: no tensor is loaded, nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .images import natural_key
-from .labels import LoraUse, parse_kohya_name, read_safetensors_metadata
+from .labels import LoraUse, parse_kohya_name
 
 LORA_SUFFIX = ".safetensors"
 TRAINING_STATE_SUFFIX = "-state.safetensors"
+
+#: File names diffusers' training scripts (``save_lora_weights``) and PEFT (``save_pretrained``) give
+#: every checkpoint: the folder around the file is what names it.
+FOLDER_LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+
+#: Key layouts :func:`lora_format` tells apart.
+FORMATS = ("kohya", "diffusers", "peft", "unknown")
+
+# ``exp_e10``, ``epoch_10``, ``epoch-10``, ``e10``, ``run-ep5``: the epoch marker starts the name or follows a separator.
+_EPOCH_FOLDER = re.compile(r"^(?:(?P<prefix>.*?)[_\-. ])?(?:epoch|ep|e)[_\-]?(?P<number>\d+)$", re.IGNORECASE)
+# ``checkpoint-500`` (diffusers / accelerate, transformers' Trainer), ``step_500``, ``exp_step500``.
+_STEP_FOLDER = re.compile(r"^(?:(?P<prefix>.*?)[_\-. ])?(?:checkpoint|ckpt|steps?)[_\-]?(?P<number>\d+)$", re.IGNORECASE)
 
 #: Human names of the architectures :func:`lora_architecture` returns.
 ARCHITECTURE_NAMES = {
@@ -42,9 +70,15 @@ class LoraCheckpoint:
         path: the file.
         name: path relative to the scanned loras folder, posix, with suffix (ComfyUI's ``lora_name``).
         run: run key, the relative folder plus the Kohya run name (``people/jx265``; ``jx265`` at top level).
-        epoch: ``ss_epoch`` metadata, else the ``-NNNNNN`` suffix; ``None`` when unknown.
-        step: from a ``-stepNNNNNNNN`` suffix.
-        final: the run's file without an epoch or step suffix.
+        epoch: ``ss_epoch`` metadata, else the ``-NNNNNN`` suffix (Kohya) or the folder name (diffusers/PEFT:
+            ``exp_e10``); ``None`` when unknown.
+        step: from a ``-stepNNNNNNNN`` suffix, or a ``checkpoint-500`` folder.
+        final: the run's file without an epoch or step suffix (diffusers/PEFT: the file in the run folder itself,
+            beside its ``checkpoint-N`` folders).
+        format: key layout of the file: ``kohya``, ``diffusers``, ``peft`` or ``unknown`` (unreadable or no
+            LoRA keys); see :func:`lora_format`.
+        title: label override: the folder name of a diffusers/PEFT checkpoint whose folder names no epoch or
+            step, or a name that keeps two labels of one run apart.
     """
 
     path: Path
@@ -53,6 +87,8 @@ class LoraCheckpoint:
     epoch: int | None
     step: int | None
     final: bool
+    format: str = "kohya"
+    title: str | None = None
 
     @property
     def stem(self) -> str:
@@ -65,7 +101,9 @@ class LoraCheckpoint:
 
     @property
     def label(self) -> str:
-        """Short label for a grid axis: ``e10``, ``final``, ``final (e20)``, ``step 500``."""
+        """Short label for a grid axis: ``e10``, ``final``, ``final (e20)``, ``step 500``, or the folder name."""
+        if self.title:
+            return self.title
         if self.final:
             return f"final (e{self.epoch})" if self.epoch is not None else "final"
         if self.epoch is not None:
@@ -81,29 +119,103 @@ class LoraCheckpoint:
     def sort_key(self) -> tuple:
         # Final last; among the rest by epoch, then step, then name.
         progress = self.epoch if self.epoch is not None else (self.step if self.step is not None else float("inf"))
-        return (self.final, progress, natural_key(self.stem))
+        return (self.final, progress, natural_key(self.title or self.stem))
+
+
+def is_folder_lora(path: Path | str) -> bool:
+    """A diffusers/PEFT checkpoint file whose fixed name says nothing: its folder names it."""
+    return PurePosixPath(str(path).replace("\\", "/")).name.lower() in FOLDER_LORA_FILES
+
+
+def lora_format(header: dict) -> str:
+    """Key layout of a LoRA from its safetensors header: ``kohya``, ``diffusers``, ``peft`` or ``unknown``.
+
+    * ``kohya``: ``lora_unet_…`` / ``lora_te_…`` (``lora_te1_``/``lora_te2_`` for SDXL) module keys;
+    * ``diffusers``: ``unet.…`` / ``text_encoder.…`` prefixed keys with ``lora_A``/``lora_B`` (PEFT names),
+      ``lora.down``/``lora.up`` or ``lora_linear_layer.down``/``.up`` (older diffusers spellings);
+    * ``peft``: PEFT's ``save_pretrained`` keys, ``base_model.model.…lora_A.weight``, or bare module paths
+      with ``lora_A``/``lora_B``.
+    """
+    keys = [k for k in header if k != "__metadata__"]
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        return "kohya"
+    lora_keys = [k for k in keys if re.search(r"(^|\.)(lora_[AB]|lora\.(down|up)|lora_linear_layer\.(down|up)|\w+_lora\.(down|up))(\.|$)", k)]
+    if not lora_keys:
+        return "unknown"
+    if any(k.startswith("base_model.model.") for k in lora_keys):
+        return "peft"
+    if any(k.startswith(("unet.", "text_encoder.", "text_encoder_2.", "transformer.")) for k in lora_keys):
+        return "diffusers"
+    return "peft"
+
+
+def _folder_label(name: str) -> tuple[str, int | None, int | None]:
+    """``exp_e10`` -> ``("exp", 10, None)``; ``checkpoint-500`` -> ``("", None, 500)``; ``alice`` -> ``("", None, None)``."""
+    match = _EPOCH_FOLDER.match(name)
+    if match:
+        return (match["prefix"] or "").strip("_-. "), int(match["number"]), None
+    match = _STEP_FOLDER.match(name)
+    if match:
+        return (match["prefix"] or "").strip("_-. "), None, int(match["number"])
+    return "", None, None
+
+
+def _read_facts(path: Path) -> tuple[int | None, str]:
+    """``(ss_epoch, format)`` from the file's header; ``(None, "unknown")`` when it cannot be read."""
+    try:
+        header = _read_header(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None, "unknown"
+    metadata = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
+    value = metadata.get("ss_epoch")
+    epoch = int(value) if value is not None and str(value).strip().isdigit() else None
+    return epoch, lora_format(header)
 
 
 def _checkpoint(path: Path, root: Path) -> LoraCheckpoint:
     relative = path.relative_to(root).as_posix()
     run_name, epoch, step = parse_kohya_name(path.name)
     final = epoch is None and step is None
-    try:
-        value = read_safetensors_metadata(path).get("ss_epoch")
-    except (OSError, ValueError):
-        value = None
-    if value is not None and str(value).strip().isdigit():
-        epoch = int(value)
+    ss_epoch, layout = _read_facts(path)
+    if ss_epoch is not None:
+        epoch = ss_epoch
     folder = PurePosixPath(relative).parent
     run = run_name if str(folder) == "." else f"{folder.as_posix()}/{run_name}"
-    return LoraCheckpoint(path=path, name=relative, run=run, epoch=epoch, step=step, final=final)
+    return LoraCheckpoint(path=path, name=relative, run=run, epoch=epoch, step=step, final=final, format=layout)
 
 
-def scan_loras(root: Path) -> list[LoraCheckpoint]:
-    """Every ``*.safetensors`` under ``root`` (recursively), in natural name order."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
+def _join(parent: str, name: str) -> str:
+    return name if parent in (".", "") else f"{parent}/{name}"
+
+
+def _folder_checkpoints(paths: list[Path], root: Path) -> list[LoraCheckpoint]:
+    """diffusers/PEFT checkpoints labelled and grouped by their folders (see the module docstring)."""
+    root_name = Path(root).resolve().name or "lora"
+    found = []
+    for path in paths:
+        relative = path.relative_to(root).as_posix()
+        folder = PurePosixPath(relative).parent
+        ss_epoch, layout = _read_facts(path)
+        if str(folder) == ".":  # the file in the scanned folder itself: that folder's final checkpoint
+            found.append(LoraCheckpoint(path, relative, root_name, ss_epoch, None, True, layout))
+            continue
+        prefix, epoch, step = _folder_label(folder.name)
+        parent = folder.parent.as_posix()
+        run = _join(parent, prefix) if prefix else (root_name if parent == "." else parent)
+        title = folder.name if epoch is None and step is None else None
+        found.append(LoraCheckpoint(path, relative, run, ss_epoch if epoch is None else epoch, step, False, layout, title))
+    # A file in a folder whose own checkpoint-N / eN sub-folders form a run is that run's final file.
+    runs = {c.run for c in found}
+    out = []
+    for checkpoint in found:
+        folder = PurePosixPath(checkpoint.name).parent.as_posix()
+        if folder != "." and folder in runs and checkpoint.title is not None and checkpoint.run != folder:
+            checkpoint = dataclasses.replace(checkpoint, run=folder, final=True, title=None)
+        out.append(checkpoint)
+    return out
+
+
+def _lora_files(root: Path) -> list[Path]:
     files = [
         p
         for p in root.rglob(f"*{LORA_SUFFIX}")
@@ -112,7 +224,22 @@ def scan_loras(root: Path) -> list[LoraCheckpoint]:
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
-    return [_checkpoint(p, root) for p in files]
+    return files
+
+
+def scan_loras(root: Path) -> list[LoraCheckpoint]:
+    """Every ``*.safetensors`` under ``root`` (recursively), in natural name order.
+
+    Kohya files are named by their file names; diffusers/PEFT files with a fixed name
+    (:data:`FOLDER_LORA_FILES`) by their folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    files = _lora_files(root)
+    folder_files = [p for p in files if is_folder_lora(p)]
+    by_path = {c.path: c for c in _folder_checkpoints(folder_files, root)}
+    return [by_path[p] if p in by_path else _checkpoint(p, root) for p in files]
 
 
 def list_runs(root: Path) -> dict[str, list[LoraCheckpoint]]:
@@ -121,6 +248,22 @@ def list_runs(root: Path) -> dict[str, list[LoraCheckpoint]]:
     for checkpoint in scan_loras(root):
         runs.setdefault(checkpoint.run, []).append(checkpoint)
     return {run: sorted(runs[run], key=LoraCheckpoint.sort_key) for run in sorted(runs, key=natural_key)}
+
+
+def _find_run(runs: dict[str, list[LoraCheckpoint]], run: str) -> str | None:
+    """The run key ``run`` names: a key, the last part of exactly one key (``exp`` for ``output/exp``),
+    or a Kohya file name of the run (``jx265-000003.safetensors``)."""
+    key = run.strip().replace("\\", "/").rstrip("/")
+    if key in runs:
+        return key
+    by_name = [k for k in runs if PurePosixPath(k).name == key]
+    if len(by_name) == 1:
+        return by_name[0]
+    stem = PurePosixPath(key).name.removesuffix(LORA_SUFFIX)
+    folder = PurePosixPath(key).parent
+    prefix = "" if str(folder) == "." else f"{folder.as_posix()}/"
+    key = prefix + parse_kohya_name(stem)[0]
+    return key if key in runs else None
 
 
 def run_checkpoints(
@@ -140,13 +283,8 @@ def run_checkpoints(
         ValueError: no such run (the message lists the runs found).
     """
     runs = list_runs(root)
-    key = run.strip().replace("\\", "/")
-    if key not in runs:
-        stem = PurePosixPath(key).name.removesuffix(LORA_SUFFIX)
-        folder = PurePosixPath(key).parent
-        prefix = "" if str(folder) == "." else f"{folder.as_posix()}/"
-        key = prefix + parse_kohya_name(stem)[0]
-    if key not in runs:
+    key = _find_run(runs, run)
+    if key is None:
         found = ", ".join(runs) or "none"
         raise ValueError(f"no LoRA training run named {run!r} in {root} (runs found: {found})")
     selected = []
@@ -160,6 +298,71 @@ def run_checkpoints(
                 continue
         selected.append(checkpoint)
     return selected
+
+
+def _unique_labels(checkpoints: list[LoraCheckpoint]) -> list[LoraCheckpoint]:
+    """Give checkpoints whose labels collide (``exp_e10`` and ``exp-e10`` are both ``e10``) their folder or file name."""
+    counts = Counter(c.label for c in checkpoints)
+    out = []
+    for checkpoint in checkpoints:
+        if counts[checkpoint.label] > 1:
+            name = PurePosixPath(checkpoint.name)
+            title = name.parent.name if is_folder_lora(name) and str(name.parent) != "." else checkpoint.stem
+            checkpoint = dataclasses.replace(checkpoint, title=title)
+        out.append(checkpoint)
+    counts = Counter(c.label for c in out)
+    # Still equal (same folder name at two depths): the relative path always differs.
+    return [dataclasses.replace(c, title=c.name) if counts[c.label] > 1 else c for c in out]
+
+
+def sweep_checkpoints(root: Path, run: str | None = None, base: str | None = "sd1") -> list[LoraCheckpoint]:
+    """The checkpoints one sweep compares: one run, in epoch order (final last), each with a unique label.
+
+    Args:
+        root: a LoRA file, a Kohya run folder, or a folder of diffusers/PEFT checkpoint folders
+            (``output/exp_e10/pytorch_lora_weights.safetensors`` …); searched recursively.
+        run: which run when ``root`` holds several (a key of :func:`list_runs`, its last part, or a
+            Kohya file name of the run); ``None`` when there is only one.
+        base: architecture of the model the LoRAs will be applied to (a key of :data:`ARCHITECTURE_NAMES`);
+            a LoRA for another one is refused. ``None`` skips the check.
+
+    Raises:
+        ValueError: nothing found, several runs and no ``run`` (the message lists them and says to pass
+            ``--run NAME``), no such run, or a file that is not a safetensors file.
+        ArchitectureMismatch: a checkpoint made for another architecture than ``base``.
+    """
+    root = Path(root)
+    if root.is_file():
+        if root.suffix.lower() != LORA_SUFFIX:
+            raise ValueError(f"{root} is not a .safetensors file (LoRAs are loaded from safetensors only)")
+        # Scan from far enough up that a diffusers/PEFT folder name (exp_e10) still labels the file.
+        scan_root = root.parent.parent if is_folder_lora(root) and root.parent != root.parent.parent else root.parent
+        if is_folder_lora(root):
+            checkpoints = _folder_checkpoints([root], scan_root)
+        else:
+            checkpoints = [_checkpoint(root, scan_root)]
+    elif root.is_dir():
+        runs = list_runs(root)
+        if not runs:
+            raise ValueError(f"no LoRA (.safetensors) file found in {root}")
+        if run is None:
+            if len(runs) > 1:
+                listed = "; ".join(f"{key} ({len(items)} checkpoint{'s' if len(items) != 1 else ''}: "
+                                   f"{', '.join(c.label for c in items)})" for key, items in runs.items())
+                raise ValueError(f"{root} holds {len(runs)} LoRA training runs: {listed}. Pass --run NAME to pick one.")
+            checkpoints = next(iter(runs.values()))
+        else:
+            key = _find_run(runs, run)
+            if key is None:
+                raise ValueError(f"no LoRA training run named {run!r} in {root} (runs found: {', '.join(runs)}); "
+                                 "pass --run with one of those names")
+            checkpoints = runs[key]
+    else:
+        raise ValueError(f"{root} does not exist")
+    if base is not None:
+        for checkpoint in checkpoints:
+            check_architecture(checkpoint.path, base)
+    return _unique_labels(sorted(checkpoints, key=LoraCheckpoint.sort_key))
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +384,7 @@ def _read_header(path: Path) -> dict:
             raise ValueError(f"{path}: not a safetensors file")
         header = json.loads(handle.read(length).decode("utf-8"))
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: not a safetensors file")
+        raise ValueError(f"{path}: not a safetensors file")  # noqa: TRY004 -- callers catch ValueError for any unreadable file
     return header
 
 
@@ -217,7 +420,8 @@ def _from_keys(header: dict) -> str:
         return "sdxl"
     # Cross-attention key/value projections read the text encoder's output: their input width tells SD1 from SD2 from SDXL.
     for key in keys:
-        if ("attn2_to_k" in key or "attn2.to_k" in key) and ("lora_down" in key or "lora_A" in key or "lora.down" in key):
+        cross_key = "attn2_to_k" in key or "attn2.to_k" in key or "attn2.processor.to_k" in key
+        if cross_key and ("lora_down" in key or "lora_A" in key or "lora.down" in key or "lora_linear_layer.down" in key):
             shape = header[key].get("shape") if isinstance(header[key], dict) else None
             if shape and len(shape) >= 2:
                 return _CONTEXT_DIM.get(int(shape[1]), "unknown")

@@ -6,7 +6,6 @@ import json
 import struct
 
 import pytest
-
 from lora_likeness.checkpoints import (
     ArchitectureMismatch,
     check_architecture,
@@ -107,3 +106,127 @@ def test_not_a_safetensors_file(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         lora_architecture(bad)
     assert scan_loras(tmp_path)[0].epoch is None  # listed, not fatal
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers / PEFT checkpoint folders and the sweep's choice of one run
+# ---------------------------------------------------------------------------------------------
+
+DIFFUSERS_KEYS = {  # save_lora_weights after convert_state_dict_to_diffusers (train_dreambooth_lora)
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight": [4, 768],
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.up.weight": [320, 4],
+    "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight": [4, 768],
+}
+DIFFUSERS_PEFT_KEYS = {  # save_lora_weights with PEFT names (newer scripts)
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": [4, 768],
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": [320, 4],
+}
+PEFT_KEYS = {  # PeftModel.save_pretrained -> adapter_model.safetensors
+    "base_model.model.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": [4, 768],
+    "base_model.model.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": [320, 4],
+}
+
+
+def test_format_from_header_keys(tmp_path):
+    from lora_likeness.checkpoints import _read_header, lora_format
+
+    cases = {"kohya": SD1_KEYS, "diffusers": DIFFUSERS_KEYS, "peft": PEFT_KEYS, "unknown": {"model.diffusion_model.x.weight": [4]}}
+    for expected, keys in cases.items():
+        write_header_only(tmp_path / f"{expected}.safetensors", keys)
+        assert lora_format(_read_header(tmp_path / f"{expected}.safetensors")) == expected
+    write_header_only(tmp_path / "new.safetensors", DIFFUSERS_PEFT_KEYS)
+    assert lora_format(_read_header(tmp_path / "new.safetensors")) == "diffusers"
+    assert lora_architecture(tmp_path / "diffusers.safetensors") == "sd1"  # attn2.to_k reads 768-wide context
+    assert lora_architecture(tmp_path / "peft.safetensors") == "sd1"
+
+
+def test_diffusers_run_folders_are_one_run_in_epoch_order(tmp_path):
+    from lora_likeness.checkpoints import sweep_checkpoints
+
+    output = tmp_path / "output"
+    for epoch in (50, 10, 20, 40, 30):  # created out of order on purpose
+        write_header_only(output / f"exp_e{epoch}" / "pytorch_lora_weights.safetensors", DIFFUSERS_KEYS)
+    runs = list_runs(tmp_path)
+    assert list(runs) == ["output/exp"]  # not a run named "pytorch_lora_weights"
+    found = runs["output/exp"]
+    assert [c.label for c in found] == ["e10", "e20", "e30", "e40", "e50"]
+    assert {c.format for c in found} == {"diffusers"} and found[0].name == "output/exp_e10/pytorch_lora_weights.safetensors"
+    # The folder itself as root: the run is named by the folders' common prefix.
+    picked = sweep_checkpoints(output)
+    assert [c.epoch for c in picked] == [10, 20, 30, 40, 50] and picked[0].run == "exp"
+    # One file: still labelled by its folder.
+    single = sweep_checkpoints(output / "exp_e20" / "pytorch_lora_weights.safetensors")
+    assert [(c.label, c.epoch, c.format) for c in single] == [("e20", 20, "diffusers")]
+
+
+def test_folder_names_epoch_step_or_name(tmp_path):
+    from lora_likeness.checkpoints import _folder_label
+
+    assert _folder_label("exp_e10") == ("exp", 10, None)
+    assert _folder_label("epoch_10") == ("", 10, None)
+    assert _folder_label("epoch-7") == ("", 7, None)
+    assert _folder_label("e3") == ("", 3, None)
+    assert _folder_label("my-run_epoch12") == ("my-run", 12, None)
+    assert _folder_label("checkpoint-500") == ("", None, 500)
+    assert _folder_label("pipeline10") == ("", None, None)  # "e10" inside a word is not an epoch
+    assert _folder_label("alice") == ("", None, None)
+
+
+def test_checkpoint_folders_and_the_final_file(tmp_path):
+    """diffusers' train_dreambooth_lora: output/checkpoint-N/ while training, output/pytorch_lora_weights at the end."""
+    from lora_likeness.checkpoints import sweep_checkpoints
+
+    output = tmp_path / "runs" / "output"
+    for step in (1000, 500):
+        write_header_only(output / f"checkpoint-{step}" / "pytorch_lora_weights.safetensors", DIFFUSERS_PEFT_KEYS)
+    write_header_only(output / "pytorch_lora_weights.safetensors", DIFFUSERS_PEFT_KEYS)
+    found = sweep_checkpoints(tmp_path)
+    assert [c.label for c in found] == ["step 500", "step 1000", "final"]
+    assert {c.run for c in found} == {"runs/output"} and found[-1].final
+    # PEFT adapters, folder names without a number: one run labelled by folder name.
+    for name in ("high_lr", "low_lr"):
+        write_header_only(tmp_path / "peft" / name / "adapter_model.safetensors", PEFT_KEYS)
+        (tmp_path / "peft" / name / "adapter_config.json").write_text('{"r": 4, "lora_alpha": 4}')
+    peft = sweep_checkpoints(tmp_path / "peft")
+    assert [(c.label, c.format) for c in peft] == [("high_lr", "peft"), ("low_lr", "peft")]
+
+
+def test_sweep_needs_a_run_when_there_are_several(tmp_path):
+    from lora_likeness.checkpoints import sweep_checkpoints
+
+    make_run(tmp_path / "loras", epochs=(2, 1))
+    for epoch in (10, 20):
+        write_header_only(tmp_path / "loras" / "output" / f"exp_e{epoch}" / "pytorch_lora_weights.safetensors", DIFFUSERS_KEYS)
+    with pytest.raises(ValueError, match=r"2 LoRA training runs: jx265 \(3 checkpoints: e1, e2, final \(e12\)\); "
+                                         r"output/exp \(2 checkpoints: e10, e20\)\. Pass --run NAME"):
+        sweep_checkpoints(tmp_path / "loras")
+    assert [c.label for c in sweep_checkpoints(tmp_path / "loras", run="jx265")] == ["e1", "e2", "final (e12)"]
+    assert [c.label for c in sweep_checkpoints(tmp_path / "loras", run="exp")] == ["e10", "e20"]  # last part of the key
+    assert [c.label for c in sweep_checkpoints(tmp_path / "loras", run="output/exp")] == ["e10", "e20"]
+    with pytest.raises(ValueError, match="no LoRA training run named 'bob'.*runs found: jx265, output/exp"):
+        sweep_checkpoints(tmp_path / "loras", run="bob")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no LoRA"):
+        sweep_checkpoints(tmp_path / "empty")
+
+
+def test_sweep_labels_are_unique_and_other_architectures_are_refused(tmp_path):
+    from lora_likeness.checkpoints import sweep_checkpoints
+
+    write_header_only(tmp_path / "o" / "exp_e10" / "pytorch_lora_weights.safetensors", DIFFUSERS_KEYS)
+    write_header_only(tmp_path / "o" / "exp-e10" / "pytorch_lora_weights.safetensors", DIFFUSERS_KEYS)
+    write_header_only(tmp_path / "o" / "exp_e20" / "pytorch_lora_weights.safetensors", DIFFUSERS_KEYS)
+    labels = [c.label for c in sweep_checkpoints(tmp_path / "o")]
+    assert sorted(labels) == ["e20", "exp-e10", "exp_e10"] and labels[-1] == "e20"
+
+    xl = tmp_path / "xl"
+    write_header_only(xl / "sdxl-000001.safetensors", {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": [4, 2048]})
+    with pytest.raises(ArchitectureMismatch, match="SDXL LoRA but the loaded model is SD1"):
+        sweep_checkpoints(xl)
+    assert len(sweep_checkpoints(xl, base=None)) == 1
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"notes.txt is not a \.safetensors file"):
+        sweep_checkpoints(tmp_path / "notes.txt")
+    (xl / "sdxl-000002.safetensors").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ValueError, match="sdxl-000002.safetensors: not a safetensors file"):
+        sweep_checkpoints(xl, base="sdxl")
