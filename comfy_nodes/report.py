@@ -1,4 +1,5 @@
-"""Scored Grid: the epochs x strengths grid with scores and means, and the core's report files."""
+"""Scored Grid: the epochs x strengths grid with scores and means, the core's report files, and the
+core's recommendation (which checkpoint at which strength to use) from the same scores."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 from lora_likeness import grid
 from lora_likeness.images import save_png_atomic, write_text_atomic
+from lora_likeness.recommend import NO_LORA, Recommendation, cells_from_records, recommend
 from lora_likeness.report import contact_sheet, write_report
 from PIL import Image
 
@@ -19,6 +21,11 @@ log = logging.getLogger("lora_likeness.comfyui")
 
 GRID_FILE = "grid.png"
 LAYOUT_FILE = "grid.json"
+RECOMMENDATION_FILE = "recommendation.json"
+NO_RECOMMENDATION = (
+    "No recommendation: the labels do not say which checkpoint and strength made each image "
+    "(connect Epoch Sweep's labels)"
+)
 
 
 def grid_cells(arrays, scores: Scores, labels) -> list[grid.GridCell] | None:
@@ -87,6 +94,82 @@ def grid_image(arrays, scores: Scores, labels) -> tuple[Image.Image, dict | None
     return picture, grid_layout(cells, rows, columns, baseline)
 
 
+def is_baseline(info: dict) -> bool:
+    """The no-LoRA floor: Epoch Sweep's baseline row, or any image sampled at strength 0 (the base model)."""
+    return str(info.get("row")) == NO_LORA or not info.get("strength")
+
+
+def recommendation_records(scores: Scores, labels) -> list[dict] | None:
+    """One record per image for the core's :func:`~lora_likeness.recommend.cells_from_records`, in
+    grid row order (so the checkpoints come out in epoch order); ``None`` when the labels do not
+    carry a row and a strength (only Epoch Sweep's labels say which LoRA made an image).
+
+    checkpoint = the grid row (``e10``, ``final (e12)``, ``run e10`` for several runs), strength =
+    the image's strength, epoch from the label; strength 0 and the ``no LoRA`` row are the floor
+    (checkpoint ``no LoRA``, strength None). key = (seed, n-th image of that seed in its grid cell),
+    the same in every cell, so cells are compared image by image. Strength 0 at every checkpoint
+    samples the same base model with the same seeds: those repeats of the floor are left out.
+    """
+    if not labels or not all("row" in info and "strength" in info for _, info in labels):
+        return None
+    run = scores.run
+    aggregation = run.settings.aggregation
+    rows = axis_order(labels, "row", _row_key)
+    order = sorted(range(len(labels)), key=lambda i: rows.index(str(labels[i][1]["row"])))
+    taken: dict[tuple, int] = {}
+    floor_keys: set = set()
+    records = []
+    for i in order:
+        info, item = labels[i][1], run.images[i]
+        seed = info.get("seed")
+        place = (str(info["row"]), str(info.get("column")), seed)
+        key = (seed, taken.get(place, 0))
+        taken[place] = key[1] + 1
+        baseline = is_baseline(info)
+        if baseline:
+            if key in floor_keys:
+                continue
+            floor_keys.add(key)
+        records.append({
+            "checkpoint": NO_LORA if baseline else str(info["row"]),
+            "strength": None if baseline else float(info["strength"]),
+            "epoch": None if baseline else info.get("epoch"),
+            "score": item.score.value(aggregation),
+            "key": key,
+            "memorised": int(bool(item.score.memorised)),
+        })
+    return records
+
+
+def recommendation_for(scores: Scores, labels) -> Recommendation | None:
+    """The core's recommendation over the grid's cells; the ceiling is the references' baseline."""
+    records = recommendation_records(scores, labels)
+    if records is None:
+        return None
+    return recommend(cells_from_records(records), ceiling=scores.run.references.baseline.mean)
+
+
+def recommendation_text(recommendation: Recommendation | None) -> str:
+    """The Recommend output: the headline, then one line per warning."""
+    if recommendation is None:
+        return NO_RECOMMENDATION
+    return "\n".join([recommendation.headline()] + [f"warning: {w}" for w in recommendation.warnings])
+
+
+def recommended_cell(recommendation: Recommendation | None, labels) -> dict | None:
+    """The grid cell (``row``, ``column``) of the recommended checkpoint and strength, for grid.json."""
+    best = recommendation.best if recommendation is not None else None
+    if best is None:
+        return None
+    for _, info in labels:
+        if best.cell.is_baseline:
+            if is_baseline(info):
+                return {"row": str(info["row"]), "column": str(info["column"])}
+        elif not is_baseline(info) and str(info["row"]) == best.cell.checkpoint and float(info["strength"]) == best.cell.strength:
+            return {"row": str(info["row"]), "column": str(info["column"])}
+    return None
+
+
 class ScoredGrid(io.ComfyNode):
     """Scored images -> one grid image (epochs x strengths) and the report files in the output folder."""
 
@@ -100,7 +183,10 @@ class ScoredGrid(io.ComfyNode):
             description=(
                 "Lays the scored images out as epochs x strengths (seeds side by side), with each image's score and "
                 "the row/column means in the headers, and writes the report (scores.csv, summary.csv, report.json, "
-                "report.md, scores.png, contact_sheet.png, grid.png, grid.json) to a new folder under ComfyUI's output folder."
+                "report.md, scores.png, contact_sheet.png, grid.png, grid.json) to a new folder under ComfyUI's output folder. "
+                "With Epoch Sweep's labels it also recommends a checkpoint and strength (best mean identity, its 95% CI, "
+                "whether it beats the runner-up beyond noise, the no-LoRA floor and the references' ceiling): the "
+                "recommend output and recommendation.json."
             ),
             inputs=[
                 io.Image.Input("images", tooltip="The images that were scored (Epoch Sweep's images)."),
@@ -113,6 +199,10 @@ class ScoredGrid(io.ComfyNode):
             outputs=[
                 io.Image.Output("grid", display_name="grid"),
                 io.String.Output("summary", display_name="summary"),
+                # Last: saved workflows link outputs by slot.
+                io.String.Output("recommend", display_name="recommend",
+                                 tooltip="Which checkpoint at which strength to use, and how sure that is (one line), "
+                                         "then any warnings (memorisation, rising no-face rates)."),
             ],
         )
 
@@ -130,12 +220,19 @@ class ScoredGrid(io.ComfyNode):
         folder, subfolder = host.new_output_folder(filename_prefix)
         files = write_report(run, folder)
         save_png_atomic(picture, folder / GRID_FILE)
+        recommendation = recommendation_for(score_run, labels) if layout is not None else None
         if layout is not None:
+            layout["recommended"] = recommended_cell(recommendation, labels)
             write_text_atomic(folder / LAYOUT_FILE, json.dumps(layout, indent=2, allow_nan=False) + "\n")
+        if recommendation is not None:
+            write_text_atomic(folder / RECOMMENDATION_FILE,
+                              json.dumps(recommendation.as_dict(), indent=2, allow_nan=False) + "\n")
         shown = [folder / GRID_FILE] + [files[name] for name in ("scores.png",) if name in files]
         log.info("[Likeness] report written to %s", folder)
+        advice = recommendation_text(recommendation)
+        log.info("[Likeness] %s", advice.splitlines()[0])
         summary = summary_text(run) + f"\nreport: {folder}"
-        return io.NodeOutput(arrays_to_tensor([picture]), summary, ui=host.output_files_ui(shown, subfolder))
+        return io.NodeOutput(arrays_to_tensor([picture]), summary, advice, ui=host.output_files_ui(shown, subfolder))
 
 
 NODES = [ScoredGrid]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lora_likeness import checkpoints as lora_checkpoints
 from lora_likeness.checkpoints import LoraCheckpoint
+from lora_likeness.recommend import NO_LORA
 
 from . import host
 from .host import io
@@ -128,20 +129,26 @@ def parse_numbers(text: str, kind: type, what: str) -> list:
 
 @dataclass(frozen=True)
 class Cell:
-    """One image of the sweep."""
+    """One image of the sweep; ``checkpoint`` None is the base model alone (the no-LoRA baseline)."""
 
-    checkpoint: LoraCheckpoint
+    checkpoint: LoraCheckpoint | None
     strength: float
     seed: int
 
 
-def plan(items: list[LoraCheckpoint], strengths: list[float], seeds: list[int]) -> list[Cell]:
-    """Checkpoint-major order: each LoRA file is read once and each (LoRA, strength) applied once."""
-    return [Cell(c, s, seed) for c in items for s in strengths for seed in seeds]
+def plan(items: list[LoraCheckpoint], strengths: list[float], seeds: list[int], baseline: bool = False) -> list[Cell]:
+    """Checkpoint-major order: each LoRA file is read once and each (LoRA, strength) applied once.
+    With ``baseline``, the base model alone comes first, once per seed (strength 0)."""
+    floor = [Cell(None, 0.0, seed) for seed in seeds] if baseline else []
+    return floor + [Cell(c, s, seed) for c in items for s in strengths for seed in seeds]
 
 
 def cell_label(cell: Cell, several_runs: bool) -> tuple[str, dict]:
-    """The core's ``(group label, info)`` for one image, with its grid row and column."""
+    """The core's ``(group label, info)`` for one image, with its grid row and column. The
+    baseline is the row ``no LoRA`` in the column ``@0`` (strength 0 is what it is)."""
+    if cell.checkpoint is None:
+        return NO_LORA, {"run": None, "epoch": None, "step": None, "strength": 0.0, "seed": cell.seed,
+                         "lora": None, "row": NO_LORA, "column": "@0"}
     use = cell.checkpoint.use(cell.strength)
     row = f"{cell.checkpoint.run_name} {cell.checkpoint.label}" if several_runs else cell.checkpoint.label
     info = {
@@ -246,7 +253,8 @@ class EpochSweep(io.ComfyNode):
             description=(
                 "Samples every checkpoint of a training run at every strength and seed with ComfyUI's own sampler, "
                 "applying each LoRA to the loaded MODEL/CLIP (the checkpoint is not reloaded). Outputs the images in "
-                "checkpoint, strength, seed order and a label per image for Score Images and Scored Grid."
+                "checkpoint, strength, seed order (the no-LoRA baseline first, when included) and a label per image "
+                "for Score Images and Scored Grid."
             ),
             inputs=[
                 io.Model.Input("model"),
@@ -265,6 +273,10 @@ class EpochSweep(io.ComfyNode):
                 io.Combo.Input("scheduler", options=schedulers, default="normal" if "normal" in schedulers else schedulers[0]),
                 io.Int.Input("width", default=512, min=64, max=8192, step=8),
                 io.Int.Input("height", default=512, min=64, max=8192, step=8),
+                # Last, and optional: saved workflows and API prompts without it stay valid.
+                io.Boolean.Input("include_baseline", default=True, optional=True,
+                                 tooltip="Also sample the base model without any LoRA, once per seed: the 'no LoRA' "
+                                         "row (the floor the recommendation compares against)."),
             ],
             outputs=[
                 io.Image.Output("images", display_name="images"),
@@ -274,7 +286,8 @@ class EpochSweep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, checkpoints, positive: str, negative: str, strengths: str, seeds: str,
-                steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int):
+                steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
+                include_baseline: bool = True):
         import torch
 
         items: list[LoraCheckpoint] = list(checkpoints or [])
@@ -286,7 +299,7 @@ class EpochSweep(io.ComfyNode):
         base = sampling.architecture(model)
         for item in items:  # every file before the first image: a wrong LoRA fails in a second, not an hour
             lora_checkpoints.check_architecture(item.path, base)
-        cells = plan(items, strength_values, seed_values)
+        cells = plan(items, strength_values, seed_values, baseline=bool(include_baseline))
         several_runs = len({c.run for c in items}) > 1
         progress = host.HostProgress(steps_per_item=steps)
         progress.start(len(cells), "epoch sweep")
@@ -294,17 +307,19 @@ class EpochSweep(io.ComfyNode):
         lora_path, lora, applied = None, None, None
         for cell in cells:
             progress.check()
-            if cell.checkpoint.path != lora_path:
-                lora_path, lora, applied = cell.checkpoint.path, sampling.load_lora(cell.checkpoint.path), None
+            path = cell.checkpoint.path if cell.checkpoint is not None else None
+            if path is not None and path != lora_path:
+                lora_path, lora = path, sampling.load_lora(path)
                 if sampling.matching_keys(model, clip, lora) == 0:
                     raise lora_checkpoints.ArchitectureMismatch(
                         f"{cell.checkpoint.name}: none of its weights match the loaded model "
                         f"({lora_checkpoints.ARCHITECTURE_NAMES.get(base, base)}); it was made for another base model"
                     )
-            if applied is None or applied[0] != cell.strength:
-                patched_model, patched_clip = sampling.apply(model, clip, lora, cell.strength)
+            if applied is None or applied[0] != (path, cell.strength):
+                # The baseline samples the loaded MODEL/CLIP as they are.
+                patched_model, patched_clip = (model, clip) if path is None else sampling.apply(model, clip, lora, cell.strength)
                 conditioning = (sampling.encode(patched_clip, positive), sampling.encode(patched_clip, negative))
-                applied = (cell.strength, patched_model, conditioning)
+                applied = ((path, cell.strength), patched_model, conditioning)
             _, patched_model, (positive_cond, negative_cond) = applied
             samples = sampling.sample(patched_model, positive_cond, negative_cond, cell.seed, steps, cfg,
                                       sampler_name, scheduler, width, height, progress)

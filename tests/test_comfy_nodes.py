@@ -25,6 +25,7 @@ from lora_likeness.faces import FaceEngine, PackNotFoundError
 from lora_likeness.images import list_images
 from lora_likeness.pipeline import ScoreSettings, build_references, score_folder
 from lora_likeness.progress import Cancelled
+from lora_likeness.recommend import NO_LORA, cells_from_records, recommend
 from lora_likeness.references import NoReferencesError
 from PIL import Image
 
@@ -371,7 +372,8 @@ class FakeSampling:
             progress.step(step)
         if self.cancel_after is not None and sum(c[0] == "sample" for c in self.calls) >= self.cancel_after:
             progress.cancel()  # what ComfyUI's Stop does, seen by the next check
-        return torch.full((1, 4, height // 8, width // 8), float(model[2]) * 100 + seed)
+        strength = float(model[2]) if isinstance(model, tuple) else 0.0  # the unpatched base: strength 0
+        return torch.full((1, 4, height // 8, width // 8), strength * 100 + seed)
 
     def decode(self, vae, samples):
         return torch.full((1, 16, 16, 3), float(samples.flatten()[0]) / 1000.0)
@@ -385,7 +387,7 @@ def test_epoch_sweep_order_labels_and_one_lora_load_each(loras, monkeypatch):
     fake = FakeSampling()
     monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", fake)
     items = sweep_nodes.LoraCheckpoints.execute("people/me", first_epoch=1, last_epoch=2, include_final=False).args[0]
-    images, labels = sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS).args
+    images, labels = sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS, include_baseline=False).args
     assert tuple(images.shape) == (8, 16, 16, 3)
     assert [(info["row"], info["column"], info["seed"]) for _, info in labels] == [
         (row, column, seed) for row in ("e1", "e2") for column in ("@0.5", "@1") for seed in (1, 2)]
@@ -399,6 +401,25 @@ def test_epoch_sweep_order_labels_and_one_lora_load_each(loras, monkeypatch):
     assert [(c[2], c[3]) for c in applies] == [("me-000001.safetensors", 0.5), ("me-000001.safetensors", 1.0),
                                                ("me-000002.safetensors", 0.5), ("me-000002.safetensors", 1.0)]
     assert all(c[1] == "BASE" for c in applies)  # always onto the loaded base, never onto a patched clone
+
+
+def test_epoch_sweep_samples_the_no_lora_baseline_first_once_per_seed(loras, monkeypatch):
+    fake = FakeSampling()
+    monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", fake)
+    schema = sweep_nodes.EpochSweep.define_schema()
+    option = schema.inputs[-1]  # last and optional: saved workflows and API prompts without it stay valid
+    assert (option.id, option.optional, option.default) == ("include_baseline", True, True)
+    items = sweep_nodes.LoraCheckpoints.execute("people/me", first_epoch=1, last_epoch=2, include_final=False).args[0]
+    images, labels = sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS).args  # default: on
+    assert tuple(images.shape) == (10, 16, 16, 3)
+    assert labels[:2] == [(NO_LORA, {"run": None, "epoch": None, "step": None, "strength": 0.0, "seed": seed, "lora": None,
+                                     "row": NO_LORA, "column": "@0"}) for seed in (1, 2)]
+    assert [label for label, _ in labels[2:4]] == ["me e1 @0.5", "me e1 @0.5"]
+    samples = [c for c in fake.calls if c[0] == "sample"]
+    assert samples[:2] == [("sample", "BASE", 1), ("sample", "BASE", 2)]  # the loaded model itself, no LoRA applied
+    assert all(c[1] != "BASE" for c in samples[2:])
+    assert next(c for c in fake.calls if c[0] == "apply")[2:] == ("me-000001.safetensors", 0.5)
+    assert [round(float(img[0, 0, 0]) * 1000) for img in images[:2]] == [1, 2]
 
 
 def test_epoch_sweep_refuses_another_architecture_before_sampling(loras, monkeypatch):
@@ -421,7 +442,7 @@ def test_epoch_sweep_stops_when_cancelled(loras, monkeypatch):
     fake = FakeSampling(cancel_after=3)
     monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", fake)
     items = sweep_nodes.LoraCheckpoints.execute("people/me").args[0]
-    with pytest.raises(Cancelled, match="after 3 of 16"):
+    with pytest.raises(Cancelled, match="after 3 of 18"):  # 2 baseline images + 4 checkpoints x 2 strengths x 2 seeds
         sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS)
     assert sum(c[0] == "sample" for c in fake.calls) == 3
 
@@ -458,10 +479,11 @@ def test_scored_grid_epochs_by_strengths_and_report(obama_refs, output_dir):
                         image_batch([JOLIE[1]]), image_batch([OBAMA[3]])])
     scored = scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels).args[3]
     out = report_nodes.ScoredGrid.execute(images, scored, labels=labels, filename_prefix="likeness/test")
-    grid, summary = out.args
+    grid, summary, advice = out.args
     assert grid.shape[0] == 1 and grid.shape[3] == 3 and grid.shape[1] > 2 * 128 and grid.shape[2] > 2 * 128
     folder = output_dir / "likeness" / "test_00001"
-    for name in ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png", "grid.png", "grid.json"):
+    for name in ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png", "grid.png",
+                 "grid.json", "recommendation.json"):
         assert (folder / name).is_file(), name
     layout = json.loads((folder / "grid.json").read_text())
     assert layout["rows"] == ["e2", "e10", "final (e12)"] and layout["columns"] == ["@0.5", "@1"]
@@ -470,6 +492,8 @@ def test_scored_grid_epochs_by_strengths_and_report(obama_refs, output_dir):
     final_cells = {c["column"]: c for c in layout["cells"] if c["row"] == "final (e12)"}
     assert final_cells["@0.5"]["mean"] is None and final_cells["@0.5"]["scores"] == [None]  # no face: missing, not 0
     assert f"report: {folder}" in summary
+    # Three cells hold the same photo: the tie goes to the earliest cell in sweep order (epoch, then strength).
+    assert advice.startswith("Recommended: e2 @ 1 — identity ") and layout["recommended"] == {"row": "e2", "column": "@1"}
     shown = out.ui["images"]
     assert [s["filename"] for s in shown] == ["grid.png", "scores.png"] and shown[0]["subfolder"] == "likeness/test_00001"
     assert shown[0]["type"] == "output"
@@ -488,6 +512,57 @@ def test_scored_grid_without_labels_is_a_contact_sheet(obama_refs, output_dir):
     folder = output_dir / "likeness" / "report_00001"
     assert (folder / "grid.png").is_file() and not (folder / "grid.json").exists()
     assert out.args[0].shape[0] == 1
+    # Nothing says which LoRA made which image: no recommendation, and the output says why.
+    assert out.args[2] == report_nodes.NO_RECOMMENDATION and not (folder / "recommendation.json").exists()
+
+
+def _sweep_labels(layout):
+    """Epoch Sweep's labels for ``(row, epoch, strength, seed)`` tuples (``no LoRA``: its baseline label)."""
+    labels = []
+    for row, epoch, strength, seed in layout:
+        if row == NO_LORA:
+            labels.append((NO_LORA, {"run": None, "epoch": None, "step": None, "strength": 0.0, "seed": seed, "lora": None,
+                                     "row": NO_LORA, "column": "@0"}))
+        else:
+            labels.append((f"me {row} @{strength:g}", {"run": "me", "epoch": epoch, "step": None, "strength": strength,
+                                                       "seed": seed, "lora": f"me-{epoch:06d}.safetensors", "row": row,
+                                                       "column": f"@{strength:g}"}))
+    return labels
+
+
+def test_scored_grid_recommends_a_cell_with_the_cores_recommend(obama_refs, output_dir):
+    # The baseline row (someone else), e1 at strength 0 (the same base images again), e1 mixed, e2 the
+    # person; e2 @1 loses a face, so e2 @0.5 wins the tie on the mean by its lower no-face rate.
+    layout = [(NO_LORA, None, 0.0, 1), (NO_LORA, None, 0.0, 2),
+              ("e1", 1, 0.0, 1), ("e1", 1, 0.0, 2), ("e1", 1, 0.5, 1), ("e1", 1, 0.5, 2), ("e1", 1, 1.0, 1), ("e1", 1, 1.0, 2),
+              ("e2", 2, 0.5, 1), ("e2", 2, 0.5, 2), ("e2", 2, 1.0, 1), ("e2", 2, 1.0, 2)]
+    pictures = [JOLIE[0], JOLIE[1], JOLIE[0], JOLIE[1], JOLIE[0], None, OBAMA[3], JOLIE[1], OBAMA[3], OBAMA[3], OBAMA[3], None]
+    images = torch.cat([image_batch([path]) if path is not None else blank() for path in pictures])
+    labels = _sweep_labels(layout)
+    scored = scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels).args[3]
+    advice = report_nodes.ScoredGrid.execute(images, scored, labels=labels).args[2]
+    folder = output_dir / "likeness" / "report_00001"
+    saved = json.loads((folder / "recommendation.json").read_text())
+
+    # The records the node gives the core: rows as checkpoints, the floor once per seed.
+    records = report_nodes.recommendation_records(scored, labels)
+    value = [item.score.value("max") for item in scored.run.images]
+    assert [(r["checkpoint"], r["strength"], r["key"]) for r in records][:2] == [(NO_LORA, None, (1, 0)), (NO_LORA, None, (2, 0))]
+    assert sum(r["checkpoint"] == NO_LORA for r in records) == 2  # e1 @0 repeats the baseline images: left out
+    assert [r["score"] for r in records if r["checkpoint"] == "e2"] == value[8:]
+    expected = recommend(cells_from_records(records), ceiling=obama_refs.references.baseline.mean)
+    assert saved == json.loads(json.dumps(expected.as_dict()))  # the core's answer, unchanged
+
+    assert saved["best"] == "e2 @ 0.5" and advice.splitlines()[0] == expected.headline()
+    assert advice.startswith("Recommended: e2 @ 0.5 — identity ")
+    assert saved["floor"] == pytest.approx((value[0] + value[1]) / 2)
+    assert saved["ceiling"] == pytest.approx(obama_refs.references.baseline.mean)
+    by_label = {cell["label"]: cell for cell in saved["cells"]}
+    assert by_label[NO_LORA]["stats"]["n_images"] == 2 and by_label["e1 @ 1"]["stats"]["n_images"] == 2
+    assert [line.removeprefix("warning: ") for line in advice.splitlines()[1:]] == expected.warnings
+    grid_layout = json.loads((folder / "grid.json").read_text())
+    assert grid_layout["rows"] == [NO_LORA, "e1", "e2"] and grid_layout["columns"] == ["@0", "@0.5", "@1"]
+    assert grid_layout["recommended"] == {"row": "e2", "column": "@0.5"}
 
 
 def test_scored_grid_errors(obama_refs, output_dir):
