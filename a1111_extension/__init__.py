@@ -5,6 +5,7 @@ Modules (everything computed comes from ``lora_likeness``):
     scorer        one face engine and reference set per setting for the life of the process
     axes          X/Y/Z axes "Likeness: LoRA epoch" and "Likeness: LoRA strength"
     xyz_hooks     scores on X/Y/Z cells, means in the axis labels, grid infotext and reports
+    recommendation  the grid's cells as the core's records for ``recommend()``; the line under the grid
     script        the always-visible "Likeness identity score" section (needs ``modules.scripts``)
     tab           the "Likeness" tab, one function per section
 

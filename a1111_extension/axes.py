@@ -4,7 +4,8 @@ Epoch x strength without Prompt S/R: the epoch axis puts ``<lora:<checkpoint ste
 into each cell's prompt in place of any tag of the same training run (or appends it), the strength
 axis sets that tag's multiplier. A1111's own Lora extra network then loads and applies the file,
 exactly as if the user had typed the tag. The two axes may come in any order: each records its
-value on the cell's processing object and the tag is rewritten from both.
+value on the cell's processing object and the tag is rewritten from both. The epoch value ``None``
+removes the run's tags: the base model alone, the floor the recommendation compares against.
 
 The axis objects are built from the xyz module's own ``AxisOption`` class and appended to its
 ``axis_options`` when our script file is imported: under ``--nowebui`` A1111 builds the X/Y/Z UI
@@ -19,12 +20,15 @@ from pathlib import Path
 from types import ModuleType
 
 from lora_likeness.checkpoints import LoraCheckpoint, list_runs, scan_loras
+from lora_likeness.recommend import NO_LORA
 
-from .prompt_loras import find_lora_tags, same_run, set_lora, set_strength
+from .prompt_loras import find_lora_tags, remove_loras, same_run, set_lora, set_strength
 
 EPOCH_AXIS = "Likeness: LoRA epoch"
 STRENGTH_AXIS = "Likeness: LoRA strength"
 STATE_ATTRIBUTE = "likeness_lora"
+NO_LORA_VALUE = "None"
+"""Epoch-axis value for the base model without the run's LoRA (``none`` and ``no LoRA`` work too)."""
 
 
 def _a1111_lora_dir() -> Path:
@@ -47,6 +51,7 @@ class LoraAxisState:
     final: bool = False
     strength: float | None = None
     pending_strength: bool = False
+    no_lora: bool = False
 
     def info(self) -> dict:
         """Group fields for :func:`lora_likeness.labels.group_sort_key` (run, epoch, strength)."""
@@ -63,12 +68,18 @@ def state_of(p) -> LoraAxisState:
     return state
 
 
+def is_no_lora(value) -> bool:
+    """The epoch-axis value for "no LoRA": ``None``, ``none``, ``no LoRA``."""
+    return str(value).strip().lower() in ("none", "no lora")
+
+
 def epoch_choices() -> list[str]:
-    """Every checkpoint stem in the Lora folder: run by run, each run in epoch order, final last."""
+    """``None`` (no LoRA), then every checkpoint stem in the Lora folder: run by run, each run in
+    epoch order, final last."""
     root = lora_dir()
     if not root.is_dir():
         return []
-    return [checkpoint.stem for run in list_runs(root).values() for checkpoint in run]
+    return [NO_LORA_VALUE] + [checkpoint.stem for run in list_runs(root).values() for checkpoint in run]
 
 
 def _runs_text(root: Path) -> str:
@@ -102,6 +113,9 @@ def resolve_checkpoint(value: str, root: Path | None = None) -> LoraCheckpoint:
 def rewrite_prompt(p) -> None:
     """Write the cell's LoRA choice into ``p.prompt`` (A1111 parses extra networks from it)."""
     state = state_of(p)
+    if state.no_lora:  # the run's tags are gone: no strength to set
+        state.pending_strength = False
+        return
     if state.stem is not None:
         p.prompt = set_lora(p.prompt, state.stem, state.strength, same_run(state.run_name or state.stem))
         state.pending_strength = False
@@ -117,8 +131,15 @@ def rewrite_prompt(p) -> None:
 
 
 def apply_epoch(p, x, xs) -> None:
-    checkpoint = resolve_checkpoint(x)
     state = state_of(p)
+    if is_no_lora(x):
+        # The runs the axis' other values name lose their tags in this cell (other LoRAs stay).
+        runs = {resolve_checkpoint(value).run_name for value in xs if not is_no_lora(value)}
+        p.prompt = remove_loras(p.prompt, lambda tag: any(same_run(run)(tag) for run in runs))
+        state.no_lora, state.stem, state.run_name, state.epoch, state.final = True, None, None, None, False
+        rewrite_prompt(p)
+        return
+    checkpoint = resolve_checkpoint(x)
     state.stem, state.run_name = checkpoint.stem, checkpoint.run_name
     state.epoch, state.final = checkpoint.epoch, checkpoint.final
     rewrite_prompt(p)
@@ -127,6 +148,25 @@ def apply_epoch(p, x, xs) -> None:
 def apply_strength(p, x, xs) -> None:
     state_of(p).strength = float(x)
     rewrite_prompt(p)
+
+
+def describe_checkpoints(names) -> dict[str, tuple[str, int | None]]:
+    """``name -> (axis label, epoch)`` for the LoRA tag names that are one file of the Lora folder
+    (``jx265-000010`` -> ``("jx265 e10", 10)``; the final file's epoch from ``ss_epoch``), read in
+    one scan of the folder; other names are left out."""
+    try:
+        root = lora_dir()
+    except ImportError:  # outside A1111
+        return {}
+    by_stem: dict[str, list[LoraCheckpoint]] = {}
+    for checkpoint in scan_loras(root) if root.is_dir() else []:
+        by_stem.setdefault(checkpoint.stem, []).append(checkpoint)
+    described = {}
+    for name in names:
+        found = by_stem.get(name, [])
+        if len(found) == 1:
+            described[name] = (f"{found[0].run_name} {found[0].label}", found[0].epoch)
+    return described
 
 
 def check_before_processing(p) -> None:
@@ -146,11 +186,14 @@ def check_before_processing(p) -> None:
 
 def confirm_epochs(p, xs) -> None:
     for x in xs:
-        resolve_checkpoint(x)
+        if not is_no_lora(x):
+            resolve_checkpoint(x)
 
 
 def format_epoch(p, opt, x) -> str:
-    """``jx265 e10`` / ``jx265 final (e20)``."""
+    """``jx265 e10`` / ``jx265 final (e20)`` / ``no LoRA``."""
+    if is_no_lora(x):
+        return NO_LORA
     try:
         checkpoint = resolve_checkpoint(x)
     except RuntimeError:

@@ -104,6 +104,20 @@ def set_lora(prompt: str, name: str, strength: float | None, matches: Callable[[
     return f"{stripped}{'' if stripped.endswith(',') else ','} {new}"
 
 
+def remove_loras(prompt: str, matches: Callable[[LoraTag], bool]) -> str:
+    """``prompt`` without the tags ``matches`` selects, each with the separator before it (after it
+    for a tag at the very start)."""
+    found = [tag for tag in find_lora_tags(prompt) if matches(tag)]
+    if not found:
+        return prompt
+    out, position = [], 0
+    for tag in found:
+        out.append(re.sub(r"\s*,?\s*$", "", prompt[position:tag.start]))
+        position = tag.end
+    text = "".join(out) + prompt[position:]
+    return re.sub(r"^\s*,\s*", "", text) if not out[0] else text
+
+
 def set_strength(prompt: str, tag: LoraTag, strength: float) -> str:
     """``prompt`` with ``tag`` rewritten to ``<lora:its name:strength>``."""
     return prompt[:tag.start] + lora_tag(tag.name, strength) + prompt[tag.end:]

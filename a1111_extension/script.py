@@ -70,7 +70,8 @@ class LikenessScript(scripts.Script):
             return
         scorer = get_scorer(refs, pack, aggregation or "max")  # LikenessSetupError says what to fix
         state = vars(p).get(axes.STATE_ATTRIBUTE)
-        setattr(p, CELL_ATTRIBUTE, CellScores(scorer, lora=state.info() if state is not None else {}))
+        prompt = p.prompt if isinstance(p.prompt, str) else (p.prompt[0] if p.prompt else "")  # tags say which LoRA
+        setattr(p, CELL_ATTRIBUTE, CellScores(scorer, lora=state.info() if state is not None else {}, prompt=prompt))
         p.likeness_positions = {}
         p.extra_generation_params[INFOTEXT_KEY] = infotext_value
 
@@ -83,6 +84,8 @@ class LikenessScript(scripts.Script):
         scored = cell.scorer.score_images([pp.image], [name])[0]
         cell.images.append(scored)
         cell.pil_images.append(pp.image)
+        seeds = getattr(p, "seeds", None) or []  # this batch's seeds (A1111 sets them per iteration)
+        cell.seeds.append(seeds[position[1]] if isinstance(position[1], int) and position[1] < len(seeds) else None)
         p.likeness_positions[position] = scored
 
     def postprocess(self, p, processed, *args):

@@ -1,5 +1,7 @@
 """Scores in A1111's X/Y/Z plot: on every cell, in the axis labels, in the grid's infotext, and
-as ``<grid>-likeness_scores.csv`` / ``.json`` next to the saved grid.
+as ``<grid>-likeness_scores.csv`` / ``.json`` next to the saved grid; when the grid sweeps a LoRA
+(epochs and/or strengths), the core's recommendation under the grid image, in the comments shown
+under the gallery, in the grid infotext and in the JSON report (see ``recommendation``).
 
 Where it hooks in (A1111 1.10 ``scripts/xyz_grid.py``; Forge keeps the same structure):
 
@@ -10,7 +12,8 @@ Where it hooks in (A1111 1.10 ``scripts/xyz_grid.py``; Forge keeps the same stru
   it runs the original a second time over the finished cells (no sampling: its ``cell`` callback
   returns the stored results) with the score drawn on each cell image and the axis labels
   carrying the row / column / sheet means, so A1111's own code lays out the scored grid. Lone
-  images stay unannotated.
+  images stay unannotated. The recommendation's headline and warnings are drawn on a band under
+  the main grid image.
 * ``Script.run`` is wrapped to put the grid mean into the grid infotexts it returns (it builds
   them from the first cell, before any mean is known) and the summary table into ``comments``,
   which the UI shows under the gallery.
@@ -21,7 +24,9 @@ Where it hooks in (A1111 1.10 ``scripts/xyz_grid.py``; Forge keeps the same stru
 from __future__ import annotations
 
 import functools
+import json
 import re
+import sys
 import threading
 import time
 import weakref
@@ -33,10 +38,14 @@ from pathlib import Path
 from lora_likeness import grid as core_grid
 from lora_likeness import report as core_report
 from lora_likeness.images import write_text_atomic
+from lora_likeness.recommend import Recommendation
 
+from . import axes
+from .recommendation import caption_below, recommend_grid, recommendation_lines
 from .scorer import ScoredImage, Scorer
 
 INFOTEXT_KEY = "Likeness"
+RECOMMENDATION_KEY = "Likeness recommendation"
 WRAPPED_MARK = "_likeness_original"
 REPORT_SUFFIXES = ("-likeness_scores.csv", "-likeness_scores.json")
 
@@ -49,6 +58,8 @@ class CellScores:
     images: list[ScoredImage] = field(default_factory=list)
     pil_images: list = field(default_factory=list)  # the scored PIL images, to find their saved files
     lora: dict = field(default_factory=dict)  # run / epoch / strength chosen by our LoRA axes
+    prompt: str | None = None  # the cell's prompt, <lora:…> tags included (which LoRA the cell used)
+    seeds: list[int | None] = field(default_factory=list)  # one per scored image
 
     @property
     def values(self) -> list[float | None]:
@@ -61,19 +72,37 @@ class CellScores:
 
 # --- infotext -------------------------------------------------------------------------------------
 
-_INFOTEXT_FIELD = re.compile(r'(?P<head>(?:^|, )Likeness: )(?P<value>"(?:[^"\\]|\\.)*"|[^,\n]*)')
+def _field_pattern(key: str) -> re.Pattern:
+    return re.compile(rf'(?P<head>(?:^|, ){re.escape(key)}: )(?P<value>"(?:[^"\\]|\\.)*"|[^,\n]*)')
+
+
+def infotext_with_field(text: str | None, key: str, value: str) -> str | None:
+    """``text`` (an A1111 infotext) with ``key: value`` set on its parameter line, the value quoted
+    as A1111's ``infotext_utils.quote`` does when it holds ``,`` ``:`` or a line break."""
+    if text is None:
+        return None
+    if any(c in value for c in ',:\n"'):
+        value = json.dumps(value, ensure_ascii=False)
+    pattern = _field_pattern(key)
+    if pattern.search(text):
+        return pattern.sub(lambda m: m.group("head") + value, text, count=1)
+    lines = text.split("\n")
+    lines[-1] = f"{lines[-1]}, {key}: {value}" if lines[-1].strip() else f"{key}: {value}"
+    return "\n".join(lines)
 
 
 def infotext_with_score(text: str | None, score: float | None) -> str | None:
     """``text`` (an A1111 infotext) with ``Likeness: <score>`` set on its parameter line."""
-    if text is None:
-        return None
-    value = core_grid.format_score(score)
-    if _INFOTEXT_FIELD.search(text):
-        return _INFOTEXT_FIELD.sub(lambda m: m.group("head") + value, text, count=1)
-    lines = text.split("\n")
-    lines[-1] = f"{lines[-1]}, {INFOTEXT_KEY}: {value}" if lines[-1].strip() else f"{INFOTEXT_KEY}: {value}"
-    return "\n".join(lines)
+    return infotext_with_field(text, INFOTEXT_KEY, core_grid.format_score(score))
+
+
+def infotext_with_grid(text: str | None, scores: GridScores) -> str | None:
+    """A grid's infotext: the grid mean, and the recommended cell when there is one."""
+    text = infotext_with_score(text, scores.mean)
+    advice = scores.recommendation()
+    if advice is not None and advice.best is not None:
+        text = infotext_with_field(text, RECOMMENDATION_KEY, advice.best.label)
+    return text
 
 
 # --- the scored grid --------------------------------------------------------------------------------
@@ -96,7 +125,10 @@ class GridScores:
     saved_grids: list[Path] = field(default_factory=list)
     reports: list[Path] = field(default_factory=list)
     grid_images: list = field(default_factory=list)
+    advice_reason: str | None = None
+    """Why a grid that sweeps LoRAs got no recommendation (``None``: it got one, or sweeps none)."""
     _run: object = field(default=None, repr=False)
+    _advice: tuple | None = field(default=None, repr=False)
 
     def _keyed(self, axis: int) -> tuple[list[float | None], list[int]]:
         scores, keys = [], []
@@ -141,6 +173,26 @@ class GridScores:
 
     def summary(self) -> str:
         return core_report.summary_table_text(self.run())
+
+    def recommendation(self) -> Recommendation | None:
+        """The core's recommendation over the cells, when the grid sweeps a LoRA (computed once)."""
+        if self._advice is None:
+            prompts = {position: cell.prompt for position, cell in self.cells.items()}
+            ceiling = self.scorer.baseline if self.scorer is not None else None
+            try:
+                advice, self.advice_reason = recommend_grid(self.cells, prompts, ceiling, axes.describe_checkpoints)
+            except Exception as error:  # noqa: BLE001 - the grid and its scores stay; say what went wrong
+                advice, self.advice_reason = None, f"the recommendation failed: {error!r}"
+                print(f"[Likeness] {self.advice_reason}", file=sys.stderr, flush=True)
+            self._advice = (advice,)
+        return self._advice[0]
+
+    def recommendation_text(self) -> list[str]:
+        """Lines for the comments and the grid caption: headline and warnings, or why there is none."""
+        advice = self.recommendation()
+        if advice is not None:
+            return recommendation_lines(advice)
+        return [f"No recommendation: {self.advice_reason}"] if self.advice_reason else []
 
 
 def badge_cell(processed, cell: CellScores | None, baseline: float | None):
@@ -228,6 +280,9 @@ def wrap_draw_xyz_grid(original: Callable) -> Callable:
                           include_sub_grids, first_axes_processed, second_axes_processed, margin_size)
         grids = 1 + len(zs)
         scored.images[grids:] = plain.images[grids:]  # lone images as generated, without badges
+        caption = scores.recommendation_text()
+        if caption:  # under the main grid (the one saved and shown first)
+            scored.images[0] = caption_below(scored.images[0], caption)
         scores.grid_images = list(scored.images[:grids])
         for image in scores.grid_images:
             _GRIDS[image] = scores
@@ -261,7 +316,7 @@ def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
     """Grid infotexts and the UI summary; the reports when no saved grid got them already."""
     n_grids = sum(1 for image in processed.images if grid_of(image) is scores)
     for index in range(min(n_grids, len(processed.infotexts))):
-        processed.infotexts[index] = infotext_with_score(processed.infotexts[index], scores.mean)
+        processed.infotexts[index] = infotext_with_grid(processed.infotexts[index], scores)
     if processed.infotexts:
         processed.info = processed.infotexts[0]
     if not scores.reports and fallback_dir:
@@ -269,7 +324,7 @@ def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
         write_reports(scores, Path(fallback_dir), stem)
     run = scores.run(saved_name)
     lines = [f"Likeness (identity score, {run.settings.aggregation}): grid mean {core_grid.format_score(scores.mean)}",
-             core_report.summary_table_text(run)]
+             *scores.recommendation_text(), core_report.summary_table_text(run)]
     lines += [f"Scores saved to {path}" for path in scores.reports]
     lines += [f"Warning: {w}" for w in run.warnings]
     text = "\n".join(lines)
@@ -278,12 +333,16 @@ def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
 
 
 def write_reports(scores: GridScores, folder: Path, stem: str) -> list[Path]:
-    """``<stem>-likeness_scores.csv`` and ``.json`` in ``folder``; an existing file of that name is
+    """``<stem>-likeness_scores.csv`` and ``.json`` in ``folder`` (the JSON: the core's report.json
+    plus ``recommendation``, the core's recommendation or null); an existing file of that name is
     renamed with its time first, never overwritten."""
     run = scores.run(saved_name)
+    advice = scores.recommendation()
+    data = {**run.as_dict(), "recommendation": advice.as_dict() if advice is not None else None}
+    report = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix, text in zip(REPORT_SUFFIXES, (core_report.scores_csv(run), core_report.report_json(run))):
+    for suffix, text in zip(REPORT_SUFFIXES, (core_report.scores_csv(run), report)):
         path = folder / f"{stem}{suffix}"
         core_report.preserve_file(path)
         write_text_atomic(path, text)
@@ -296,11 +355,11 @@ def write_reports(scores: GridScores, folder: Path, stem: str) -> list[Path]:
 
 
 def on_before_image_saved(params) -> None:
-    """The saved grid's infotext gets the grid mean (A1111 built it from the first cell)."""
+    """The saved grid's infotext gets the grid mean and the recommendation (A1111 built it from the first cell)."""
     scores = grid_of(params.image)
     if scores is None or not isinstance(getattr(params, "pnginfo", None), dict):
         return
-    params.pnginfo["parameters"] = infotext_with_score(params.pnginfo.get("parameters"), scores.mean)
+    params.pnginfo["parameters"] = infotext_with_grid(params.pnginfo.get("parameters"), scores)
 
 
 def on_image_saved(params) -> None:

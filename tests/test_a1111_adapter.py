@@ -1,6 +1,7 @@
 """The A1111 adapter's logic that needs no A1111: LoRA tags in prompts, the LoRA axes' prompt
-rewriting over a real Lora folder, grid means and infotexts, scoring PIL images with the real face
-pack, and the tab's "score a folder" action.
+rewriting over a real Lora folder, grid means and infotexts, the recommendation under a scored grid
+(records for the core, the caption band, the reports), scoring PIL images with the real face pack,
+and the tab's "score a folder" action.
 
 What needs A1111 itself (its X/Y/Z script, its Lora loader, its image saving) is tested against a
 real A1111 in tests/integration/test_a1111_host.py.
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from likeness_assets import PACK_DIR, PEOPLE
 from PIL import Image, ImageOps
@@ -33,7 +35,8 @@ def _adapter():
 
 
 _adapter()
-from lora_likeness_a1111 import axes, prompt_loras, scorer, tab, xyz_hooks
+from lora_likeness.recommend import NO_LORA, cells_from_records, recommend
+from lora_likeness_a1111 import axes, prompt_loras, recommendation, scorer, tab, xyz_hooks
 
 OBAMA = sorted((PEOPLE / "obama").iterdir())
 BUSH = sorted((PEOPLE / "lfw_george_w_bush").iterdir())
@@ -95,9 +98,11 @@ def _cell(prompt: str):
 
 def test_epoch_choices_list_each_run_in_epoch_order_final_last(lora_dir):
     # Runs in the core's order (top-level "other" first), each run by epoch, the final file last.
-    assert axes.epoch_choices() == ["other", "jx-000001", "jx-000002", "jx-000010", "jx"]
+    # "None" first: the base model without the run's LoRA (the floor of the recommendation).
+    assert axes.epoch_choices() == ["None", "other", "jx-000001", "jx-000002", "jx-000010", "jx"]
     assert axes.format_epoch(None, None, "jx-000002") == "jx e2"
     assert axes.format_epoch(None, None, "jx") == "jx final (e12)"
+    assert axes.format_epoch(None, None, "None") == "no LoRA"
     assert axes.format_strength(None, None, 0.5) == "strength 0.5"
 
 
@@ -110,6 +115,25 @@ def test_epoch_and_strength_axes_in_either_order(lora_dir, order):
     assert p.prompt == "photo of jx, <lora:jx-000002:0.5>, <lora:detail:0.3>"
     axes.check_before_processing(p)  # nothing pending
     assert axes.state_of(p).info() == {"run": "jx", "epoch": 2, "strength": 0.5}
+
+
+@pytest.mark.parametrize("order", ["epoch-first", "strength-first"])
+def test_epoch_value_none_removes_the_runs_tags_and_keeps_other_loras(lora_dir, order):
+    p = _cell("photo of jx, <lora:jx:1>, <lora:detail:0.3>, smiling")
+    steps = [(axes.apply_epoch, "None", ["None", "jx-000002"]), (axes.apply_strength, 0.5, [0.5, 1.0])]
+    for apply, value, values in (steps if order == "epoch-first" else steps[::-1]):
+        apply(p, value, values)
+    assert p.prompt == "photo of jx, <lora:detail:0.3>, smiling"
+    axes.check_before_processing(p)  # no strength left pending: there is no LoRA to set it on
+    axes.confirm_epochs(None, ["None", "jx-000001"])
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("<lora:jx-000001:1>, photo", "photo"), ("photo, <lora:jx:1>", "photo"), ("a, <lora:jx:1>, b, <lora:jx-000002:0.5>", "a, b"),
+    ("photo <lora:other:1>", "photo <lora:other:1>"),
+])
+def test_remove_loras_takes_the_separator_with_the_tag(prompt, expected):
+    assert prompt_loras.remove_loras(prompt, prompt_loras.same_run("jx")) == expected
 
 
 def test_strength_axis_without_a_single_lora_is_refused_before_processing(lora_dir):
@@ -135,6 +159,14 @@ def test_infotext_with_score_sets_or_replaces_the_field():
     text = "photo\nNegative prompt: ugly\nSteps: 2, Seed: 1, Likeness: 0.100, Version: v1.10.1"
     assert xyz_hooks.infotext_with_score(text, 0.5731).endswith("Steps: 2, Seed: 1, Likeness: 0.573, Version: v1.10.1")
     assert xyz_hooks.infotext_with_score("photo\nSteps: 2", None) == "photo\nSteps: 2, Likeness: no face"
+
+
+def test_infotext_fields_are_quoted_as_a1111_quotes_them():
+    text = xyz_hooks.infotext_with_field("photo\nSteps: 2, Likeness: 0.5", xyz_hooks.RECOMMENDATION_KEY, "jx e2 @ 1")
+    assert text == "photo\nSteps: 2, Likeness: 0.5, Likeness recommendation: jx e2 @ 1"
+    again = xyz_hooks.infotext_with_field(text, xyz_hooks.RECOMMENDATION_KEY, "jx final (e3), @ 0.5")
+    assert again == 'photo\nSteps: 2, Likeness: 0.5, Likeness recommendation: "jx final (e3), @ 0.5"'
+    assert xyz_hooks.infotext_with_score(again, 0.25) == again.replace("Likeness: 0.5", "Likeness: 0.250")
 
 
 def _scored(value, face=True):
@@ -248,3 +280,156 @@ def test_image_map_keys_pil_images_by_identity_without_keeping_them_alive():
     gc.collect()
     images[twin] = "b.png"  # a dead entry is dropped on the next write
     assert len(images._items) == 1
+
+
+# --- the recommendation under a scored grid -------------------------------------------------------
+
+
+def test_lora_choices_read_the_swept_lora_from_the_cells_prompts():
+    prompts = {  # x: epoch via Prompt S/R (one "None" value drops the tag), y: strength; a detail LoRA everywhere
+        (0, 0, 0): "photo, <lora:detail:0.3>", (0, 1, 0): "photo, <lora:detail:0.3>",
+        (1, 0, 0): "photo, <lora:jx-000001:0.5>, <lora:detail:0.3>", (1, 1, 0): "photo, <lora:jx-000001:1>, <lora:detail:0.3>",
+        (2, 0, 0): "photo, <lora:jx:0>, <lora:detail:0.3>", (2, 1, 0): "photo, <lora:jx:1>, <lora:detail:0.3>",
+    }
+    choices, reason = recommendation.lora_choices(prompts, lambda names: {"jx": ("jx final (e12)", 12)})
+    assert reason is None
+    assert choices[(0, 0, 0)] == choices[(0, 1, 0)] == choices[(2, 0, 0)] == recommendation.FLOOR  # no tag, or strength 0
+    assert choices[(1, 0, 0)] == recommendation.LoraChoice("jx e1", 0.5, 1)  # from the Kohya name
+    assert choices[(2, 1, 0)] == recommendation.LoraChoice("jx final (e12)", 1.0, 12)  # from the Lora folder
+    assert recommendation.lora_axes(choices) == {0, 1}
+
+    # The same LoRA in every cell (a CFG grid): nothing to recommend, and nothing to explain.
+    assert recommendation.lora_choices({(0, 0, 0): "a <lora:jx:1>", (1, 0, 0): "a <lora:jx:1>"}) == (None, None)
+    # Two LoRAs swapped at once: no recommendation, and why.
+    choices, reason = recommendation.lora_choices({(0, 0, 0): "a <lora:jx:1> <lora:b:1>", (1, 0, 0): "a <lora:jx:0.5> <lora:b:0.5>"})
+    assert choices is None and "several LoRAs at once (b, jx)" in reason
+
+
+def _cell_scores(values, prompt, seeds):
+    return xyz_hooks.CellScores(None, [_scored(v, face=v is not None) for v in values], prompt=prompt, seeds=list(seeds))
+
+
+def test_grid_records_pair_images_across_cells_and_count_the_floor_once():
+    # x: epoch (None, e1, e2), y: strength (0.5, 1), z: CFG (a non-LoRA axis: part of the pairing key).
+    epochs = {0: None, 1: "jx-000001", 2: "jx-000002"}
+    cells, prompts = {}, {}
+    for ix, stem in epochs.items():
+        for iy, strength in enumerate((0.5, 1.0)):
+            for iz in range(2):
+                prompt = "photo" if stem is None else f"photo, <lora:{stem}:{strength:g}>"
+                base = 0.1 if stem is None else 0.2 * ix + 0.1 * iy + 0.01 * iz
+                cells[(ix, iy, iz)] = _cell_scores([base, base + 0.02, None], prompt, seeds=(5, 5, 6))
+                prompts[(ix, iy, iz)] = prompt
+    choices, _ = recommendation.lora_choices(prompts)
+    records = recommendation.grid_records(cells, choices)
+    floor = [r for r in records if r["checkpoint"] == NO_LORA]
+    # The two "None" columns hold the same images (same seeds, no LoRA): kept once, keyed by CFG index + seed.
+    assert [r["key"] for r in floor] == [(0, 5, 0), (0, 5, 1), (0, 6, 0), (1, 5, 0), (1, 5, 1), (1, 6, 0)]
+    assert records[:6] == floor  # the floor first, then by epoch
+    assert [r["checkpoint"] for r in records[6:]] == ["jx e1"] * 12 + ["jx e2"] * 12
+    e2 = [r for r in records if r["checkpoint"] == "jx e2" and r["strength"] == 1.0]
+    assert [r["score"] for r in e2] == pytest.approx([0.5, 0.52, None, 0.51, 0.53, None])
+    assert {r["key"] for r in e2} == {r["key"] for r in floor}  # the same keys in every cell: paired
+
+    advice, reason = recommendation.recommend_grid(cells, prompts, ceiling=0.8)
+    expected = recommend(cells_from_records(records), ceiling=0.8)
+    assert reason is None and advice.as_dict() == expected.as_dict()  # the core decides
+    assert advice.best.label == "jx e2 @ 1" and advice.paired and advice.floor == pytest.approx(0.11)
+
+
+def test_caption_below_extends_the_canvas_and_wraps_to_its_width():
+    picture = Image.new("RGB", (320, 200), (40, 90, 160))
+    lines = ["Recommended: jx e2 @ 1 — identity 0.612 (95% CI 0.581–0.640); beats jx e2 @ 0.5 by 0.031", "Warning: x"]
+    out = recommendation.caption_below(picture, lines)
+    assert out.width == 320 and out.height > 200 + 3 * 12  # the headline wraps: at least three lines
+    assert (np.asarray(out)[:200] == np.asarray(picture)).all()  # the grid itself untouched
+    band = np.asarray(out.convert("L"))[200:]
+    assert band.min() < 60 and band.max() == 255  # dark text on white
+    assert (band[-2:] == 255).all()  # with a margin below the last line
+
+
+def _fake_draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend, include_lone_images,
+                        include_sub_grids, first_axes_processed, second_axes_processed, margin_size):
+    """A1111's draw_xyz_grid reduced to what the wrapper relies on: every cell once through ``cell``,
+    then ``[z grid, sub-grid, *cells]`` (one z value)."""
+    results = [cell(x, y, z, ix, iy, iz) for iz, z in enumerate(zs) for iy, y in enumerate(ys) for ix, x in enumerate(xs)]
+    side = results[0].images[0].width
+    grid = Image.new("RGB", (side * len(xs), side * len(ys)), (255, 255, 255))
+    for k, result in enumerate(results):
+        grid.paste(result.images[0], ((k % len(xs)) * side, (k // len(xs)) * side))
+    images = [grid, grid.copy(), *[r.images[0] for r in results]]
+    return SimpleNamespace(images=images, infotexts=["photo\nSteps: 2, Seed: 7"] * len(images), comments="", info="")
+
+
+@pytest.fixture(scope="module")
+def obama_scorer(tmp_path_factory):
+    refs = tmp_path_factory.mktemp("refs")
+    for photo in OBAMA[:-1]:
+        (refs / photo.name).write_bytes(photo.read_bytes())
+    return scorer.get_scorer(str(refs), str(PACK_DIR), "max")
+
+
+def test_scored_xyz_grid_carries_the_recommendation(lora_dir, obama_scorer, tmp_path):
+    # X: Likeness: LoRA epoch (None, e1, e2); Y: Likeness: LoRA strength (0.5, 1), through the axes' own
+    # prompt rewriting. The person only in e2 @1; someone else elsewhere; the floor the same photo twice.
+    xs, ys = ["None", "jx-000001", "jx-000002"], [0.5, 1.0]
+    photos = {("None", 0.5): BUSH[1], ("None", 1.0): BUSH[1], ("jx-000001", 0.5): BUSH[0], ("jx-000001", 1.0): BUSH[0],
+              ("jx-000002", 0.5): BUSH[2], ("jx-000002", 1.0): OBAMA[-1]}
+
+    def cell(x, y, z, ix, iy, iz):
+        pc = _cell("photo of jx, <lora:jx:1>")
+        axes.apply_epoch(pc, x, xs)
+        axes.apply_strength(pc, y, ys)
+        picture = _square(photos[(x, y)], 128)
+        scored = obama_scorer.score_images([picture], ["image"])
+        likeness = xyz_hooks.CellScores(obama_scorer, scored, [picture], axes.state_of(pc).info(), prompt=pc.prompt, seeds=[7])
+        return SimpleNamespace(images=[picture], likeness=likeness, index_of_first_image=0)
+
+    draw = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)
+    p = SimpleNamespace()
+    processed = draw(p, xs, ys, [""], [axes.format_epoch(None, None, x) for x in xs], [f"strength {y:g}" for y in ys], [""],
+                     cell, True, True, False, "x", "y", 0)
+    scores = xyz_hooks.grid_of(processed.images[0])
+    assert scores is getattr(p, xyz_hooks.SESSION_ATTRIBUTE)
+    advice = scores.recommendation()
+    assert advice.best.label == "jx e2 @ 1" and advice.ceiling == pytest.approx(obama_scorer.baseline)
+    bush = obama_scorer.score_images([_square(BUSH[1], 128)], ["floor"])[0].value
+    assert advice.floor == pytest.approx(bush) and advice.cells[0].stats.n_images == 1  # the floor once
+
+    # The main grid got a caption band (the sub-grid, same scored cells, did not).
+    main, sub = processed.images[0], processed.images[1]
+    assert main.width == sub.width and main.height > sub.height
+    assert (np.asarray(main)[:sub.height] == np.asarray(sub)).all()
+    assert np.asarray(main.convert("L"))[sub.height:].min() < 60
+
+    xyz_hooks.finish(scores, processed, fallback_dir=str(tmp_path))
+    headline = advice.headline()
+    assert headline.startswith("Recommended: jx e2 @ 1 — identity ")
+    assert processed.comments.splitlines()[1] == headline  # under the gallery, right after the grid mean
+    assert "Likeness recommendation: jx e2 @ 1" in processed.infotexts[0] and processed.info == processed.infotexts[0]
+    report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
+    assert report["recommendation"] == json.loads(json.dumps(advice.as_dict()))
+    assert report["recommendation"]["best"] == "jx e2 @ 1" and len(report["images"]) == 6
+
+    saved = SimpleNamespace(image=main, pnginfo={"parameters": "photo\nSteps: 2"})
+    xyz_hooks.on_before_image_saved(saved)
+    assert saved.pnginfo["parameters"].endswith(f"Likeness: {scores.mean:.3f}, Likeness recommendation: jx e2 @ 1")
+
+
+def test_grid_without_a_lora_axis_gets_no_recommendation(obama_scorer, tmp_path):
+    picture = _square(OBAMA[-1], 96)
+    scored = obama_scorer.score_images([picture], ["image"])
+
+    def cell(x, y, z, ix, iy, iz):  # a CFG x steps grid: the same LoRA everywhere
+        likeness = xyz_hooks.CellScores(obama_scorer, list(scored), [picture], prompt="photo, <lora:jx:1>", seeds=[1])
+        return SimpleNamespace(images=[picture], likeness=likeness, index_of_first_image=0)
+
+    processed = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)(SimpleNamespace(), [5, 7], [10], [""], ["5", "7"], ["10"],
+                                                                  [""], cell, True, True, False, "x", "y", 0)
+    scores = xyz_hooks.grid_of(processed.images[0])
+    assert scores.recommendation() is None and scores.advice_reason is None
+    assert processed.images[0].size == processed.images[1].size  # no caption band
+    xyz_hooks.finish(scores, processed, fallback_dir=str(tmp_path))
+    assert "Recommend" not in processed.comments and "recommendation" not in processed.infotexts[0]
+    report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
+    assert report["recommendation"] is None

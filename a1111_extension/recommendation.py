@@ -1,0 +1,188 @@
+"""The recommendation under a scored X/Y/Z grid: which LoRA checkpoint at which strength to use.
+
+The core decides (:func:`lora_likeness.recommend.recommend`); this module only turns the grid's
+cells into the core's per-image records and draws the answer under the grid image.
+
+Which LoRA a cell used is read from the cell's prompt, where every way of sweeping LoRAs in A1111
+ends up: our "Likeness: LoRA epoch" / "LoRA strength" axes write ``<lora:stem:strength>`` into it,
+and Prompt S/R swaps the user's own tags. Tags that are the same in every cell (a detail LoRA)
+are ignored; the one tag left that differs between cells is the swept LoRA. A cell without it, or
+with it at strength 0 (an epoch value ``None``, a strength ``0``, an S/R value without the tag), is
+the no-LoRA floor. A grid where no LoRA changes between cells gets no recommendation.
+
+Pairing key of an image: the indexes of the axes that do not change the LoRA (a CFG or seed axis),
+then its seed and its position among the cell's images of that seed: equal keys in two cells are the
+same noise and settings with another LoRA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from lora_likeness import grid as core_grid
+from lora_likeness.labels import parse_kohya_name
+from lora_likeness.recommend import NO_LORA, Recommendation, cells_from_records, recommend
+from PIL import Image, ImageDraw
+
+from .prompt_loras import find_lora_tags
+
+Position = tuple[int, int, int]
+#: LoRA name (file stem as in the tag) -> (checkpoint label, epoch); ``None`` where it is not a file we know.
+Describe = Callable[[Sequence[str]], Mapping[str, tuple[str, int | None]]]
+
+HEADLINE_COLOUR = (0, 0, 0)
+WARNING_COLOUR = (170, 70, 0)
+BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """The LoRA one cell used: checkpoint label, strength (``None`` = the no-LoRA floor), epoch."""
+
+    checkpoint: str
+    strength: float | None
+    epoch: int | None = None
+
+    @property
+    def is_floor(self) -> bool:
+        return self.strength is None
+
+
+FLOOR = LoraChoice(NO_LORA, None)
+
+
+def describe_by_name(names: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    """Labels from the names alone (Kohya's ``run-0000NN`` suffix): ``run e10``; the final file keeps its name."""
+    described = {}
+    for name in names:
+        run, epoch, step = parse_kohya_name(name)
+        label = f"{run} e{epoch}" if epoch is not None else f"{run} step {step}" if step is not None else name
+        described[name] = (label, epoch)
+    return described
+
+
+def lora_choices(prompts: Mapping[Position, str], describe: Describe = describe_by_name,
+                 ) -> tuple[dict[Position, LoraChoice] | None, str | None]:
+    """The LoRA each cell used, from the cells' prompts; ``(None, reason)`` when the grid does not
+    sweep one LoRA (``reason`` None: no LoRA changes between cells, so there is nothing to recommend)."""
+    tags = {position: find_lora_tags(prompt or "") for position, prompt in prompts.items()}
+    if not tags:
+        return None, None
+    signatures = [{(tag.name, tag.strength) for tag in found} for found in tags.values()]
+    everywhere = set.intersection(*signatures)
+    swept = {position: [t for t in found if (t.name, t.strength) not in everywhere] for position, found in tags.items()}
+    if not any(swept.values()):
+        return None, None
+    for position, found in swept.items():
+        if len({tag.name for tag in found}) > 1:
+            names = ", ".join(sorted({tag.name for tag in found}))
+            return None, f"a cell changes several LoRAs at once ({names}): the recommendation compares one LoRA's checkpoints"
+    names = sorted({found[0].name for found in swept.values() if found})
+    described = {**describe_by_name(names), **dict(describe(names))}
+    choices = {}
+    for position, found in swept.items():
+        if not found or found[0].strength == 0:
+            choices[position] = FLOOR
+        else:
+            label, epoch = described[found[0].name]
+            choices[position] = LoraChoice(label, float(found[0].strength), epoch)
+    return choices, None
+
+
+def lora_axes(choices: Mapping[Position, LoraChoice]) -> set[int]:
+    """The axes (0 = x, 1 = y, 2 = z) along which the LoRA choice changes somewhere."""
+    axes = set()
+    for axis in range(3):
+        seen: dict[tuple, LoraChoice] = {}
+        for position, choice in choices.items():
+            rest = tuple(index for a, index in enumerate(position) if a != axis)
+            if seen.setdefault(rest, choice) != choice:
+                axes.add(axis)
+                break
+    return axes
+
+
+def grid_records(cells: Mapping[Position, object], choices: Mapping[Position, LoraChoice]) -> list[dict]:
+    """The core's per-image records (see :func:`lora_likeness.recommend.cells_from_records`), the
+    floor first, then by epoch (unknown last), then in grid order. ``cells`` are the xyz hooks'
+    ``CellScores`` (``images``: their ``value`` and ``score.memorised``; ``seeds``: one per image).
+
+    The floor may be several cells with the same images (``None`` at every strength, or strength
+    0 at every epoch: the same base model, seeds and settings): its repeats are left out.
+    """
+    swept = lora_axes(choices)
+    order = sorted(cells, key=lambda position: (
+        not choices[position].is_floor,
+        math.inf if choices[position].epoch is None else choices[position].epoch,
+        position[2], position[1], position[0],
+    ))
+    records, floor_keys = [], set()
+    for position in order:
+        cell, choice = cells[position], choices[position]
+        fixed = tuple(index for axis, index in enumerate(position) if axis not in swept)
+        seeds = list(getattr(cell, "seeds", None) or [])
+        taken: dict = {}
+        for index, image in enumerate(cell.images):
+            seed = seeds[index] if index < len(seeds) else None
+            key = (*fixed, seed, taken.get(seed, 0))
+            taken[seed] = key[-1] + 1
+            if choice.is_floor:
+                if key in floor_keys:
+                    continue
+                floor_keys.add(key)
+            records.append({
+                "checkpoint": choice.checkpoint, "strength": choice.strength, "epoch": choice.epoch,
+                "score": image.value, "key": key, "memorised": int(bool(image.score.memorised)),
+            })
+    return records
+
+
+def recommend_grid(cells: Mapping[Position, object], prompts: Mapping[Position, str], ceiling: float | None,
+                   describe: Describe = describe_by_name) -> tuple[Recommendation | None, str | None]:
+    """The core's recommendation for a scored grid, or ``(None, reason)`` (see :func:`lora_choices`)."""
+    choices, reason = lora_choices(prompts, describe)
+    if choices is None:
+        return None, reason
+    return recommend(cells_from_records(grid_records(cells, choices)), ceiling=ceiling), None
+
+
+def recommendation_lines(recommendation: Recommendation) -> list[str]:
+    """The headline, then one line per warning."""
+    return [recommendation.headline()] + [f"Warning: {w}" for w in recommendation.warnings]
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, face, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a longer word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(candidate, font=face) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def caption_below(image: Image.Image, lines: Sequence[str], background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """A copy of ``image`` (RGB) with a band under it holding ``lines``, wrapped to its width: the
+    first line in black (the headline), the others in amber (warnings). Font size follows the width
+    (12 to 28 px)."""
+    picture = image.convert("RGB")
+    face = core_grid.font(max(12, min(28, picture.width // 45)))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    _, top, _, bottom = measure.textbbox((0, 0), "Ag", font=face)
+    line_height = bottom - top
+    pad = max(4, line_height // 2)
+    wrapped = [(row, HEADLINE_COLOUR if i == 0 else WARNING_COLOUR)
+               for i, text in enumerate(lines) for row in _wrap(measure, text, face, picture.width - 2 * pad)]
+    band = 2 * pad + len(wrapped) * line_height + (len(wrapped) - 1) * (line_height // 3)
+    canvas = Image.new("RGB", (picture.width, picture.height + band), background)
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = picture.height + pad
+    for text, colour in wrapped:
+        draw.text((pad, y - top), text, fill=colour, font=face)
+        y += line_height + line_height // 3
+    return canvas
