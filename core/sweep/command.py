@@ -180,10 +180,14 @@ def command_run(args: argparse.Namespace) -> int:
     try:
         train = {}
         if args.train_config is not None:
-            loaded = load_config_file(args.train_config)
-            train = {k: v for k, v in loaded.to_dict().items() if k not in ("base", "data", "out", "name")}
+            from ..training.config import TrainConfig
+
+            # Only what the file sets: its other fields are defaults and must not undo --epochs / --resolution.
+            defaults = TrainConfig().to_dict()
+            loaded = load_config_file(args.train_config).to_dict()
+            train = {k: v for k, v in loaded.items() if k not in ("base", "data", "out", "name") and v != defaults.get(k)}
         config = RunConfig(photos=args.photos, trigger=args.trigger, class_word=args.class_word, base=args.base, out=args.out,
-                           refs=args.refs, pack=args.pack, providers=args.providers, resolution=args.resolution,
+                           refs=args.refs, pack=args.pack, providers=args.providers, tokenizer=args.tokenizer, resolution=args.resolution,
                            epochs=args.epochs, max_images=args.max_images, prompt=args.prompt,
                            train_overrides=train, sweep_overrides=sweep_overrides(args))
     except (ConfigError, SweepConfigError) as exc:

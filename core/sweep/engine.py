@@ -236,7 +236,8 @@ def make_scheduler(name: str, base_config: dict):
 
     class_name, extra = SAMPLERS[name]
     keep = {k: v for k, v in base_config.items() if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                                                          "trained_betas", "prediction_type", "steps_offset", "timestep_spacing")}
+                                                          "trained_betas", "prediction_type", "timestep_spacing")}
+    keep["steps_offset"] = 1  # SD1's inference value (the training scheduler's config says 0)
     return getattr(diffusers, class_name).from_config({**keep, **extra})
 
 
@@ -268,7 +269,8 @@ class Generator:
                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                             requires_safety_checker=False)
         self.pipe.set_progress_bar_config(disable=True)
-        self.pipe.to(self.device, self.dtype)
+        self.pipe.to(self.device)  # loaded in self.dtype already (a host's model keeps its own)
+        self.dtype = self.pipe.unet.dtype
         for model in (self.pipe.unet, self.pipe.text_encoder, self.pipe.vae):
             model.eval().requires_grad_(False)
         self.switcher = LoraSwitcher(self.pipe.unet, self.pipe.text_encoder, device=self.device, dtype=self.dtype)
@@ -294,9 +296,9 @@ class Generator:
         torch = self._torch
         config = self.config
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        latents = torch.stack([
-            torch.randn((4, config.height // 8, config.width // 8), generator=g, dtype=torch.float32) for g in generators
-        ]).to(self.device, self.dtype)
+        factor = self.pipe.vae_scale_factor  # 8 for SD1.x
+        shape = (self.pipe.unet.config.in_channels, config.height // factor, config.width // factor)
+        latents = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]).to(self.device, self.dtype)
         with torch.inference_mode():
             images = self.pipe([prompt] * len(seeds), negative_prompt=[config.negative] * len(seeds) if config.negative else None,
                                height=config.height, width=config.width, num_inference_steps=config.steps,

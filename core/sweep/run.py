@@ -43,6 +43,8 @@ class RunConfig:
     """Reference photos for scoring; default: ``photos`` (the person's own photos)."""
     pack: str | None = None
     providers: str = "auto"
+    tokenizer: Path | None = None
+    """CLIP tokenizer folder for a single-file base (default: found offline, see ``likeness train``)."""
     resolution: int = 512
     """Training resolution and dataset crop size (SD1.x is trained at 512)."""
     epochs: int = 10
@@ -53,7 +55,7 @@ class RunConfig:
     sweep_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("photos", "base", "out", "refs"):
+        for name in ("photos", "base", "out", "refs", "tokenizer"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
@@ -133,12 +135,16 @@ def train_config(config: RunConfig, dataset_dir: Path):
     from ..training.config import TrainConfig
 
     values = {"epochs": config.epochs, "resolution": config.resolution, **config.train_overrides}
+    if config.tokenizer is not None:
+        values["tokenizer"] = config.tokenizer
     return TrainConfig().replace(**values).replace(base=config.base, data=dataset_dir, out=config.out / "training", name=config.name)
 
 
 def sweep_config(config: RunConfig, training_dir: Path) -> SweepConfig:
     prompt = config.prompt or f"photo of {config.trigger} {config.class_word}"
     values = {"prompts": [prompt], **config.sweep_overrides}
+    if config.tokenizer is not None:
+        values["tokenizer"] = config.tokenizer
     return SweepConfig().replace(**values).replace(base=config.base, loras=training_dir, refs=config.refs or config.photos,
                                                    out=config.out / "sweep", pack=config.pack, providers=config.providers,
                                                    run=config.name)

@@ -1,0 +1,97 @@
+"""``likeness run`` end to end on real photos and a tiny random SD1-shaped base (CPU): prepare → train →
+sweep → report with every stage kept, a re-run that skips what is done, and a changed setting that keeps
+the earlier training instead of overwriting it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")  # the `train` extra; CI installs it through `test`
+
+from lora_likeness.sweep.run import RunConfig, RunError, run_all
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TOKENIZER = SHARED / "tokenizers" / "sd1_clip"
+PACK = SHARED / "models" / "insightface" / "models" / "likeness_test"
+OBAMA = SHARED / "faces" / "people" / "obama"
+
+# Small and fast: 2 epochs of a few steps at 32 px, then 64 px images with 2 sampling steps.
+TRAIN = {"repeats": 1, "rank": 4, "alpha": 2, "lr": 1e-3, "resolution": 32, "min_bucket_reso": 32, "max_bucket_reso": 64,
+         "bucket_reso_steps": 8, "batch_size": 2, "mixed_precision": "no", "save_precision": "float", "device": "cpu"}
+SWEEP = {"seeds": [1, 2], "strengths": [0.5, 1.0], "steps": 2, "width": 64, "height": 64, "sampler": "euler", "device": "cpu",
+         "adherence": False}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from lora_likeness.training.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("run") / "base", TOKENIZER)
+
+
+def _config(base: Path, out: Path, **changes) -> RunConfig:
+    values = {"photos": OBAMA, "trigger": "ohwx", "class_word": "man", "base": base, "out": out, "pack": str(PACK), "providers": "cpu",
+                  "epochs": 2, "resolution": 512, "train_overrides": dict(TRAIN), "sweep_overrides": dict(SWEEP)}
+    values.update(changes)
+    return RunConfig(**values)
+
+
+def test_run_prepares_trains_sweeps_and_a_rerun_skips_what_is_done(base, tmp_path):
+    out = tmp_path / "run"
+    photos_before = {p.name: p.read_bytes() for p in OBAMA.iterdir()}
+    first = run_all(_config(base, out))
+
+    assert len(first.dataset.kept) == 4  # Obama's four photos are the dataset
+    assert [p.name for p in first.training.checkpoints] == ["ohwx-000001.safetensors"]
+    assert first.training.final.name == "ohwx.safetensors"
+    sweep = first.sweep
+    assert [c.label for c in sweep.checkpoints] == ["e1", "final (e2)"]
+    assert len(sweep.images) == (1 + 2 * 2) * 2 and sweep.generated == len(sweep.images)
+    assert {r.prompt for r in sweep.images} == {"photo of ohwx man"}
+    for folder, name in (("dataset", "dataset.toml"), ("training", "ohwx-loss.csv"), ("sweep", "report.html"), ("sweep", "recommendation.json")):
+        assert (out / folder / name).is_file(), f"{folder}/{name}"
+    record = json.loads((out / "run.json").read_text())
+    assert set(record) >= {"prepare", "train", "sweep", "result"}
+    assert {p.name: p.read_bytes() for p in OBAMA.iterdir()} == photos_before  # the user's photos are untouched
+
+    lora_bytes = (out / "training" / "ohwx.safetensors").read_bytes()
+    again = run_all(_config(base, out))
+    assert again.skipped == ["prepare", "train"]
+    assert (again.sweep.generated, again.sweep.reused) == (0, len(sweep.images))
+    assert (out / "training" / "ohwx.safetensors").read_bytes() == lora_bytes
+
+    # Another training setting: the earlier training is kept beside the new one, and the sweep follows the new LoRA.
+    changed = run_all(_config(base, out, epochs=3))
+    assert "train" not in changed.skipped
+    assert [c.label for c in changed.sweep.checkpoints] == ["e1", "e2", "final (e3)"]
+    kept = [p for p in out.iterdir() if p.name.startswith("training.")]
+    assert len(kept) == 1 and (kept[0] / "ohwx.safetensors").read_bytes() == lora_bytes
+    assert any("kept as" in note for note in changed.notes)
+    assert changed.sweep.generated >= 2 * 2 * 2  # e2 and the new final are new cells
+
+
+def test_run_checks_its_inputs(base, tmp_path):
+    with pytest.raises(RunError, match="--photos .* does not exist"):
+        run_all(_config(base, tmp_path / "o", photos=tmp_path / "missing"))
+    with pytest.raises(RunError, match="--trigger is required"):
+        run_all(_config(base, tmp_path / "o", trigger=" "))
+
+
+def test_cli_run(base, tmp_path, capsys):
+    from lora_likeness.cli import main
+
+    train_toml = tmp_path / "train.toml"
+    train_toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in TRAIN.items() if k != "device") + "\n")
+    out = tmp_path / "cli"
+    argv = ["run", "--photos", str(OBAMA), "--trigger", "ohwx", "--class", "man", "--base", str(base), "--out", str(out),
+            "--pack", str(PACK), "--providers", "cpu", "--epochs", "1", "--train-config", str(train_toml), "--seeds", "1",
+            "--strengths", "1.0", "--steps", "1", "--width", "64", "--height", "64", "--device", "cpu", "--no-adherence", "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "dataset: 4 photo(s) kept" in printed and "training: 0 checkpoint(s)" in printed
+    assert "2 image(s) generated, 0 reused" in printed
+    assert main(argv) == 0
+    assert "already done, skipped: prepare, train" in capsys.readouterr().out
