@@ -237,9 +237,14 @@ def scan_loras(root: Path) -> list[LoraCheckpoint]:
     if not root.is_dir():
         return []
     files = _lora_files(root)
-    folder_files = [p for p in files if is_folder_lora(p)]
-    by_path = {c.path: c for c in _folder_checkpoints(folder_files, root)}
-    return [by_path[p] if p in by_path else _checkpoint(p, root) for p in files]
+    kohya = {p: _checkpoint(p, root) for p in files if not is_folder_lora(p)}
+    taken = {c.run for c in kohya.values()}
+    folders = {}
+    for checkpoint in _folder_checkpoints([p for p in files if is_folder_lora(p)], root):
+        if checkpoint.run in taken:  # output/exp-000010.safetensors beside output/exp_e10/: two runs, not one
+            checkpoint = dataclasses.replace(checkpoint, run=f"{checkpoint.run} ({checkpoint.format})")
+        folders[checkpoint.path] = checkpoint
+    return [folders[p] if p in folders else kohya[p] for p in files]
 
 
 def list_runs(root: Path) -> dict[str, list[LoraCheckpoint]]:
