@@ -68,12 +68,38 @@ HEAVY_OF_OURS = ("onnxruntime", "insightface", "matplotlib")
 DECOY_NAMES = ("core", "scripts", "comfy_nodes", "a1111_extension", "likeness_bootstrap")
 
 PROBE_NODE = '''
-"""Test-only custom node: reports, at request time, what the server process has imported."""
+"""Test-only custom node: reports, at request time, what the server process has imported; and a
+node that stands in for Epoch Sweep with real photos (random weights draw no faces)."""
 import json, sys
 from aiohttp import web
 from server import PromptServer
 
-NODE_CLASS_MAPPINGS = {}
+
+class LikenessTestGrid:
+    """Real photos (or grey images, path null) with Epoch Sweep's labels: [[path, label, info], ...]."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"layout": ("STRING", {"multiline": True, "default": "[]"})}}
+
+    RETURN_TYPES = ("IMAGE", "LIKENESS_LABELS")
+    FUNCTION = "make"
+    CATEGORY = "likeness_test"
+
+    def make(self, layout):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        frames, labels = [], []
+        for path, label, info in json.loads(layout):
+            image = Image.open(path).convert("RGB") if path else Image.new("RGB", (250, 250), (128, 128, 128))
+            frames.append(np.asarray(image.resize((250, 250)), np.float32) / 255.0)
+            labels.append((label, info))
+        return (torch.from_numpy(np.stack(frames)), labels)
+
+
+NODE_CLASS_MAPPINGS = {"LikenessTestGrid": LikenessTestGrid}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 
 
@@ -421,6 +447,11 @@ def test_every_likeness_node_in_object_info(comfyui_server) -> None:
     assert ours["LikenessScoreImages"]["output_is_list"] == [True, False, False, False]
     assert ours["LikenessScoreImages"]["output"] == ["FLOAT", "STRING", "IMAGE", "LIKENESS_SCORES"]
     assert ours["LikenessEpochSweep"]["output"] == ["IMAGE", "LIKENESS_LABELS"]
+    # New outputs and inputs come last, so saved workflows keep their links and widget values.
+    assert ours["LikenessScoredGrid"]["output"] == ["IMAGE", "STRING", "STRING"]
+    assert ours["LikenessScoredGrid"]["output_name"] == ["grid", "summary", "recommend"]
+    assert ours["LikenessEpochSweep"]["input"]["optional"]["include_baseline"][0] == "BOOLEAN"
+    assert ours["LikenessEpochSweep"]["input"]["optional"]["include_baseline"][1]["default"] is True
     # The pack list comes from folder_paths' "insightface" entries (extra_model_paths.yaml here).
     pack = ours["LikenessFaceModel"]["input"]["required"]["pack"]
     assert pack[1]["options"] == ["likeness_test"], pack
@@ -485,22 +516,87 @@ def test_epoch_sweep_workflow(comfyui_server) -> None:
     folder = _report_folder(server, entry)
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     groups = [(g["label"], g["n_images"], g["n_faces"]) for g in report["groups"]]
-    # 3 checkpoints x 2 strengths, 2 seeds each, in epoch then strength order. A random SD1.5 draws
-    # noise, so no image has a face: every score is missing and the run still completes.
-    assert groups == [(f"{RUN} {e} @{s}", 2, 0) for e in ("e1", "e2", "e3") for s in ("0.5", "1")], groups
+    # The no-LoRA baseline (include_baseline is on by default), then 3 checkpoints x 2 strengths,
+    # 2 seeds each, in epoch then strength order. A random SD1.5 draws noise, so no image has a
+    # face: every score is missing and the run still completes.
+    assert groups == [("no LoRA", 2, 0)] + [(f"{RUN} {e} @{s}", 2, 0) for e in ("e1", "e2", "e3") for s in ("0.5", "1")], groups
     assert any("no face was found in any readable image" in w for w in report["warnings"])
     layout = json.loads((folder / "grid.json").read_text(encoding="utf-8"))
-    assert layout["rows"] == ["e1", "e2", "final (e3)"] and layout["columns"] == ["@0.5", "@1"]
-    assert [(c["row"], c["column"], c["n"], c["mean"]) for c in layout["cells"]] == [
+    assert layout["rows"] == ["no LoRA", "e1", "e2", "final (e3)"] and layout["columns"] == ["@0", "@0.5", "@1"]
+    assert [(c["row"], c["column"], c["n"], c["mean"]) for c in layout["cells"]] == [("no LoRA", "@0", 2, None)] + [
         (r, c, 2, None) for r in ("e1", "e2", "final (e3)") for c in ("@0.5", "@1")]
     from PIL import Image
 
-    with Image.open(folder / "grid.png") as picture:  # 2 columns of 2 seeds x 3 rows of 64 px images
-        assert picture.width >= 2 * 2 * 64 and picture.height >= 3 * 64
+    with Image.open(folder / "grid.png") as picture:  # 3 columns of 2 seeds x 4 rows of 64 px images
+        assert picture.width >= 3 * 2 * 64 and picture.height >= 4 * 64
+    # No face anywhere: no cell can be recommended, and the recommend output (shown by the
+    # workflow's second Preview Any) and recommendation.json say so.
+    advice = json.loads((folder / "recommendation.json").read_text(encoding="utf-8"))
+    assert advice["best"] is None and advice["reason"], advice
+    assert [c["label"] for c in advice["cells"]][:2] == ["no LoRA", "e1 @ 0.5"], advice["cells"]
+    assert layout["recommended"] is None
+    texts = [t for node in entry["outputs"].values() for t in node.get("text", [])]
+    assert any(t.startswith("No recommendation: ") and advice["reason"] in t for t in texts), texts
 
     log = server["log_path"].read_text(encoding="utf-8", errors="replace")
     assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-4000:]
     print(f"epoch sweep workflow: 12 images (3 steps, 64x64) scored and reported in {elapsed:.0f}s")
+
+
+def test_scored_grid_recommends_a_cell_of_the_grid(comfyui_server) -> None:
+    """Scored Grid's recommend output and recommendation.json through /prompt, on real photos laid
+    out as a sweep by the test-only LikenessTestGrid node: two Powell photos in e2 @0.5, a Bush
+    photo beside each Powell photo elsewhere, Bush photos as the no-LoRA floor."""
+    server = comfyui_server
+    photos = {name: str(server["base"] / "input" / "generated" / name) for name in server["generated"]}
+    powell = [photos[n] for n in server["generated"] if n.startswith("Colin_Powell")]
+    bush = [photos[n] for n in server["generated"] if n.startswith("George_W_Bush")]
+    assert len(powell) == 2 and len(bush) == 3, server["generated"]
+
+    def label(row, epoch, strength, seed):
+        if row == "no LoRA":
+            return "no LoRA", {"run": None, "epoch": None, "step": None, "strength": 0.0, "seed": seed, "lora": None,
+                               "row": "no LoRA", "column": "@0"}
+        return f"{RUN} {row} @{strength:g}", {"run": RUN, "epoch": epoch, "step": None, "strength": strength, "seed": seed,
+                                              "lora": f"{RUN}.safetensors", "row": row, "column": f"@{strength:g}"}
+
+    cells = [(("no LoRA", None, 0.0), (bush[1], bush[2])), (("e1", 1, 0.5), (bush[0], None)),
+             (("e1", 1, 1.0), (powell[1], bush[2])), (("e2", 2, 0.5), (powell[0], powell[1])),
+             (("e2", 2, 1.0), (powell[0], bush[1]))]
+    layout = [[path, *label(*cell, seed)] for cell, paths in cells for seed, path in zip((1, 2), paths)]
+    prompt = {
+        "1": {"class_type": "LikenessTestGrid", "inputs": {"layout": json.dumps(layout)}},
+        "2": {"class_type": "LikenessFaceModel", "inputs": {"pack": "likeness_test", "provider": "cpu"}},
+        "3": {"class_type": "LikenessReferenceFaces", "inputs": {"face_model": ["2", 0], "aggregation": "max",
+                                                                  "folder": str(server["refs"])}},
+        "4": {"class_type": "LikenessScoreImages", "inputs": {"images": ["1", 0], "references": ["3", 0], "face": "largest",
+                                                               "labels": ["1", 1]}},
+        "5": {"class_type": "LikenessScoredGrid", "inputs": {"images": ["1", 0], "score_run": ["4", 3], "labels": ["1", 1],
+                                                              "filename_prefix": "likeness/recommend"}},
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 2]}},
+    }
+    entry = run_prompt(server, prompt)
+    _succeeded(entry, server)
+    folder = _report_folder(server, entry)
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    advice = json.loads((folder / "recommendation.json").read_text(encoding="utf-8"))
+    grid = json.loads((folder / "grid.json").read_text(encoding="utf-8"))
+
+    # The winner is a cell of the grid, and grid.json says where it is.
+    assert advice["best"] == "e2 @ 0.5", advice["headline"]
+    assert grid["recommended"] == {"row": "e2", "column": "@0.5"}
+    assert grid["recommended"]["row"] in grid["rows"] and grid["recommended"]["column"] in grid["columns"]
+    # Floor: the baseline images' mean; ceiling: the reference photos' baseline.
+    scores = [image["score_max"] for image in report["images"]]
+    assert advice["floor"] == pytest.approx((scores[0] + scores[1]) / 2, abs=1e-6)
+    assert advice["ceiling"] == pytest.approx(report["references"]["baseline_mean"], abs=1e-6)
+    assert advice["paired"] is True  # e2 @0.5 and the runner-up share seeds 1 and 2
+    # The recommend output reached Preview Any: the headline first, then the warnings.
+    texts = [t for node in entry["outputs"].values() for t in node.get("text", [])]
+    shown = [t for t in texts if t.startswith("Recommended: ")]
+    assert shown and shown[0].splitlines()[0] == advice["headline"], texts
+    assert shown[0].splitlines()[1:] == [f"warning: {w}" for w in advice["warnings"]]
+    assert advice["headline"].startswith("Recommended: e2 @ 0.5 — identity "), advice["headline"]
 
 
 def test_clear_node_errors(comfyui_server) -> None:
