@@ -80,7 +80,7 @@ def test_scores_are_finite_deterministic_and_depend_on_the_prompt(clip_folder):
         scorer.score([np.zeros((8, 8), dtype=np.uint8)], ["x"])
 
 
-def test_pickled_weights_are_refused(tmp_path):
+def test_pickled_weights_are_refused(tmp_path, caplog):
     folder = write_tiny_clip(tmp_path / "bin-only")
     # An old repository layout: the same weights as a pickle (written here; Likeness must never read it).
     from safetensors.torch import load_file
@@ -89,8 +89,8 @@ def test_pickled_weights_are_refused(tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(ClipModelError, match="only .bin weights .*never loads"):
         PromptAdherence.load(folder)
-    with pytest.raises(ClipModelError, match="--clip: .*only .bin weights"):
-        find_clip_model(folder)
+    assert find_clip_model(folder) is None  # the sweep goes on without adherence; the reason is in the log
+    assert "only .bin weights" in caplog.text
 
 
 def test_found_in_the_offline_hugging_face_cache(clip_folder, tmp_path, monkeypatch):

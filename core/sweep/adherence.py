@@ -17,11 +17,14 @@ the code runs on transformers 4.30 (A1111's pin) and 5.x.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: Hugging Face repositories searched in the offline cache, in order of preference.
 CLIP_REPOS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
@@ -92,16 +95,17 @@ def find_clip_model(explicit: Path | None = None, cache: Path | None = None) -> 
     """The CLIP model folder to use: ``explicit`` when given, else the first usable snapshot of
     :data:`CLIP_REPOS` in the offline Hugging Face cache (``cache``, default :func:`hf_hub_cache`).
 
-    Returns ``None`` when no usable model is cached (prompt adherence is then skipped).
-
-    Raises:
-        ClipModelError: ``explicit`` was given but is not usable (the message says why).
+    Returns ``None`` when ``explicit`` is not usable (the reason is logged as a warning; callers that want it
+    in their own message call :func:`clip_folder_problem`, best before a long sweep starts) or, without
+    ``explicit``, when no usable model is cached: prompt adherence is then skipped.
     """
     if explicit is not None:
-        problem = clip_folder_problem(Path(explicit).expanduser())
+        folder = Path(explicit).expanduser()
+        problem = clip_folder_problem(folder)
         if problem:
-            raise ClipModelError(f"--clip: {problem}")
-        return Path(explicit).expanduser()
+            logger.warning("--clip: %s; prompt adherence is skipped", problem)
+            return None
+        return folder
     root = Path(cache) if cache is not None else hf_hub_cache()
     for repo in CLIP_REPOS:
         for snapshot in _snapshots(root / f"models--{repo.replace('/', '--')}"):
