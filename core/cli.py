@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Sub-commands of the later stages register themselves and set ``handler`` (args -> exit code).
     from .dataset import command as dataset_command
     from .sweep import command as sweep_command
+    from .sweep import convert_command
     from .training import command as training_command
 
-    for register in (dataset_command.register, training_command.register, sweep_command.register):
+    for register in (dataset_command.register, training_command.register, sweep_command.register, convert_command.register):
         register(commands)
     return parser
 
@@ -194,7 +195,7 @@ def command_score(args: argparse.Namespace) -> int:
             written[args.json.name] = args.json
     if not json_to_stdout:
         print_summary(run, out)
-        for name, path in written.items():
+        for path in written.values():
             out.print(f"wrote {path}", markup=False)
     return 0
 
@@ -267,7 +268,7 @@ def command_doctor(args: argparse.Namespace) -> int:
         if kind == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             console.print("  note: torch has CUDA but onnxruntime has no CUDA provider: face models run on CPU. "
                           "Install onnxruntime-gpu instead of onnxruntime (python install.py does).", markup=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any import failure is the finding to report
         problems += 1
         console.print(f"  onnxruntime import FAILED: {exc}", markup=False)
 

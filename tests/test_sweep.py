@@ -249,3 +249,41 @@ def test_cli_sweep(tiny, tmp_path, capsys):
     assert "0 image(s) generated, 4 reused" in capsys.readouterr().out
     assert main(argv[:4] + [str(tmp_path / "missing")] + argv[5:]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_sweep_over_diffusers_run_folders_matches_the_kohya_files(tiny, tmp_path):
+    """``output/exp_e1 … exp_e2/pytorch_lora_weights.safetensors`` (saved by diffusers' own writer) are one run
+    labelled by epoch, and each gives the image its Kohya original gives."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from lora_likeness.sweep.engine import run_sweep
+    from peft import get_peft_model_state_dict
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    base, loras = tiny
+    output = tmp_path / "output"
+    for epoch in (1, 2):
+        pipe = _pipe(base)
+        pipe.load_lora_weights(load_file(str(loras / f"me-00000{epoch}.safetensors")), adapter_name="default")
+        # With the adapters' LoraConfigs in the header (diffusers >= 0.34), as its training scripts save them:
+        # alpha (2) differs from the rank (4) here, so a wrong alpha would show.
+        StableDiffusionPipeline.save_lora_weights(
+            output / f"exp_e{epoch}",
+            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name="default")),
+            text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder, adapter_name="default")),
+            unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+            text_encoder_lora_adapter_metadata=pipe.text_encoder.peft_config["default"].to_dict(),
+        )
+    settings = {"strengths": [1.0], "seeds": [4], "batch_size": 1, "baseline": False}
+    folders = run_sweep(_config(tiny, tmp_path / "from_folders", loras=output, **settings))
+    assert [(c.label, c.format) for c in folders.checkpoints] == [("e1", "diffusers"), ("e2", "diffusers")]
+    kohya = run_sweep(_config(tiny, tmp_path / "from_kohya", **settings))
+    by_epoch = {r.epoch: np.asarray(Image.open(r.path), dtype=np.int16) for r in kohya.images}
+    between_epochs = np.abs(by_epoch[1] - by_epoch[2]).mean()
+    for record in folders.images:
+        ours = np.asarray(Image.open(record.path), dtype=np.int16)
+        difference = np.abs(ours - by_epoch[record.epoch])
+        assert difference.max() <= 1, record.checkpoint
+    assert between_epochs > 0.1  # the two epochs do differ

@@ -57,9 +57,14 @@ def read_lora_tensors(path: Path, fmt: str = "kohya") -> dict:
     except Exception as exc:  # any unreadable file: say which and why
         raise LoraLoadError(f"{path.name}: not a readable safetensors file ({exc})") from exc
     if fmt != "kohya":
-        from .convert import kohya_tensors
+        from ..training.kohya_format import read_metadata
+        from .convert import ConversionError, convert_state_dict, read_lora_settings
 
-        tensors = kohya_tensors(tensors, path)
+        try:
+            settings, source = read_lora_settings(path, read_metadata(path))
+            tensors = convert_state_dict(tensors, settings, settings_source=source, source_format=fmt).tensors
+        except ConversionError as exc:
+            raise LoraLoadError(f"{path.name}: {exc}") from exc
     return tensors
 
 
