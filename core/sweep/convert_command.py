@@ -27,11 +27,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", type=Path, metavar="SOURCE", help="a LoRA .safetensors file, or a folder of checkpoint folders")
     parser.add_argument("--out", type=Path, metavar="FILE|DIR",
-                        help="target file (for one SOURCE file) or folder; default: SOURCE-kohya/ beside a folder, or beside the "
-                             "checkpoint folder for one file (output/exp-000010.safetensors)")
+                        help="target file (for one SOURCE file) or folder; default: a -kohya folder beside the folder that holds the "
+                             "run (output/ and output/exp_e10/pytorch_lora_weights.safetensors both write to output-kohya/)")
     parser.add_argument("--alpha", type=float, metavar="A",
-                        help="the lora_alpha the LoRA was trained with, when the file and its adapter_config.json do not say "
-                             "(default: from them, else alpha = rank, i.e. scale 1.0 as diffusers applies it)")
+                        help="the lora_alpha the LoRA was trained with, for every module; overrides what the file and its "
+                             "adapter_config.json say (default: from them, else alpha = rank, i.e. scale 1.0 as diffusers applies it)")
     parser.add_argument("--force", action="store_true", help="replace existing target files")
     parser.set_defaults(handler=command_convert)
 
