@@ -6,8 +6,8 @@ Pillow only, no host types: ComfyUI and A1111 convert their images to ``PIL.Imag
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -173,6 +173,10 @@ def scored_grid(
         by_cell.setdefault((cell.row, cell.column), []).append(cell)
     per_cell = max(len(v) for v in by_cell.values())
     size = cell_size or min(512, max(max(c.image.size) for c in cells))
+    # Slots as wide and tall as the largest fitted image: portrait images do not sit in square slots.
+    fitted_sizes = [(max(1, round(c.image.width * size / max(c.image.size))), max(1, round(c.image.height * size / max(c.image.size))))
+                    for c in cells]
+    slot_w, slot_h = max(w for w, _ in fitted_sizes), max(h for _, h in fitted_sizes)
     gap = max(2, size // 64)
     header_font = font(max(12, min(32, size // 12)))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -181,9 +185,9 @@ def scored_grid(
     left = max(_text_size(measure, text, header_font)[0] for text in row_labels.values()) + 3 * gap
     line = _text_size(measure, "Ag", header_font)[1] + 2 * gap
     top = line * (2 if title else 1) + gap
-    cell_width = per_cell * size + (per_cell - 1) * gap
+    cell_width = per_cell * slot_w + (per_cell - 1) * gap
     width = left + len(column_order) * (cell_width + gap)
-    height = top + len(row_order) * (size + gap)
+    height = top + len(row_order) * (slot_h + gap)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     overall = mean_score([c.score for c in cells])
@@ -197,14 +201,14 @@ def scored_grid(
         x = left + j * (cell_width + gap) + cell_width // 2
         _text(draw, (x, top - gap), column_labels[column], header_font, (0, 0, 0), "md")
     for i, row in enumerate(row_order):
-        y = top + i * (size + gap)
-        _text(draw, (left - 2 * gap, y + size // 2), row_labels[row], header_font, (0, 0, 0), "rm")
+        y = top + i * (slot_h + gap)
+        _text(draw, (left - 2 * gap, y + slot_h // 2), row_labels[row], header_font, (0, 0, 0), "rm")
         for j, column in enumerate(column_order):
             x = left + j * (cell_width + gap)
             for k, cell in enumerate(by_cell.get((row, column), [])):
                 fitted, factor = _fit(cell.image.convert("RGB"), size)
                 box = [v * factor for v in cell.box] if cell.box is not None else None
                 annotated = draw_score(fitted, cell.score, box=box, baseline=baseline, note=cell.note)
-                offset = ((size - fitted.width) // 2, (size - fitted.height) // 2)
-                canvas.paste(annotated, (x + k * (size + gap) + offset[0], y + offset[1]))
+                offset = ((slot_w - fitted.width) // 2, (slot_h - fitted.height) // 2)
+                canvas.paste(annotated, (x + k * (slot_w + gap) + offset[0], y + offset[1]))
     return canvas
