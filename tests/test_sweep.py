@@ -287,3 +287,24 @@ def test_a_sweep_over_diffusers_run_folders_matches_the_kohya_files(tiny, tmp_pa
         difference = np.abs(ours - by_epoch[record.epoch])
         assert difference.max() <= 1, record.checkpoint
     assert between_epochs > 0.1  # the two epochs do differ
+
+
+def test_prompt_adherence_is_measured_with_a_local_clip_model(tiny, tmp_path):
+    import csv
+
+    from lora_likeness.sweep.engine import run_sweep
+    from test_adherence import write_tiny_clip
+
+    clip = write_tiny_clip(tmp_path / "clip")
+    prompts = ["photo of ohwx person", "a red car on a beach"]
+    result = run_sweep(_config(tiny, tmp_path / "s", strengths=[1.0], seeds=[1], prompts=prompts, clip=clip, adherence=True))
+    values = {(r.checkpoint, r.prompt_index): r.adherence for r in result.images}
+    assert all(isinstance(v, float) and -1.0 <= v <= 1.0 for v in values.values())
+    assert values[("e1", 0)] != values[("e1", 1)]  # the score depends on the prompt
+    assert all(c.adherence is not None for c in result.recommendation.cells)
+    with open(tmp_path / "s" / "images.csv", newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == len(result.images) and all(row["adherence"] for row in rows)
+    with pytest.raises(SweepConfigError, match="--clip: "):  # a folder asked for by name must be usable, checked before generating
+        run_sweep(_config(tiny, tmp_path / "s2", prompts=prompts, clip=tmp_path / "no-clip", adherence=True))
+    assert not (tmp_path / "s2" / "images").exists()

@@ -381,8 +381,6 @@ def measure_adherence(records: list[SweepImage], config: SweepConfig, progress: 
 
     folder = find_clip_model(config.clip)
     if folder is None:
-        if config.clip is not None:
-            warnings.append(f"--clip {config.clip}: no CLIP model with safetensors weights there; prompt adherence skipped")
         return None
     import numpy as np
     from PIL import Image
@@ -430,6 +428,12 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
     from ..report import preserve_file
 
     config.validate()
+    if config.adherence and config.clip is not None:
+        from .adherence import clip_folder_problem
+
+        problem = clip_folder_problem(config.clip)
+        if problem:  # asked for explicitly: say so now, not after an hour of generation
+            raise SweepConfigError(f"--clip: {problem}")
     progress = progress or Progress()
     started = time.perf_counter()
     timings: dict = {}
