@@ -104,10 +104,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=command_run)
 
 
-def _interruptible(progress):
+def _with_progress(console, quiet: bool, work):
+    """``work(progress)`` under one rich progress display; the first Ctrl-C cancels between items."""
+    import signal
+
+    from ..cli import RichProgress
     from ..training.command import _install_interrupt
 
-    return _install_interrupt(progress)
+    progress = RichProgress(console, enabled=not quiet)
+    previous = _install_interrupt(progress)
+    try:
+        return work(progress)
+    finally:
+        progress.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _print_result(sweep, console) -> None:
@@ -121,9 +132,7 @@ def _print_result(sweep, console) -> None:
 
 
 def command_sweep(args: argparse.Namespace) -> int:
-    import signal
-
-    from ..cli import RichProgress, _console, _error
+    from ..cli import _console, _error
     from ..faces import FaceModelError, PackNotFoundError
     from ..progress import Cancelled
     from ..references import NoReferencesError
@@ -141,15 +150,8 @@ def command_sweep(args: argparse.Namespace) -> int:
     except SweepConfigError as exc:
         _error(err, str(exc))
         return EXIT_USAGE
-    progress = RichProgress(err, enabled=not args.quiet)
-    previous = _interruptible(progress)
     try:
-        try:
-            result = run_sweep(config, progress)
-        finally:
-            progress.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        result = _with_progress(err, args.quiet, lambda progress: run_sweep(config, progress))
     except (SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError, ModelLoadError, LoraLoadError) as exc:
         _error(err, str(exc))
         return EXIT_USAGE
@@ -161,9 +163,7 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    import signal
-
-    from ..cli import RichProgress, _console, _error
+    from ..cli import _console, _error
     from ..dataset.config import PrepareConfigError
     from ..faces import FaceModelError, PackNotFoundError
     from ..progress import Cancelled
@@ -193,15 +193,8 @@ def command_run(args: argparse.Namespace) -> int:
     except (ConfigError, SweepConfigError) as exc:
         _error(err, str(exc))
         return EXIT_USAGE
-    progress = RichProgress(err, enabled=not args.quiet)
-    previous = _interruptible(progress)
     try:
-        try:
-            result = run_all(config, progress)
-        finally:
-            progress.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        result = _with_progress(err, args.quiet, lambda progress: run_all(config, progress))
     except (RunError, PrepareConfigError, ConfigError, SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError,
             ModelLoadError, LoraLoadError) as exc:
         _error(err, str(exc))
