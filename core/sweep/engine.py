@@ -51,7 +51,9 @@ class SweepCheckpoint:
 
     @property
     def stem(self) -> str:
-        return self.path.stem
+        """The name A1111 would use: the file's stem, or the run folder's name for diffusers/PEFT files
+        (all of which are called ``pytorch_lora_weights`` / ``adapter_model``)."""
+        return self.path.stem if self.format == "kohya" else self.path.parent.name
 
 
 @dataclass(frozen=True)
