@@ -264,7 +264,7 @@ class Script(scripts.Script):
         networks = sys.modules["networks"]  # A1111's built-in Lora extension
         loaded = [[n.name, n.te_multiplier, n.unet_multiplier] for n in networks.loaded_networks]
         parsed = {k: [x.items for x in v] for k, v in (p.extra_network_data or {}).items()}
-        path = FACES.get(loaded[0][0]) if loaded else None
+        path = FACES.get(loaded[0][0] if loaded else "")  # "": the photo for images without a LoRA
         if path:
             pp.image = Image.open(path).convert("RGB")
         with open(LOG, "a", encoding="utf-8") as log:
@@ -377,6 +377,7 @@ def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
     faces = {
         STEMS[0]: str(_square_photo(BUSH[0], photos / "e1_bush.png")),      # someone else: low score
         STEMS[1]: str(_square_photo(OBAMA[-1], photos / "e2_obama.png")),  # the person, not a reference photo
+        "": str(_square_photo(BUSH[1], photos / "no_lora_bush.png")),        # no LoRA loaded: the floor
     }                                                                      # final: the generated noise, no face
     refs = root / "refs"
     refs.mkdir()
@@ -548,6 +549,10 @@ def test_xyz_over_the_likeness_axes_scores_every_cell(a1111_server: A1111Server)
         assert _close(group["mean"], value), (label, group)
     # Ordered by the core's group order: epoch, then strength.
     assert [g["label"] for g in report["groups"]][:2] == ["jxtest e1 | strength 0.5", "jxtest e1 | strength 1"]
+    # The grid sweeps the LoRA: the core's recommendation is in the report and the grid infotext. Both
+    # e2 cells hold the same photo; the tie goes to the earlier cell in sweep order.
+    assert report["recommendation"]["best"] == "jxtest e2 @ 0.5", report["recommendation"]["headline"]
+    assert "Likeness recommendation: jxtest e2 @ 0.5" in texts[0], texts[0]
     rows = csv_path.read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("path,group,face_found") and len(rows) == 7
     # Each cell image was saved (save_images) with its score in its infotext; the report names it.
@@ -563,16 +568,30 @@ def test_xyz_over_the_likeness_axes_scores_every_cell(a1111_server: A1111Server)
         _blank_photos(Image.open(grids[-1]), lone, columns=3, rows=2).save(target / "xyz_grid_scored_blanked.png")
 
 
+def _cell_area(grid, cells: list, columns: int, rows: int) -> tuple[int, int]:
+    """Where A1111's image_grid + draw_grid_annotations put the first cell (no margin): the labels
+    take the left and the top; below the cells may be our recommendation band, so the top is found
+    by matching the upper quarter of the first cell (badges sit at the bottom) row by row."""
+    import numpy as np
+
+    width, height = max(c.width for c in cells), max(c.height for c in cells)
+    left = grid.width - columns * width
+    pixels = np.asarray(grid.convert("RGB")).astype(int)
+    first = np.asarray(cells[0].convert("RGB")).astype(int)[: height // 4]
+    tops = range(grid.height - rows * height + 1)
+    top = min(tops, key=lambda y: np.abs(pixels[y:y + height // 4, left:left + first.shape[1]] - first).mean())
+    return left, top
+
+
 def _blank_photos(grid, cells: list, columns: int, rows: int):
     """The scored grid with the photos' own pixels greyed out, keeping what Likeness drew on them
-    (the test photos may not be redistributed; the README shows this version). Cell positions follow
-    A1111's image_grid + draw_grid_annotations layout with no margin: labels take the top/left."""
+    (the test photos may not be redistributed; the README shows this version)."""
     import numpy as np
     from PIL import Image
 
     out = np.asarray(grid.convert("RGB")).copy()
     width, height = max(c.width for c in cells), max(c.height for c in cells)
-    left, top = grid.width - columns * width, grid.height - rows * height
+    left, top = _cell_area(grid, cells, columns, rows)
     for index, clean in enumerate(cells):
         x = left + (index % columns) * width + (width - clean.width) // 2
         y = top + (index // columns) * height + (height - clean.height) // 2
@@ -586,6 +605,58 @@ def _blank_photos(grid, cells: list, columns: int, rows: int):
             drawn[window] |= (region[window] == 0).all(axis=2)
         region[~drawn] = 200
     return Image.fromarray(out)
+
+
+def test_xyz_recommends_a_checkpoint_under_the_grid(a1111_server: A1111Server) -> None:
+    """Epoch ("None" = no LoRA, e1, e2) x strength (0.5, 1) over the Likeness axes: the core's
+    recommendation under the grid image, in the infotext, in the console (what the UI shows under
+    the gallery) and in the JSON report, with the no-LoRA cells as its floor."""
+    server = a1111_server
+    info = server.call("GET", "/sdapi/v1/script-info")
+    choices = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])["args"][0]["choices"]
+    epoch_axis, strength_axis = choices.index("Likeness: LoRA epoch"), choices.index("Likeness: LoRA strength")
+    server.test_log.write_text("", encoding="utf-8")
+    values = ["None", STEMS[0], STEMS[1]]
+    script_args = [epoch_axis, "", values, strength_axis, "0.5, 1", [], 0, "", [], True, True, False, False,
+                   False, False, False, 0, False]
+    result = _txt2img(server, prompt=f"photo of a person, <lora:{STEMS[2]}:1>", script_name="x/y/z plot",
+                      script_args=script_args, alwayson_scripts=_likeness_args(server), save_images=True)
+    texts = json.loads(result["info"])["infotexts"]
+
+    # "None" took the run's tag out of the prompt: A1111 loaded no LoRA for those two cells.
+    cells = [json.loads(line) for line in server.test_log.read_text(encoding="utf-8").splitlines()]
+    assert len(cells) == 6 and sum(c["loaded"] == [] and "<lora:" not in c["prompt"] for c in cells) == 2, cells
+
+    floor, e1, e2 = _core_scores([server.faces[""], server.faces[STEMS[0]], server.faces[STEMS[1]]], server.refs)
+    assert floor is not None and e2 > max(floor, e1) + 0.2, (floor, e1, e2)
+    grids = sorted((server.data / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))
+    report = json.loads(grids[-1].with_name(grids[-1].stem + "-likeness_scores.json").read_text(encoding="utf-8"))
+    advice = report["recommendation"]
+    assert advice["best"] == "jxtest e2 @ 0.5", advice["headline"]  # e2 @0.5 and @1: the same photo, the earlier wins
+    assert _close(advice["floor"], floor) and advice["ceiling"] > 0.4
+    cells_by_label = {cell["label"]: cell for cell in advice["cells"]}
+    assert cells_by_label["no LoRA"]["stats"]["n_images"] == 1  # two "None" cells, the same image: counted once
+    assert set(cells_by_label) == {"no LoRA"} | {f"jxtest {e} @ {s}" for e in ("e1", "e2") for s in ("0.5", "1")}
+
+    assert "Likeness recommendation: jxtest e2 @ 0.5" in texts[0], texts[0]
+    console = server.tail(20000)
+    assert f"[Likeness] {advice['headline']}" in console, console
+    assert advice["headline"].startswith("Recommended: jxtest e2 @ 0.5 — identity "), advice["headline"]
+
+    # The grid image (returned and saved) has the recommendation band under the cells.
+    import numpy as np
+    from PIL import Image
+
+    lone = [Image.open(io.BytesIO(base64.b64decode(image))) for image in result["images"][1:]]
+    with Image.open(grids[-1]) as saved:
+        assert _close(_likeness(saved.info["parameters"]), (2 * floor + 2 * e1 + 2 * e2) / 6), saved.info["parameters"]
+        assert "Likeness recommendation: jxtest e2 @ 0.5" in saved.info["parameters"]
+        grid = saved.convert("RGB")
+    _, top = _cell_area(grid, lone, columns=3, rows=2)
+    below = top + 2 * max(image.height for image in lone)
+    assert grid.height - below >= 12, (grid.size, top)
+    band = np.asarray(grid.convert("L"))[below:]
+    assert band.min() < 60 and band.max() > 200  # dark text on a light band
 
 
 TAB_DRIVER = """
