@@ -79,7 +79,9 @@ def epoch_choices() -> list[str]:
     root = lora_dir()
     if not root.is_dir():
         return []
-    return [NO_LORA_VALUE] + [checkpoint.stem for run in list_runs(root).values() for checkpoint in run]
+    # diffusers/PEFT folders (all named pytorch_lora_weights / adapter_model) are not loadable by A1111's Lora loader:
+    # `likeness convert` turns them into Kohya files first.
+    return [NO_LORA_VALUE] + [checkpoint.stem for run in list_runs(root).values() for checkpoint in run if checkpoint.format == "kohya"]
 
 
 def _runs_text(root: Path) -> str:

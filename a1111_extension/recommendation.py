@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from lora_likeness import grid as core_grid
 from lora_likeness.labels import parse_kohya_name
 from lora_likeness.recommend import NO_LORA, Recommendation, cells_from_records, recommend
-from PIL import Image, ImageDraw
 
 from .prompt_loras import find_lora_tags
 
@@ -32,9 +31,8 @@ Position = tuple[int, int, int]
 #: LoRA name (file stem as in the tag) -> (checkpoint label, epoch); ``None`` where it is not a file we know.
 Describe = Callable[[Sequence[str]], Mapping[str, tuple[str, int | None]]]
 
-HEADLINE_COLOUR = (0, 0, 0)
-WARNING_COLOUR = (170, 70, 0)
-BACKGROUND = (255, 255, 255)
+# The band under the grid is drawn by the core (the ComfyUI grid carries the same band).
+caption_below = core_grid.caption_below
 
 
 @dataclass(frozen=True)
@@ -153,36 +151,3 @@ def recommendation_lines(recommendation: Recommendation) -> list[str]:
     return [recommendation.headline()] + [f"Warning: {w}" for w in recommendation.warnings]
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, face, width: int) -> list[str]:
-    """``text`` broken at spaces into lines no wider than ``width`` px (a longer word stays whole)."""
-    lines: list[str] = []
-    for word in text.split():
-        candidate = f"{lines[-1]} {word}" if lines else word
-        if lines and draw.textlength(candidate, font=face) <= width:
-            lines[-1] = candidate
-        else:
-            lines.append(word)
-    return lines or [""]
-
-
-def caption_below(image: Image.Image, lines: Sequence[str], background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    """A copy of ``image`` (RGB) with a band under it holding ``lines``, wrapped to its width: the
-    first line in black (the headline), the others in amber (warnings). Font size follows the width
-    (12 to 28 px)."""
-    picture = image.convert("RGB")
-    face = core_grid.font(max(12, min(28, picture.width // 45)))
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    _, top, _, bottom = measure.textbbox((0, 0), "Ag", font=face)
-    line_height = bottom - top
-    pad = max(4, line_height // 2)
-    wrapped = [(row, HEADLINE_COLOUR if i == 0 else WARNING_COLOUR)
-               for i, text in enumerate(lines) for row in _wrap(measure, text, face, picture.width - 2 * pad)]
-    band = 2 * pad + len(wrapped) * line_height + (len(wrapped) - 1) * (line_height // 3)
-    canvas = Image.new("RGB", (picture.width, picture.height + band), background)
-    canvas.paste(picture, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    y = picture.height + pad
-    for text, colour in wrapped:
-        draw.text((pad, y - top), text, fill=colour, font=face)
-        y += line_height + line_height // 3
-    return canvas

@@ -219,8 +219,10 @@ class ScoredGrid(io.ComfyNode):
         picture, layout = grid_image(arrays, score_run, labels)
         folder, subfolder = host.new_output_folder(filename_prefix)
         files = write_report(run, folder)
-        save_png_atomic(picture, folder / GRID_FILE)
         recommendation = recommendation_for(score_run, labels) if layout is not None else None
+        if recommendation is not None:
+            picture = grid.caption_below(picture, recommendation_text(recommendation).splitlines())
+        save_png_atomic(picture, folder / GRID_FILE)
         if layout is not None:
             layout["recommended"] = recommended_cell(recommendation, labels)
             write_text_atomic(folder / LAYOUT_FILE, json.dumps(layout, indent=2, allow_nan=False) + "\n")

@@ -212,3 +212,47 @@ def scored_grid(
                 offset = ((slot_w - fitted.width) // 2, (slot_h - fitted.height) // 2)
                 canvas.paste(annotated, (x + k * (slot_w + gap) + offset[0], y + offset[1]))
     return canvas
+
+
+# --------------------------------------------------------------------------------------------
+# A caption band under a grid (the recommendation and its warnings)
+# --------------------------------------------------------------------------------------------
+
+CAPTION_HEADLINE = (0, 0, 0)
+CAPTION_WARNING = (170, 70, 0)
+CAPTION_BACKGROUND = (255, 255, 255)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, face, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a longer word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(candidate, font=face) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def caption_below(image: Image.Image, lines: Sequence[str], background: tuple[int, int, int] = CAPTION_BACKGROUND) -> Image.Image:
+    """A copy of ``image`` (RGB) with a band under it holding ``lines``, wrapped to its width: the
+    first line in black (the headline), the others in amber (warnings). Font size follows the width
+    (12 to 28 px)."""
+    picture = image.convert("RGB")
+    face = font(max(12, min(28, picture.width // 45)))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    _, top, _, bottom = measure.textbbox((0, 0), "Ag", font=face)
+    line_height = bottom - top
+    pad = max(4, line_height // 2)
+    wrapped = [(row, CAPTION_HEADLINE if i == 0 else CAPTION_WARNING)
+               for i, text in enumerate(lines) for row in _wrap(measure, text, face, picture.width - 2 * pad)]
+    band = 2 * pad + len(wrapped) * line_height + (len(wrapped) - 1) * (line_height // 3)
+    canvas = Image.new("RGB", (picture.width, picture.height + band), background)
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = picture.height + pad
+    for text, colour in wrapped:
+        draw.text((pad, y - top), text, fill=colour, font=face)
+        y += line_height + line_height // 3
+    return canvas

@@ -554,6 +554,14 @@ def test_scored_grid_recommends_a_cell_with_the_cores_recommend(obama_refs, outp
     assert saved == json.loads(json.dumps(expected.as_dict()))  # the core's answer, unchanged
 
     assert saved["best"] == "e2 @ 0.5" and advice.splitlines()[0] == expected.headline()
+    # grid.png carries the recommendation on a band under the cells (drawn by the core, as under A1111's grid)
+    from PIL import Image
+
+    cells_only, _ = report_nodes.grid_image(report_nodes.tensor_to_arrays(images), scored, labels)
+    with Image.open(folder / "grid.png") as saved_grid:
+        assert saved_grid.width == cells_only.width and saved_grid.height > cells_only.height
+        band = np.asarray(saved_grid.convert("L"))[cells_only.height:]
+        assert (band < 80).any()  # dark headline text in the band
     assert advice.startswith("Recommended: e2 @ 0.5 — identity ")
     assert saved["floor"] == pytest.approx((value[0] + value[1]) / 2)
     assert saved["ceiling"] == pytest.approx(obama_refs.references.baseline.mean)
