@@ -425,3 +425,12 @@ def test_import_is_light(tmp_path: Path) -> None:
     assert heavy_by_module == {}, (
         f"imported at module level: {heavy_by_module}; import them inside the functions that use them"
     )
+
+
+def test_no_other_folder_shadows_the_example_workflows():
+    """ComfyUI serves the first of example_workflows/, example/, examples/, workflow/, workflows/ it finds in a
+    node pack under one URL (app/custom_node_manager.py): another of those names would hide workflows/ (404)."""
+    root = Path(__file__).resolve().parents[1]
+    served_before = ("example_workflows", "example", "examples", "workflow")
+    assert (root / "workflows").is_dir()
+    assert [name for name in served_before if (root / name).exists()] == []
