@@ -3,7 +3,7 @@
 Re-scoring the same references (every run of a sweep) or the same generated images (a second look
 with another grouping or aggregation) then skips decoding, detection and embedding entirely.
 The cache is one SQLite file: safe with concurrent readers and writers, atomic per entry, and it
-stores only numbers (``np.load(allow_pickle=False)``), never pickles.
+stores only numbers (raw float32 arrays behind a fixed header), never pickles.
 
 Location: ``$LIKENESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/lora-likeness``, else
 ``~/.cache/lora-likeness``.
@@ -12,9 +12,9 @@ Location: ``$LIKENESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/lora-likeness``, else
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import sqlite3
+import struct
 import threading
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from .faces import DetectedFace, FaceResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: plain float32 blobs instead of .npz
 
 
 def default_cache_dir() -> Path:
@@ -49,30 +49,45 @@ def model_file_digest(path: Path) -> str:
     return _DIGEST_MEMO[key]
 
 
+# A blob: this header, then little-endian float32 boxes [n, 4], keypoints [n, 5, 2], detector scores [n] and
+# embeddings [n, dim] (NaN rows: no embedding). Plain bytes, not .npz: numpy parses .npy headers with
+# ast.literal_eval, which is not thread-safe on Python 3.11.7 ("AST constructor recursion depth mismatch")
+# and the cache is read from several analysis threads at once.
+_HEADER = struct.Struct("<4sIIqq")  # magic, faces, embedding dim, width, height
+_MAGIC = b"LKF2"
+_FLOAT = np.dtype("<f4")
+
+
 def _pack(result: FaceResult) -> bytes:
     count = len(result.faces)
     dim = next((len(f.embedding) for f in result.faces if f.embedding is not None), 0)
-    boxes = np.zeros((count, 4), np.float32)
-    kps = np.zeros((count, 5, 2), np.float32)
-    scores = np.zeros((count,), np.float32)
-    embeddings = np.full((count, dim), np.nan, np.float32)
+    boxes = np.zeros((count, 4), _FLOAT)
+    kps = np.zeros((count, 5, 2), _FLOAT)
+    scores = np.zeros((count,), _FLOAT)
+    embeddings = np.full((count, dim), np.nan, _FLOAT)
     for i, face in enumerate(result.faces):
         boxes[i], kps[i], scores[i] = face.box, face.kps, face.det_score
         if face.embedding is not None:
             embeddings[i] = face.embedding
-    buffer = io.BytesIO()
-    np.savez(buffer, boxes=boxes, kps=kps, scores=scores, embeddings=embeddings, size=np.asarray(result.size, np.int64))
-    return buffer.getvalue()
+    width, height = (int(v) for v in result.size)
+    return b"".join([_HEADER.pack(_MAGIC, count, dim, width, height), boxes.tobytes(), kps.tobytes(), scores.tobytes(), embeddings.tobytes()])
 
 
 def _unpack(blob: bytes, sha256: str) -> FaceResult:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        boxes, kps, scores, embeddings, size = (data[k] for k in ("boxes", "kps", "scores", "embeddings", "size"))
+    magic, count, dim, width, height = _HEADER.unpack_from(blob, 0)
+    expected = _HEADER.size + _FLOAT.itemsize * count * (4 + 10 + 1 + dim)
+    if magic != _MAGIC or len(blob) != expected:
+        raise ValueError("not a face-cache entry of this version")
+    values = np.frombuffer(blob, _FLOAT, offset=_HEADER.size).astype(np.float32)  # a writable, native copy
+    boxes = values[: count * 4].reshape(count, 4)
+    kps = values[count * 4: count * 14].reshape(count, 5, 2)
+    scores = values[count * 14: count * 15]
+    embeddings = values[count * 15:].reshape(count, dim)
     faces = []
-    for i in range(len(boxes)):
-        vector = embeddings[i] if embeddings.shape[1] and not np.isnan(embeddings[i]).any() else None
+    for i in range(count):
+        vector = embeddings[i] if dim and not np.isnan(embeddings[i]).any() else None
         faces.append(DetectedFace(box=boxes[i], kps=kps[i], det_score=float(scores[i]), embedding=vector))
-    return FaceResult(path=None, sha256=sha256, size=(int(size[0]), int(size[1])), faces=faces)
+    return FaceResult(path=None, sha256=sha256, size=(width, height), faces=faces)
 
 
 class FaceCache:
@@ -117,7 +132,7 @@ class FaceCache:
                 "SELECT data FROM faces WHERE sha256 = ? AND engine = ?", (sha256, engine)
             ).fetchone()
             result = _unpack(row[0], sha256) if row else None
-        except (sqlite3.Error, ValueError, OSError, KeyError):
+        except (sqlite3.Error, ValueError, OSError, KeyError, struct.error):
             result = None
         with self._count_lock:  # workers look up concurrently
             if result is None:
