@@ -291,8 +291,8 @@ def recommend(
     )
     warnings = recommendation.warnings
     if not ranked:
+        # The reason is in the headline (and ``reason``); repeating it as a warning printed it twice under every grid.
         recommendation.reason = _no_recommendation_reason(results, max_no_face)
-        warnings.append(f"No recommendation: {recommendation.reason}.")
     if recommendation.best is not None and recommendation.runner_up is not None:
         _compare(recommendation, n_boot, level, seed)
 
