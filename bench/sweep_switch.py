@@ -104,7 +104,7 @@ def main() -> int:
         size_mb = files[0].stat().st_size / 2**20
         del parts
 
-        config = SweepConfig(base=base, device=args.device, precision="fp16" if dtype == torch.float16 else "float",
+        config = SweepConfig(base=base, tokenizer=SHARED / "tokenizers" / "sd1_clip", device=args.device, precision="fp16" if dtype == torch.float16 else "float",
                              width=512, height=768, steps=25, prompts=["photo of a person"])
         generator = Generator(config)
         switcher = generator.switcher
