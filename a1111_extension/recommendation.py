@@ -148,6 +148,6 @@ def recommend_grid(cells: Mapping[Position, object], prompts: Mapping[Position, 
 
 def recommendation_lines(recommendation: Recommendation) -> list[str]:
     """The headline, then one line per warning."""
-    return [recommendation.headline()] + [f"Warning: {w}" for w in recommendation.warnings]
+    return recommendation.lines(warning_prefix="Warning: ")
 
 

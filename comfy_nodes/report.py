@@ -153,7 +153,7 @@ def recommendation_text(recommendation: Recommendation | None) -> str:
     """The Recommend output: the headline, then one line per warning."""
     if recommendation is None:
         return NO_RECOMMENDATION
-    return "\n".join([recommendation.headline()] + [f"warning: {w}" for w in recommendation.warnings])
+    return "\n".join(recommendation.lines())
 
 
 def recommended_cell(recommendation: Recommendation | None, labels) -> dict | None:

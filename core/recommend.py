@@ -181,6 +181,10 @@ class Recommendation:
     """Why there is no recommendation (``best`` is ``None``)."""
     max_no_face: float = 0.5
 
+    def lines(self, warning_prefix: str = "warning: ") -> list[str]:
+        """The headline, then one line per warning (what a node output, a grid band or a terminal shows)."""
+        return [self.headline()] + [f"{warning_prefix}{w}" for w in self.warnings]
+
     def headline(self) -> str:
         """One line for a terminal, a node output or under a grid, e.g.
         ``Recommended: e30 @ 0.8 — identity 0.612 (95% CI 0.581–0.640); beats e40 @ 0.8 by 0.031 (95% CI 0.010–0.052).

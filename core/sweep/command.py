@@ -124,9 +124,8 @@ def _with_progress(console, quiet: bool, work):
 def _print_result(sweep, console) -> None:
     recommendation = sweep.recommendation
     console.print(f"{sweep.generated} image(s) generated, {sweep.reused} reused", markup=False)
-    console.print(recommendation.headline(), markup=False)
-    for warning in recommendation.warnings:
-        console.print(f"warning: {warning}", markup=False)
+    for line in recommendation.lines():
+        console.print(line, markup=False)
     for path in sweep.files.values():
         console.print(f"wrote {path}", markup=False)
 

@@ -101,12 +101,6 @@ class SweepResult:
 # ------------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    from ..training.kohya_format import file_sha256 as digest
-
-    return digest(Path(path))
-
-
 def base_fingerprint(base: Path) -> str:
     """Cheap identity of a base model (its name, sizes and A1111's 64 KiB hash of each weights file)."""
     from ..training.kohya_format import legacy_model_hash
@@ -126,6 +120,7 @@ def sweep_checkpoints(config: SweepConfig) -> list[SweepCheckpoint]:
         SweepConfigError: no LoRA found, several runs and no ``run`` chosen, or an architecture other than SD1.x.
     """
     from .. import checkpoints as ckpt
+    from ..training.kohya_format import file_sha256
 
     try:
         found = ckpt.sweep_checkpoints(config.loras, run=config.run, base="sd1")
@@ -136,7 +131,7 @@ def sweep_checkpoints(config: SweepConfig) -> list[SweepCheckpoint]:
     out = []
     for order, item in enumerate(found):
         out.append(SweepCheckpoint(label=item.label, epoch=item.epoch, order=order, path=item.path,
-                                   format=getattr(item, "format", "kohya"), fingerprint=file_sha256(item.path)))
+                                   format=item.format, fingerprint=file_sha256(item.path)))
     return out
 
 
