@@ -4,12 +4,17 @@ ComfyUI imports this folder as a package (``custom_nodes/<folder>/__init__.py``)
 is registered as ``lora_likeness`` first, so the node modules import it by that unique name.
 Only ``comfy_entrypoint`` is exported: a module that also exported ``NODE_CLASS_MAPPINGS`` would
 have its entrypoint ignored by ComfyUI.
+
+Imported as a plain module, not a package, there is nothing to register: pytest does that when it
+collects the tests of a checkout whose folder name is no Python identifier (``lora-likeness``,
+``ComfyUI-Likeness``), and the relative imports below would fail there.
 """
 
-from .likeness_bootstrap import load_core
+if __package__:
+    from .likeness_bootstrap import load_core
 
-load_core()
+    load_core()
 
-from .comfy_nodes import comfy_entrypoint
+    from .comfy_nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+    __all__ = ["comfy_entrypoint"]

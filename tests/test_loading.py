@@ -434,3 +434,21 @@ def test_no_other_folder_shadows_the_example_workflows():
     served_before = ("example_workflows", "example", "examples", "workflow")
     assert (root / "workflows").is_dir()
     assert [name for name in served_before if (root / name).exists()] == []
+
+
+@pytest.mark.parametrize("folder", ["lora-likeness", "ComfyUI-Likeness"])
+def test_the_suite_runs_from_a_checkout_folder_of_any_name(tmp_path: Path, folder: str) -> None:
+    """pytest collects the checkout root as a package (it has an ``__init__.py``) and imports it; in a folder
+    whose name is no identifier the root's relative imports used to fail every test of the suite."""
+    checkout = tmp_path / folder
+    shutil.copytree(REPO, checkout, ignore=_COPY_IGNORE)
+    (checkout / "tests").mkdir()
+    shutil.copy2(REPO / "tests" / "test_labels.py", checkout / "tests" / "test_labels.py")
+    shutil.copy2(REPO / "tests" / "likeness_assets.py", checkout / "tests" / "likeness_assets.py")
+    shutil.copy2(REPO / "tests" / "conftest.py", checkout / "tests" / "conftest.py")
+    env = _clean_env()
+    env["LIKENESS_SHARED"] = str(REPO.parent / "shared")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_labels.py"],
+                            cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "error" not in result.stdout.lower()
