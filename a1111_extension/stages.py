@@ -183,7 +183,7 @@ def train_lora_action(base: str, data: str, name: str, epochs: int = 10, save_ev
     training (A1111: unload its model). ``extra``: further :class:`TrainConfig` fields (tests: device, buckets).
     """
     from lora_likeness.training import ConfigError, TrainConfig, TrainingCancelled, train_lora
-    from lora_likeness.training.models import ModelLoadError
+    from lora_likeness.families import ModelLoadError
 
     base_path = _path(base)
     if base_path is None:

@@ -37,8 +37,8 @@ def write_epochs(base_parts, folder: Path, epochs: int, rank: int) -> list[Path]
     from lora_likeness.training.kohya_format import epoch_file_name, save_lora_file
     from lora_likeness.training.network import attach_lora
 
-    unet, text_encoder = copy.deepcopy(base_parts.unet).float(), copy.deepcopy(base_parts.text_encoder).float()
-    network = attach_lora(unet, text_encoder, rank=rank, alpha=rank / 2, train_text_encoder=True)
+    modules = {name: copy.deepcopy(module).float() for name, module in base_parts.modules().items()}
+    network = attach_lora(base_parts.family.lora_components(modules), rank=rank, alpha=rank / 2)
     files = []
     for epoch in range(1, epochs + 1):
         generator = torch.Generator().manual_seed(epoch)
@@ -49,7 +49,7 @@ def write_epochs(base_parts, folder: Path, epochs: int, rank: int) -> list[Path]
         path = folder / epoch_file_name("bench", epoch)
         save_lora_file(path, network.kohya_state_dict(torch.float16), {"ss_epoch": epoch, "ss_network_dim": rank})
         files.append(path)
-    del unet, text_encoder
+    del modules
     return files
 
 
@@ -73,9 +73,9 @@ def main() -> int:
 
     import torch
     from diffusers import StableDiffusionPipeline
+    from lora_likeness.families import load_base
     from lora_likeness.sweep.config import SweepConfig
     from lora_likeness.sweep.engine import Generator
-    from lora_likeness.training.models import load_base_model
     from lora_likeness.training.tiny import write_tiny_model
     from safetensors.torch import load_file
 
@@ -95,11 +95,9 @@ def main() -> int:
             what = f"full-size SD1.5 ({base.name})"
 
             def reload_pipeline():
-                parts = load_base_model(base, SHARED / "tokenizers" / "sd1_clip", dtype=dtype)
-                return StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-                                               scheduler=parts.noise_scheduler, safety_checker=None, feature_extractor=None,
-                                               requires_safety_checker=False)
-        parts = load_base_model(base, SHARED / "tokenizers" / "sd1_clip", dtype=torch.float32)
+                parts = load_base(base, tokenizer=SHARED / "tokenizers" / "sd1_clip", dtype=dtype)
+                return parts.family.pipeline(parts, parts.noise_scheduler)
+        parts = load_base(base, tokenizer=SHARED / "tokenizers" / "sd1_clip", dtype=torch.float32)
         files = write_epochs(parts, scratch, epochs=max(2, args.repeats + 1), rank=args.rank)
         size_mb = files[0].stat().st_size / 2**20
         del parts

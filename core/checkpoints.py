@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .families.base import ARCHITECTURE_NAMES  # human names of what lora_architecture returns
 from .images import natural_key
 from .labels import LoraUse, parse_kohya_name
 
@@ -48,15 +49,6 @@ _EPOCH_FOLDER = re.compile(r"^(?:(?P<prefix>.*?)[_\-. ])?(?:epoch|ep|e)[_\-]?(?P
 # ``checkpoint-500`` (diffusers / accelerate, transformers' Trainer), ``step_500``, ``exp_step500``.
 _STEP_FOLDER = re.compile(r"^(?:(?P<prefix>.*?)[_\-. ])?(?:checkpoint|ckpt|steps?)[_\-]?(?P<number>\d+)$", re.IGNORECASE)
 
-#: Human names of the architectures :func:`lora_architecture` returns.
-ARCHITECTURE_NAMES = {
-    "sd1": "SD1.x",
-    "sd2": "SD2.x",
-    "sdxl": "SDXL",
-    "sd3": "SD3",
-    "flux": "Flux",
-    "unknown": "unknown",
-}
 
 # Context width of the UNet's cross-attention = the text encoder's hidden size.
 _CONTEXT_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}

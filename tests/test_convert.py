@@ -43,6 +43,12 @@ def _components(base: Path):
     return unet.eval(), text_encoder.eval()
 
 
+def _lora_components(unet, text_encoder):
+    from lora_likeness.families import FAMILIES
+
+    return FAMILIES["sd1"].lora_components({"unet": unet, "text_encoder": text_encoder})
+
+
 def _inputs():
     generator = torch.Generator().manual_seed(7)
     latents = torch.randn((1, 4, 8, 8), generator=generator)
@@ -143,7 +149,7 @@ def _outputs_like_a1111(base: Path, lora: Path) -> tuple:
     from safetensors.torch import load_file
 
     unet, text_encoder = _components(base)
-    targets = kf.target_map(kf.find_targets(unet, text_encoder))
+    targets = kf.target_map(kf.find_targets(_lora_components(unet, text_encoder)))
     state = load_file(str(lora))
     for key in {k.split(".", 1)[0] for k in state}:
         target = targets[key]
@@ -168,7 +174,7 @@ def _check_keys(target: Path, states: dict, base: Path) -> dict:
     assert {k.split(".", 1)[0] for k in converted} == modules
     assert len(converted) == 3 * len(modules) and 2 * len(modules) == sum(len(state) for state in states.values())
     unet, text_encoder = _components(base)
-    tensors, alphas, unknown = kf.kohya_to_peft(converted, unet, text_encoder)
+    tensors, alphas, unknown = kf.kohya_to_peft(converted, kf.target_map(kf.find_targets(_lora_components(unet, text_encoder))))
     assert unknown == []
     for component, state in states.items():
         assert tensors[component].keys() == state.keys()

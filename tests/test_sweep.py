@@ -37,6 +37,12 @@ def tiny(tmp_path_factory):
     return base, root / "loras"
 
 
+def _components(pipe):
+    from lora_likeness.families import FAMILIES
+
+    return FAMILIES["sd1"].lora_components({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+
+
 def _pipe(base: Path):
     from diffusers import StableDiffusionPipeline
 
@@ -64,7 +70,7 @@ def test_switching_applies_what_diffusers_applies_and_never_touches_the_base(tin
     plain = _image(pipe)
     before = {"unet": _base_weights(pipe.unet), "text_encoder": _base_weights(pipe.text_encoder)}
 
-    switcher = LoraSwitcher(pipe.unet, pipe.text_encoder)
+    switcher = LoraSwitcher(_components(pipe))
     first = switcher.load(files[0])
     assert first.n_modules > 0 and not first.unknown
     assert switcher.apply(first, 1.0) == "injected"
@@ -106,7 +112,7 @@ def test_a_lora_of_another_rank_gets_fresh_layers(tiny, tmp_path):
     save_file(smaller, str(path))
 
     pipe = _pipe(base)
-    switcher = LoraSwitcher(pipe.unet, pipe.text_encoder)
+    switcher = LoraSwitcher(_components(pipe))
     switcher.apply(switcher.load(loras / "me-000001.safetensors"), 1.0)
     assert switcher.apply(switcher.load(path), 0.8) == "injected"
     ours = _image(pipe)
@@ -125,11 +131,11 @@ def test_a_lora_for_another_model_is_refused_clearly(tiny, tmp_path):
                "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(path))
     pipe = _pipe(base)
     with pytest.raises(LoraLoadError, match="none of its 1 modules exist"):
-        LoraSwitcher(pipe.unet, pipe.text_encoder).load(path)
+        LoraSwitcher(_components(pipe)).load(path)
     pickle = tmp_path / "old.ckpt"
     pickle.write_bytes(b"not loaded")
     with pytest.raises(LoraLoadError, match="only .safetensors"):
-        LoraSwitcher(pipe.unet, pipe.text_encoder).load(pickle)
+        LoraSwitcher(_components(pipe)).load(pickle)
 
 
 # ------------------------------------------------------------------------------------------------

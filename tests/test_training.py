@@ -77,6 +77,7 @@ def _fixed_eval_loss(pipe, latents, captions) -> float:
 
 def test_training_writes_kohya_checkpoints_and_the_loss_falls(tiny, tmp_path):
     from diffusers import StableDiffusionPipeline
+    from lora_likeness.families import FAMILIES
     from lora_likeness.training.data import load_dataset, load_training_image
     from lora_likeness.training.kohya_format import find_targets
 
@@ -88,7 +89,7 @@ def test_training_writes_kohya_checkpoints_and_the_loss_falls(tiny, tmp_path):
 
     # Keys: exactly sd-scripts' networks.lora targets of this model, text encoder included.
     pipe = StableDiffusionPipeline.from_pretrained(tiny[0], local_files_only=True, safety_checker=None)
-    expected = {t.key for t in find_targets(pipe.unet, pipe.text_encoder)}
+    expected = {t.key for t in find_targets(FAMILIES["sd1"].lora_components({"unet": pipe.unet, "text_encoder": pipe.text_encoder}))}
     final = _tensors(result.final)
     assert {k.split(".")[0] for k in final} == expected
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj") for k in final)
@@ -210,13 +211,13 @@ def test_single_file_base_loads_offline(tiny, tmp_path, monkeypatch):
     assert meta["ss_sd_model_name"] == "tiny-sd1.safetensors"
     assert meta["ss_new_sd_model_hash"] == kf.file_sha256(checkpoint) and meta["ss_sd_model_hash"] == kf.legacy_model_hash(checkpoint)
 
-    from lora_likeness.training.models import ModelLoadError, checkpoint_kind, load_base_model
+    from lora_likeness.families import ModelLoadError, detect, load_base
 
-    assert checkpoint_kind(checkpoint) == "sd1" and checkpoint_kind(result.final) == "lora"
-    with pytest.raises(ModelLoadError, match="a LoRA, not a base model"):
-        load_base_model(result.final)
+    assert detect(checkpoint).architecture == "sd1" and detect(result.final).architecture == "lora"
+    with pytest.raises(ModelLoadError, match="is a LoRA, not a base model"):
+        load_base(result.final)
     with pytest.raises(ModelLoadError, match="vocab.json"):
-        load_base_model(checkpoint, tokenizer_dir=tmp_path)
+        load_base(checkpoint, tokenizer=tmp_path)
 
 
 def test_samples_are_scored_and_keep_best_picks_the_best_epoch(tiny, tmp_path, monkeypatch):
@@ -289,8 +290,7 @@ def test_cli_train_and_interrupt_handler(tiny, tmp_path, capsys):
 
 def test_a_tokenizer_declaring_8192_positions_is_fitted_to_clips_77(tiny, tmp_path):
     """ComfyUI's bundled sd1_tokenizer says model_max_length 8192; CLIP has 77 positions."""
-    from lora_likeness.training.models import load_base_model
-    from lora_likeness.training.trainer import encode_prompts
+    from lora_likeness.families import load_base
 
     tokenizer_dir = tmp_path / "sd1_tokenizer"
     shutil.copytree(TOKENIZER, tokenizer_dir)
@@ -298,8 +298,8 @@ def test_a_tokenizer_declaring_8192_positions_is_fitted_to_clips_77(tiny, tmp_pa
     settings["model_max_length"] = 8192
     (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps(settings))
     base, _ = tiny
-    model = load_base_model(base, tokenizer_dir=tokenizer_dir)
+    model = load_base(base, tokenizer=tokenizer_dir)
     positions = model.text_encoder.config.max_position_embeddings
     assert model.tokenizer.model_max_length == positions
-    hidden = encode_prompts(model.tokenizer, model.text_encoder, ["ohwx person, close-up"], 1, "cpu")
+    hidden = model.family.encode_prompts(model, ["ohwx person, close-up"], 1).hidden
     assert hidden.shape[1] == positions

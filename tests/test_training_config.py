@@ -14,12 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lora_likeness.families import FAMILIES
 from lora_likeness.training import data as tdata
 from lora_likeness.training import kohya_format as kf
 from lora_likeness.training.config import ConfigError, TrainConfig, config_from_mapping, load_config_file
 from PIL import Image
 
 TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "sd1_clip"
+SD1 = FAMILIES["sd1"]
+
+
+def _sd1_file(path: Path) -> Path:
+    """A file with an SD1.x checkpoint's header (key names and shapes are what the family is told by)."""
+    from safetensors.numpy import save_file
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": np.zeros(4, np.float16)}, str(path))
+    return path
 
 
 def _image(path: Path, size=(40, 30), colour=(120, 80, 40)) -> Path:
@@ -123,12 +134,12 @@ def test_kohya_layout_captions_reg_and_tag_frequency(tmp_path):
 
 def test_repeats_override_and_missing_training_folder(tmp_path):
     root = _layout(tmp_path / "ds", reg=False)
-    info = tdata.load_dataset(TrainConfig(data=root, repeats=5))
+    info = tdata.load_dataset(TrainConfig(data=root, repeats=5).for_family(SD1))
     assert info.subsets[0].num_repeats == 5
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="<repeats>_<trigger> <class>"):
-        tdata.load_dataset(TrainConfig(data=empty))
+        tdata.load_dataset(TrainConfig(data=empty).for_family(SD1))
 
 
 def test_sd_scripts_dataset_toml_inheritance(tmp_path):
@@ -157,7 +168,7 @@ def test_sd_scripts_dataset_toml_inheritance(tmp_path):
           caption_extension = '.txt'
           keep_tokens = 0
         """), encoding="utf-8")
-    info = tdata.load_dataset(TrainConfig(data=toml))
+    info = tdata.load_dataset(TrainConfig(data=toml).for_family(SD1))
     train, reg = info.subsets
     # caption_extension defaults to sd-scripts' ".caption"; keep_tokens / shuffle come from [general]
     assert (train.num_repeats, train.caption_extension, train.keep_tokens, train.shuffle_caption) == (4, ".caption", 1, True)
@@ -332,7 +343,7 @@ def test_sd_scripts_backend_runs_follows_and_collects(tmp_path, monkeypatch):
     checkout, _ = _fake_checkout(tmp_path)
     root = _layout(tmp_path / "ds")
     out = tmp_path / "out"
-    config = TrainConfig(base=tmp_path / "sd15.safetensors", data=root, out=out, name="me", epochs=2, rank=8, alpha=4,
+    config = TrainConfig(base=_sd1_file(tmp_path / "sd15.safetensors"), data=root, out=out, name="me", epochs=2, rank=8, alpha=4,
                          text_encoder_lr=0, backend="sd-scripts", sd_scripts=checkout, tokenizer=TOKENIZER)
     progress = _recording_progress()
     result = train_lora(config, progress)
@@ -380,7 +391,7 @@ def test_sd_scripts_failure_and_missing_pieces_are_clear(tmp_path, monkeypatch):
     shutil.rmtree(bare / "venv")
     with pytest.raises(SdScriptsError, match="accelerate not found"):
         find_accelerate(TrainConfig(), bare)
-    config = TrainConfig(base=tmp_path / "m.safetensors", data=_layout(tmp_path / "ds"), out=tmp_path / "out", epochs=2,
+    config = TrainConfig(base=_sd1_file(tmp_path / "m.safetensors"), data=_layout(tmp_path / "ds"), out=tmp_path / "out", epochs=2,
                          backend="sd-scripts", sd_scripts=checkout, tokenizer=TOKENIZER)
     with pytest.raises(SdScriptsError, match="exited with code 3"):
         train_lora(config, _recording_progress())
@@ -391,7 +402,7 @@ def test_print_command_without_a_checkout(tmp_path, monkeypatch, capsys):
 
     monkeypatch.delenv("SD_SCRIPTS_DIR", raising=False)
     root = _layout(tmp_path / "ds")
-    code = main(["train", "--base", str(tmp_path / "sd15.safetensors"), "--data", str(root), "--out", str(tmp_path / "o"),
+    code = main(["train", "--base", str(_sd1_file(tmp_path / "sd15.safetensors")), "--data", str(root), "--out", str(tmp_path / "o"),
                  "--name", "me", "--rank", "8", "--print-command", "--tokenizer", str(TOKENIZER)])
     captured = capsys.readouterr()
     assert code == 0

@@ -27,10 +27,10 @@ def _sweep_options(parser: argparse.ArgumentParser, for_run: bool) -> None:
     group.add_argument("--negative", metavar="TEXT", help="negative prompt")
     group.add_argument("--seeds", metavar="LIST", help="seeds, e.g. 1236,1237 or 1236-1239 (default 1236,1237)")
     group.add_argument("--strengths", metavar="LIST", help="LoRA strengths, e.g. 0.6,0.8,1.0 (default)")
-    group.add_argument("--steps", type=int, help="sampling steps (default 25)")
-    group.add_argument("--cfg", type=float, help="CFG scale (default 7)")
-    group.add_argument("--width", type=int, help="image width in px (default 512)")
-    group.add_argument("--height", type=int, help="image height in px (default 768)")
+    group.add_argument("--steps", type=int, help="sampling steps (default: the model family's, 25)")
+    group.add_argument("--cfg", type=float, help="CFG scale (default: the model family's, 7)")
+    group.add_argument("--width", type=int, help="image width in px (default: 512 for SD1.x, 1024 for SDXL)")
+    group.add_argument("--height", type=int, help="image height in px (default: 768 for SD1.x, 1024 for SDXL)")
     group.add_argument("--sampler", choices=tuple(SAMPLERS), help="sampler (default dpmpp_2m_karras)")
     group.add_argument("--clip-skip", type=int, help="CLIP skip as A1111 counts it (default 1 = none)")
     group.add_argument("--batch-size", type=int, help="images generated at once (default 4)")
@@ -42,6 +42,10 @@ def _sweep_options(parser: argparse.ArgumentParser, for_run: bool) -> None:
     group.add_argument("--precision", choices=("auto", "fp16", "bf16", "float"), help="auto = fp16 on CUDA, float32 on CPU")
     group.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     group.add_argument("--tokenizer", type=Path, metavar="DIR", help="CLIP tokenizer folder (default: found offline)")
+    group.add_argument("--tokenizer-2", dest="tokenizer_2", type=Path, metavar="DIR",
+                       help="SDXL's second tokenizer folder (default: the base's, else --tokenizer's files with SDXL's pad token)")
+    group.add_argument("--family", choices=("auto", "sd1", "sdxl"),
+                       help="model family of --base (default auto: detected from the file; sd1/sdxl refuse any other)")
 
 
 def sweep_overrides(args: argparse.Namespace) -> dict:
@@ -50,7 +54,7 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
 
     values = {}
     for name in ("negative", "steps", "cfg", "width", "height", "sampler", "clip_skip", "batch_size", "baseline", "clip",
-                 "adherence", "max_no_face", "precision", "device", "tokenizer"):
+                 "adherence", "max_no_face", "precision", "device", "tokenizer", "tokenizer_2", "family"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -71,7 +75,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "score them against the reference photos and recommend the best checkpoint and strength. Re-running reuses "
                     "the images already made.",
     )
-    sweep.add_argument("--base", required=True, type=Path, metavar="MODEL", help="SD1.x base: diffusers folder or .safetensors checkpoint")
+    sweep.add_argument("--base", required=True, type=Path, metavar="MODEL",
+                       help="SD1.x or SDXL base: diffusers folder or .safetensors checkpoint (the family is detected)")
     sweep.add_argument("--loras", required=True, type=Path, metavar="DIR",
                        help="a Kohya run folder (name-000010.safetensors …), a folder of diffusers/PEFT run folders, or one LoRA file")
     sweep.add_argument("--run", metavar="NAME", help="which training run in --loras when it holds several")
@@ -90,12 +95,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--photos", required=True, type=Path, metavar="DIR", help="photos of the person (never modified)")
     run.add_argument("--trigger", required=True, metavar="WORD", help="rare trigger word for the person, e.g. ohwx")
     run.add_argument("--class", dest="class_word", required=True, metavar="WORD", help="class word: man, woman, person, …")
-    run.add_argument("--base", required=True, type=Path, metavar="MODEL", help="SD1.x base: diffusers folder or .safetensors checkpoint")
+    run.add_argument("--base", required=True, type=Path, metavar="MODEL",
+                     help="SD1.x or SDXL base: diffusers folder or .safetensors checkpoint (the family and its defaults are detected)")
     run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (dataset/, training/, sweep/)")
     run.add_argument("--refs", type=Path, metavar="DIR", help="reference photos for scoring (default: --photos)")
     _add_engine_arguments(run)
     run.add_argument("--epochs", type=int, default=10, help="training epochs, one checkpoint each (default 10)")
-    run.add_argument("--resolution", type=int, default=512, help="training resolution and crop size (default 512)")
+    run.add_argument("--resolution", type=int, help="training resolution and crop size (default: 512 for SD1.x, 1024 for SDXL)")
     run.add_argument("--max-images", type=int, default=50, help="keep at most this many photos (default 50)")
     run.add_argument("--train-config", type=Path, metavar="FILE.toml", help="more training settings (TrainConfig fields, as for likeness train --config)")
     run.add_argument("--prompt", metavar="TEXT", help="sweep prompt (default: 'photo of TRIGGER CLASS')")
@@ -133,9 +139,9 @@ def _print_result(sweep, console) -> None:
 def command_sweep(args: argparse.Namespace) -> int:
     from ..cli import _console, _error
     from ..faces import FaceModelError, PackNotFoundError
+    from ..families import ModelLoadError
     from ..progress import Cancelled
     from ..references import NoReferencesError
-    from ..training.models import ModelLoadError
     from .config import SweepConfig, SweepConfigError
     from .engine import run_sweep
     from .loras import LoraLoadError
@@ -165,10 +171,10 @@ def command_run(args: argparse.Namespace) -> int:
     from ..cli import _console, _error
     from ..dataset.config import PrepareConfigError
     from ..faces import FaceModelError, PackNotFoundError
+    from ..families import ModelLoadError
     from ..progress import Cancelled
     from ..references import NoReferencesError
     from ..training.config import ConfigError, load_config_file
-    from ..training.models import ModelLoadError
     from ..training.trainer import TrainingCancelled
     from .config import SweepConfigError
     from .loras import LoraLoadError

@@ -3,7 +3,8 @@
 Every field is also a ``likeness sweep`` flag (``--cfg 7``) and a TOML key of ``--config FILE``.
 Sizes are in pixels; ``cfg`` is the classifier-free guidance scale; strengths are LoRA multipliers
 (1.0 = as trained). Defaults follow the seed experiments: two seeds, strengths 0.6 / 0.8 / 1.0,
-25 steps at 512×768 with DPM++ 2M Karras, CFG 7.
+DPM++ 2M Karras; size, steps and CFG left unset take the base model family's defaults (SD1.x: 25 steps
+at 512×768, CFG 7; SDXL: 25 steps at 1024×1024, CFG 7).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class SweepConfig:
     """Everything one sweep needs."""
 
     base: Path | None = None
-    """SD1.x base model: a diffusers folder or a single-file ``.safetensors`` checkpoint."""
+    """Base model (SD1.x or SDXL): a diffusers folder or a single-file ``.safetensors`` checkpoint."""
+    family: str = "auto"
+    """Model family of ``base``: ``auto`` (detected), ``sd1`` or ``sdxl``."""
     loras: Path | None = None
     """A Kohya run folder (``name-000010.safetensors`` …, ``name.safetensors``), a folder of diffusers/PEFT run
     folders (``exp_e10/pytorch_lora_weights.safetensors`` …), or one LoRA file."""
@@ -50,10 +53,14 @@ class SweepConfig:
     negative: str = ""
     seeds: list[int] = field(default_factory=lambda: [1236, 1237])
     strengths: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0])
-    steps: int = 25
-    cfg: float = 7.0
-    width: int = 512
-    height: int = 768
+    steps: int | None = None
+    """Sampling steps; default: the family's."""
+    cfg: float | None = None
+    """Classifier-free guidance scale; default: the family's."""
+    width: int | None = None
+    """Image width in pixels; default: the family's (512 SD1.x, 1024 SDXL)."""
+    height: int | None = None
+    """Image height in pixels; default: the family's (768 SD1.x, 1024 SDXL)."""
     sampler: str = "dpmpp_2m_karras"
     """One of :data:`SAMPLERS`."""
     clip_skip: int = 1
@@ -65,6 +72,9 @@ class SweepConfig:
     """Face-model pack (name or folder); default: found like ``likeness score`` finds it."""
     providers: str = "auto"
     tokenizer: Path | None = None
+    """CLIP tokenizer folder for a single-file base (default: found offline, see ``likeness train``)."""
+    tokenizer_2: Path | None = None
+    """SDXL's second tokenizer folder (default: the base folder's, else ``tokenizer``'s files with SDXL's pad token)."""
     base_config: Path | None = None
     clip: Path | None = None
     """A local CLIP model folder for prompt adherence; default: looked for in the offline Hugging Face cache."""
@@ -81,12 +91,18 @@ class SweepConfig:
     def replace(self, **changes: Any) -> SweepConfig:
         return dataclasses.replace(self, **changes)
 
+    def for_family(self, family) -> SweepConfig:
+        """A copy with the size, steps and CFG left unset taken from ``family``'s defaults."""
+        defaults = family.defaults
+        return dataclasses.replace(self, family=family.name, width=self.width or defaults.width, height=self.height or defaults.height,
+                                   steps=self.steps or defaults.steps, cfg=defaults.cfg if self.cfg is None else self.cfg)
+
     def validate(self) -> SweepConfig:
         """Check every setting; paths become :class:`~pathlib.Path`. Raises :class:`SweepConfigError`."""
         for name in ("base", "loras", "refs", "out"):
             if getattr(self, name) in (None, ""):
                 raise SweepConfigError(f"--{name} is required")
-        for name in ("base", "loras", "refs", "out", "tokenizer", "base_config", "clip"):
+        for name in ("base", "loras", "refs", "out", "tokenizer", "tokenizer_2", "base_config", "clip"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
@@ -107,11 +123,13 @@ class SweepConfig:
         self.strengths = sorted(dict.fromkeys(float(s) for s in self.strengths))
         if self.sampler not in SAMPLERS:
             raise SweepConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
+        if self.family not in ("auto", "sd1", "sdxl"):
+            raise SweepConfigError(f"--family must be auto, sd1 or sdxl; got {self.family!r}")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value < 64 or value % 8:
+            if value is not None and (value < 64 or value % 8):
                 raise SweepConfigError(f"--{name} must be a multiple of 8 and at least 64; got {value}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise SweepConfigError(f"--steps must be at least 1; got {self.steps}")
         if self.clip_skip < 1:
             raise SweepConfigError(f"--clip-skip must be at least 1; got {self.clip_skip}")

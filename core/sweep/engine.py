@@ -113,17 +113,18 @@ def base_fingerprint(base: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def sweep_checkpoints(config: SweepConfig) -> list[SweepCheckpoint]:
+def sweep_checkpoints(config: SweepConfig, family: str = "sd1") -> list[SweepCheckpoint]:
     """The checkpoints of ``config.loras`` in epoch order, each with a unique label.
 
     Raises:
-        SweepConfigError: no LoRA found, several runs and no ``run`` chosen, or an architecture other than SD1.x.
+        SweepConfigError: no LoRA found, several runs and no ``run`` chosen, or a LoRA of another model family
+            than ``family`` (the base's).
     """
     from .. import checkpoints as ckpt
     from ..training.kohya_format import file_sha256
 
     try:
-        found = ckpt.sweep_checkpoints(config.loras, run=config.run, base="sd1")
+        found = ckpt.sweep_checkpoints(config.loras, run=config.run, base=family)
     except ValueError as exc:  # includes ArchitectureMismatch
         raise SweepConfigError(str(exc)) from exc
     if not found:
@@ -247,30 +248,29 @@ def _dtype(config: SweepConfig, device):
 
 
 class Generator:
-    """The base model loaded once as a diffusers pipeline, with a :class:`~.loras.LoraSwitcher`."""
+    """The base model loaded once as its family's diffusers pipeline, with a :class:`~.loras.LoraSwitcher`."""
 
     def __init__(self, config: SweepConfig, base_model=None) -> None:
         import torch
-        from diffusers import StableDiffusionPipeline
 
-        from ..training.models import load_base_model
+        from ..families import detect_family
         from ..training.trainer import pick_device
         from .loras import LoraSwitcher
 
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = _dtype(config, self.device)
-        parts = base_model or load_base_model(config.base, config.tokenizer, config.base_config, dtype=self.dtype)
+        family = base_model.family if base_model is not None else detect_family(config.base, config.family)
+        parts = base_model or family.load(config.base, {"tokenizer": config.tokenizer, "tokenizer_2": config.tokenizer_2},
+                                          config.base_config, dtype=self.dtype)
         scheduler = make_scheduler(config.sampler, dict(parts.noise_scheduler.config))
-        self.pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-                                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                            requires_safety_checker=False)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = family.pipeline(parts, scheduler)
         self.pipe.to(self.device)  # loaded in self.dtype already (a host's model keeps its own)
         self.dtype = self.pipe.unet.dtype
-        for model in (self.pipe.unet, self.pipe.text_encoder, self.pipe.vae):
+        for model in parts.modules().values():
             model.eval().requires_grad_(False)
-        self.switcher = LoraSwitcher(self.pipe.unet, self.pipe.text_encoder, device=self.device, dtype=self.dtype)
+        self.pipe.vae.eval().requires_grad_(False)
+        self.switcher = LoraSwitcher(family.lora_components(parts.modules()), device=self.device, dtype=self.dtype)
         self._loaded: Path | None = None
         self._torch = torch
 
@@ -413,18 +413,22 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
         progress: drawn by the front door; ``check()`` between batches raises :class:`~..progress.Cancelled`
             (every image saved so far is reused by the next run).
         engine: a loaded :class:`~..faces.FaceEngine` (default: ``config.pack``); cache: a :class:`~..cache.FaceCache`.
-        base_model: an already loaded :class:`~..training.models.BaseModel` (hosts that hold one).
+        base_model: an already loaded :class:`~..families.LoadedModel` (hosts that hold one).
         write: write the report files under ``config.out``.
 
     Raises:
-        SweepConfigError, PackNotFoundError, NoReferencesError, ModelLoadError: settings to fix (clear messages).
+        SweepConfigError, PackNotFoundError, NoReferencesError, ModelLoadError (:mod:`lora_likeness.families`):
+            settings to fix (clear messages).
     """
     from ..cache import FaceCache
     from ..faces import DEFAULT_PACK, FaceEngine
+    from ..families import detect_family
     from ..pipeline import build_references
     from ..report import preserve_file
 
     config.validate()
+    family = base_model.family if base_model is not None else detect_family(config.base, config.family)
+    config = config.for_family(family)
     if config.adherence and config.clip is not None:
         from .adherence import clip_folder_problem
 
@@ -435,7 +439,7 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
     started = time.perf_counter()
     timings: dict = {}
     warnings: list[str] = []
-    checkpoints = sweep_checkpoints(config)
+    checkpoints = sweep_checkpoints(config, family.name)
     engine = engine or FaceEngine.load(config.pack or DEFAULT_PACK, providers=config.providers)
     cache = cache if cache is not None else FaceCache()
     references = build_references(engine, config.refs, cache=cache, progress=progress)

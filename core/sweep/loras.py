@@ -1,4 +1,4 @@
-"""Switching LoRAs on a loaded SD1 pipeline without touching (or reloading) the base model.
+"""Switching LoRAs on a loaded pipeline (any model family) without touching (or reloading) the base model.
 
 The LoRA sits in peft layers wrapped around the Kohya target modules (:mod:`..training.kohya_format`
 names them, the same mapping the trainer writes with): the base weights stay where they are, bit for
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..training.kohya_format import find_targets, kohya_to_peft, target_map
+from ..training.kohya_format import LoraComponent, find_targets, kohya_to_peft, target_map
 
 
 class LoraLoadError(ValueError):
@@ -69,14 +69,17 @@ def read_lora_tensors(path: Path, fmt: str = "kohya") -> dict:
 
 
 class LoraSwitcher:
-    """Applies one LoRA at a time, at a given strength, to ``unet`` and ``text_encoder`` (in place)."""
+    """Applies one LoRA at a time, at a given strength, to a model's components (in place).
 
-    def __init__(self, unet, text_encoder, device=None, dtype=None) -> None:
-        self.unet = unet
-        self.text_encoder = text_encoder
+    ``components`` come from the model family's :meth:`~lora_likeness.families.ModelFamily.lora_components`:
+    the UNet and every text encoder, with their Kohya prefixes and names.
+    """
+
+    def __init__(self, components: list[LoraComponent], device=None, dtype=None) -> None:
+        self.modules = {c.name: c.module for c in components}
         self.device = device
         self.dtype = dtype
-        self.targets = target_map(find_targets(unet, text_encoder))
+        self.targets = target_map(find_targets(components))
         self.current: LoadedLora | None = None
         self.adapter: str | None = None
         self.strength = 0.0
@@ -105,7 +108,7 @@ class LoraSwitcher:
         loaded = LoadedLora(Path(path), tensors, alphas, unknown + incomplete)
         if not loaded.n_modules:
             raise LoraLoadError(f"{Path(path).name}: none of its {len(unknown)} modules exist in this base model "
-                                f"(first: {unknown[0] if unknown else 'none'}); is it an SD1.x LoRA in Kohya or diffusers format?")
+                                f"(first: {unknown[0] if unknown else 'none'}); is it a LoRA for this model family, in Kohya or diffusers format?")
         return loaded
 
     # -- applying -------------------------------------------------------------------------------
@@ -164,7 +167,7 @@ class LoraSwitcher:
                 yield component, path, down, up
 
     def _root(self, component: str):
-        return self.unet if component == "unet" else self.text_encoder
+        return self.modules[component]
 
     def _module(self, component: str, path: str):
         return self._root(component).get_submodule(path)

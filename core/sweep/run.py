@@ -45,8 +45,8 @@ class RunConfig:
     providers: str = "auto"
     tokenizer: Path | None = None
     """CLIP tokenizer folder for a single-file base (default: found offline, see ``likeness train``)."""
-    resolution: int = 512
-    """Training resolution and dataset crop size (SD1.x is trained at 512)."""
+    resolution: int | None = None
+    """Training resolution and dataset crop size; default: the base model family's (512 SD1.x, 1024 SDXL)."""
     epochs: int = 10
     max_images: int = 50
     prompt: str | None = None
@@ -131,23 +131,24 @@ def _plain(value):
     return value
 
 
-def train_config(config: RunConfig, dataset_dir: Path):
+def train_config(config: RunConfig, dataset_dir: Path, family):
     from ..training.config import TrainConfig
 
     values = {"epochs": config.epochs, "resolution": config.resolution, **config.train_overrides}
     if config.tokenizer is not None:
         values["tokenizer"] = config.tokenizer
-    return TrainConfig().replace(**values).replace(base=config.base, data=dataset_dir, out=config.out / "training", name=config.name)
+    return TrainConfig().replace(**values).replace(base=config.base, data=dataset_dir, out=config.out / "training",
+                                                   name=config.name).for_family(family)
 
 
-def sweep_config(config: RunConfig, training_dir: Path) -> SweepConfig:
+def sweep_config(config: RunConfig, training_dir: Path, family) -> SweepConfig:
     prompt = config.prompt or f"photo of {config.trigger} {config.class_word}"
     values = {"prompts": [prompt], **config.sweep_overrides}
     if config.tokenizer is not None:
         values["tokenizer"] = config.tokenizer
     return SweepConfig().replace(**values).replace(base=config.base, loras=training_dir, refs=config.refs or config.photos,
                                                    out=config.out / "sweep", pack=config.pack, providers=config.providers,
-                                                   run=config.name)
+                                                   run=config.name).for_family(family)
 
 
 def run_all(config: RunConfig, progress: Progress | None = None, engine=None, cache=None) -> RunResult:
@@ -171,6 +172,12 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
             raise RunError(f"--{name} {getattr(config, name)} does not exist")
     if not config.trigger or not config.trigger.strip():
         raise RunError("--trigger is required: a rare word that will mean this person (e.g. ohwx)")
+    from ..families import detect_family
+
+    # The base's family (a header read) sets the crop size, training resolution and sweep defaults;
+    # a base that cannot be used is refused before any photo is touched.
+    family = detect_family(config.base, config.train_overrides.get("family", "auto"))
+    resolution = config.resolution or family.defaults.resolution
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     progress = StageProgress(progress or Progress())
@@ -182,7 +189,8 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
     # 1. the dataset
     progress.stage = "1/3 prepare"
     prepare = PrepareConfig(photos=config.photos, out=out / "dataset", trigger=config.trigger, class_word=config.class_word,
-                            size=config.resolution if config.resolution in (512, 768, 1024) else 512, max_images=config.max_images)
+                            size=resolution if resolution in (512, 768, 1024) else family.defaults.prepare_size,
+                            max_images=config.max_images)
     result.dataset = prepare_dataset(engine, prepare, progress, cache=cache)
     dataset_changed = not result.dataset.unchanged and "prepare" in record
     if result.dataset.unchanged:
@@ -192,7 +200,7 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
 
     # 2. the LoRA
     progress.stage = "2/3 train"
-    train = train_config(config, out / "dataset")
+    train = train_config(config, out / "dataset", family)
     train.validate()
     settings = _plain(train.to_dict())
     training_dir = out / "training"
@@ -217,7 +225,7 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
 
     # 3. the sweep and its report
     progress.stage = "3/3 sweep"
-    sweep = sweep_config(config, training_dir)
+    sweep = sweep_config(config, training_dir, family)
     result.sweep = run_sweep(sweep, progress, engine=engine, cache=cache)
     record["sweep"] = _plain(sweep.as_dict())
     record["result"] = result.as_dict()

@@ -6,11 +6,12 @@ Front doors call one function::
     from lora_likeness.training import TrainConfig, train_lora
     result = train_lora(TrainConfig(base=..., data=..., out=..., name="me", tokenizer=host_tokenizer_dir), progress)
 
-Modules: ``config`` (TrainConfig, TOML), ``data`` (Kohya layout, dataset.toml, buckets), ``models``
-(offline SD1.x loading), ``network`` (peft LoRA on Kohya's modules), ``kohya_format`` (key names both
-ways, file names, ss_*/sshs metadata), ``trainer`` (the loop, resume), ``state``, ``loss_log``,
-``samples`` (sample images, identity scores, early stop), ``sd_scripts`` (the sd-scripts backend),
-``command`` (the CLI). Importing this package imports nothing heavy.
+Modules: ``config`` (TrainConfig, TOML), ``data`` (Kohya layout, dataset.toml, buckets), ``network``
+(peft LoRA on Kohya's modules), ``kohya_format`` (key names both ways, file names, ss_*/sshs metadata),
+``trainer`` (the loop, resume), ``state``, ``loss_log``, ``samples`` (sample images, identity scores,
+early stop), ``sd_scripts`` (the sd-scripts backend), ``command`` (the CLI). Loading a base model and
+everything particular to SD1.x or SDXL lives in :mod:`lora_likeness.families`. Importing this package
+imports nothing heavy.
 """
 
 from __future__ import annotations

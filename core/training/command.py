@@ -19,18 +19,20 @@ EXIT_CANCELLED = 130
 
 # flag -> (TrainConfig field, argparse keyword arguments); every default is None = "not given".
 _FLAGS: list[tuple[str, str, dict]] = [
-    ("--base", "base", {"type": Path, "metavar": "MODEL", "help": "SD1.x base model: diffusers folder or .safetensors checkpoint"}),
+    ("--base", "base", {"type": Path, "metavar": "MODEL", "help": "SD1.x or SDXL base model: diffusers folder or .safetensors checkpoint"}),
+    ("--family", "family", {"choices": ("auto", "sd1", "sdxl"), "help": "model family of --base (default auto: detected; sd1/sdxl refuse any other)"}),
     ("--data", "data", {"type": Path, "metavar": "DIR", "help": "Kohya training folder (img/<repeats>_<trigger> <class>/, optional reg/) or a dataset .toml"}),
     ("--out", "out", {"type": Path, "metavar": "DIR", "help": "where checkpoints, loss log and samples are written"}),
     ("--name", "name", {"metavar": "NAME", "help": "output name: NAME-000001.safetensors per epoch, NAME.safetensors at the end (default: lora)"}),
     ("--reg-data", "reg_data", {"type": Path, "metavar": "DIR", "help": "regularisation images (<repeats>_<class>/ folders; default DATA/reg)"}),
     ("--tokenizer", "tokenizer", {"type": Path, "metavar": "DIR", "help": "CLIP tokenizer folder (default: found offline)"}),
-    ("--base-config", "base_config", {"type": Path, "metavar": "DIR", "help": "diffusers config folder for a single-file base (default: built-in SD1.5)"}),
+    ("--tokenizer-2", "tokenizer_2", {"type": Path, "metavar": "DIR", "help": "SDXL's second tokenizer folder (default: the base's, else --tokenizer's files)"}),
+    ("--base-config", "base_config", {"type": Path, "metavar": "DIR", "help": "diffusers config folder for a single-file base (default: the family's built-in configs)"}),
     ("--epochs", "epochs", {"type": int, "metavar": "N", "help": "epochs (default 10)"}),
     ("--save-every", "save_every_n_epochs", {"type": int, "metavar": "N", "help": "save a checkpoint every N epochs (default 1)"}),
     ("--rank", "rank", {"type": int, "metavar": "R", "help": "LoRA rank / network_dim (default 16)"}),
     ("--alpha", "alpha", {"type": float, "metavar": "A", "help": "LoRA alpha / network_alpha (default 16)"}),
-    ("--resolution", "resolution", {"type": int, "metavar": "PX", "help": "training resolution (default 512)"}),
+    ("--resolution", "resolution", {"type": int, "metavar": "PX", "help": "training resolution (default: 512 for SD1.x, 1024 for SDXL)"}),
     ("--lr", "lr", {"type": float, "help": "learning rate (default 1e-4)"}),
     ("--unet-lr", "unet_lr", {"type": float, "help": "UNet learning rate (default: --lr)"}),
     ("--text-encoder-lr", "text_encoder_lr", {"type": float, "help": "text-encoder learning rate (default: --lr; 0 = UNet only)"}),
@@ -73,8 +75,8 @@ _FLAGS: list[tuple[str, str, dict]] = [
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command to the CLI."""
     parser = commands.add_parser(
-        "train", help="train an SD1.x LoRA (Kohya-format checkpoints per epoch)",
-        description="Train an SD1.x LoRA on a Kohya training folder: NAME-000001.safetensors per saved epoch, NAME.safetensors at "
+        "train", help="train an SD1.x or SDXL LoRA (Kohya-format checkpoints per epoch)",
+        description="Train an SD1.x or SDXL LoRA (the base model's family is detected) on a Kohya training folder: NAME-000001.safetensors per saved epoch, NAME.safetensors at "
                     "the end, a loss log, optional samples scored against reference photos. Ctrl-C saves a resumable state.",
     )
     for flag, dest, kwargs in _FLAGS:
@@ -119,9 +121,9 @@ def command_train(args: argparse.Namespace) -> int:
     import sys
 
     from ..cli import RichProgress, _console, _error
+    from ..families import ModelLoadError
     from ..progress import Cancelled
     from .config import ConfigError
-    from .models import ModelLoadError
 
     err = _console(stderr=True)
     out = _console()

@@ -20,6 +20,7 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
 BACKENDS = ("builtin", "sd-scripts")
+FAMILY_CHOICES = ("auto", "sd1", "sdxl")  # keep in step with lora_likeness.families.FAMILIES (tests check)
 
 
 class ConfigError(ValueError):
@@ -36,8 +37,10 @@ class TrainConfig:
 
     # -- what to train on ------------------------------------------------------------------------
     base: Path | None = None
-    """Base SD1.x model: a diffusers folder (``model_index.json``) or a single-file ``.safetensors``
+    """Base model (SD1.x or SDXL): a diffusers folder (``model_index.json``) or a single-file ``.safetensors``
     checkpoint as ComfyUI/A1111 keep them (``.ckpt`` is refused: it would need unpickling)."""
+    family: str = "auto"
+    """Model family of ``base``: ``auto`` (detected from its keys), ``sd1`` or ``sdxl`` (then another is refused)."""
     data: Path | None = None
     """Training images: a Kohya folder (``img/<repeats>_<trigger> <class>/*.png`` + ``.txt`` captions,
     optional ``reg/<repeats>_<class>/``), the ``img`` folder itself, or an sd-scripts ``dataset.toml``."""
@@ -50,8 +53,11 @@ class TrainConfig:
     tokenizer: Path | None = None
     """A CLIP tokenizer folder already located by the host (e.g. ComfyUI's ``comfy/sd1_tokenizer``);
     default: the base folder's own, ComfyUI's bundled one, then the offline Hugging Face cache."""
+    tokenizer_2: Path | None = None
+    """SDXL's second tokenizer folder; default: the base folder's ``tokenizer_2``, else ``tokenizer``'s files
+    (the vocabulary is the same; the family sets the ``!`` pad token)."""
     base_config: Path | None = None
-    """For a single-file base: a diffusers SD1.x config folder; default: the built-in SD1.5 configs."""
+    """For a single-file base: a diffusers config folder of its family; default: the family's built-in configs."""
 
     # -- network ---------------------------------------------------------------------------------
     rank: int = 16
@@ -99,12 +105,15 @@ class TrainConfig:
     """Loss weight of regularisation images."""
 
     # -- images and captions ---------------------------------------------------------------------
-    resolution: int = 512
-    """Training resolution in pixels (square area; buckets keep about this many pixels)."""
+    resolution: int | None = None
+    """Training resolution in pixels (square area; buckets keep about this many pixels); default: the
+    family's (512 SD1.x, 1024 SDXL)."""
     buckets: bool = True
     """Aspect-ratio buckets (sd-scripts' ``enable_bucket``)."""
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
+    min_bucket_reso: int | None = None
+    """Smallest bucket side; default: the family's (256 SD1.x, 512 SDXL)."""
+    max_bucket_reso: int | None = None
+    """Largest bucket side; default: the family's (1024 SD1.x, 2048 SDXL)."""
     bucket_reso_steps: int = 64
     caption_extension: str = ".txt"
     shuffle_caption: bool = False
@@ -166,6 +175,16 @@ class TrainConfig:
     def effective_alpha(self) -> float:
         return float(self.rank) if not self.alpha else float(self.alpha)
 
+    def for_family(self, family) -> TrainConfig:
+        """A copy with the settings left unset filled from ``family``'s defaults (resolution, buckets)."""
+        defaults = family.defaults
+        return dataclasses.replace(
+            self, family=family.name,
+            resolution=self.resolution or defaults.resolution,
+            min_bucket_reso=self.min_bucket_reso or defaults.min_bucket_reso,
+            max_bucket_reso=self.max_bucket_reso or defaults.max_bucket_reso,
+        )
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (``None`` values are ignored: "not given")."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -216,11 +235,12 @@ class TrainConfig:
             raise ConfigError("unet_lr must be > 0: a LoRA that trains nothing in the UNet is not supported")
         if self.repeats is not None and self.repeats < 1:
             raise ConfigError(f"repeats must be at least 1 (got {self.repeats})")
-        if self.resolution < 32 or self.resolution % 8:
+        _choice("family", self.family, FAMILY_CHOICES)
+        if self.resolution is not None and (self.resolution < 32 or self.resolution % 8):
             raise ConfigError(f"resolution must be a multiple of 8, at least 32 (got {self.resolution})")
         if self.sample_size is not None and (self.sample_size < 32 or self.sample_size % 8):
             raise ConfigError(f"sample_size must be a multiple of 8, at least 32 (got {self.sample_size})")
-        if self.min_bucket_reso > self.max_bucket_reso:
+        if self.min_bucket_reso and self.max_bucket_reso and self.min_bucket_reso > self.max_bucket_reso:
             raise ConfigError("min_bucket_reso must not exceed max_bucket_reso")
         if self.base is not None and need_paths:
             base = Path(self.base)
@@ -240,7 +260,7 @@ class TrainConfig:
 ALIASES = {"save_every": "save_every_n_epochs", "grad_accum": "gradient_accumulation", "sample_every": "sample_every_n_epochs",
            "sample_prompt": "sample_prompts", "pack": "score_pack", "early_stop": "early_stop_patience"}
 
-_PATH_FIELDS = {"base", "data", "reg_data", "out", "tokenizer", "base_config", "score_refs", "sd_scripts", "accelerate"}
+_PATH_FIELDS = {"base", "data", "reg_data", "out", "tokenizer", "tokenizer_2", "base_config", "score_refs", "sd_scripts", "accelerate"}
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -308,7 +328,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     try:
         if key in ("unet_lr", "text_encoder_lr", "alpha", "lr") or isinstance(default, float):
             return float(value)
-        if key in ("repeats", "sample_size") or isinstance(default, int):
+        if key in ("repeats", "sample_size", "resolution", "min_bucket_reso", "max_bucket_reso") or isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)

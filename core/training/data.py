@@ -42,7 +42,7 @@ class Subset:
 
 @dataclass
 class Item:
-    """One image: where it is, its caption, its bucket ``(width, height)`` in pixels."""
+    """One image: where it is, its caption, its size and bucket ``(width, height)`` in pixels."""
 
     path: Path
     caption: str
@@ -50,6 +50,14 @@ class Item:
     is_reg: bool
     size: tuple[int, int] = (0, 0)
     bucket: tuple[int, int] = (0, 0)
+
+    @property
+    def geometry(self):
+        """Original size, crop corner and target size of this image as trained (SDXL's micro-conditioning)."""
+        from ..families.base import ImageGeometry
+
+        _, (left, top) = cover_crop(self.size, self.bucket)
+        return ImageGeometry((self.size[1], self.size[0]), (top, left), (self.bucket[1], self.bucket[0]))
 
 
 @dataclass
@@ -279,20 +287,26 @@ def _image_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def cover_crop(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(scaled size, (left, top))`` in pixels: an image of ``size`` scaled to cover ``bucket`` (both
+    ``(width, height)``), then centre-cropped to it at that corner (sd-scripts' default)."""
+    width, height = bucket
+    scale = max(width / size[0], height / size[1])
+    scaled = (max(width, round(size[0] * scale)), max(height, round(size[1] * scale)))
+    return scaled, ((scaled[0] - width) // 2, (scaled[1] - height) // 2)
+
+
 def load_training_image(path: Path, bucket: tuple[int, int]) -> np.ndarray:
-    """RGB ``(H, W, 3)`` uint8 at the bucket's size: scaled to cover it, centre-cropped (sd-scripts' default)."""
+    """RGB ``(H, W, 3)`` uint8 at the bucket's size: scaled to cover it, centre-cropped (:func:`cover_crop`)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         image = image.convert("RGB")
         width, height = bucket
-        scale = max(width / image.width, height / image.height)
-        new_size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+        new_size, (left, top) = cover_crop(image.size, bucket)
         if new_size != image.size:
             image = image.resize(new_size, Image.LANCZOS)
-        left = (image.width - width) // 2
-        top = (image.height - height) // 2
         image = image.crop((left, top, left + width, top + height))
         return np.asarray(image, dtype=np.uint8)
 
@@ -305,11 +319,21 @@ def load_training_image(path: Path, bucket: tuple[int, int]) -> np.ndarray:
 def load_dataset(config: TrainConfig) -> DatasetInfo:
     """Read subsets, captions and image sizes and assign buckets; unreadable images are skipped with a warning.
 
+    ``config``'s resolution and bucket limits must be set (a dataset ``.toml`` may set them instead):
+    :meth:`TrainConfig.for_family` fills them from the base model's family.
+
     Raises:
         ConfigError: no usable training image, or a malformed folder/config.
     """
     subsets, settings, warnings, source = resolve_subsets(config)
-    resolution = settings.get("resolution", config.resolution)
+
+    def setting(name: str):
+        value = settings.get(name, getattr(config, name))
+        if value is None:
+            raise ValueError(f"{name} is not set: load the dataset with TrainConfig.for_family(family)")
+        return value
+
+    resolution = setting("resolution")
     if isinstance(resolution, (list, tuple)):
         resolution = (int(resolution[0]), int(resolution[-1]))
     else:
@@ -317,8 +341,7 @@ def load_dataset(config: TrainConfig) -> DatasetInfo:
     enable_bucket = bool(settings.get("enable_bucket", config.buckets))
     steps = int(settings.get("bucket_reso_steps", config.bucket_reso_steps))
     if enable_bucket:
-        buckets = make_bucket_resolutions(resolution, int(settings.get("min_bucket_reso", config.min_bucket_reso)),
-                                          int(settings.get("max_bucket_reso", config.max_bucket_reso)), steps)
+        buckets = make_bucket_resolutions(resolution, int(setting("min_bucket_reso")), int(setting("max_bucket_reso")), steps)
     else:
         buckets = [resolution]
     items: list[Item] = []

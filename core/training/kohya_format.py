@@ -4,11 +4,14 @@ One place for the naming both ways, so the trainer (writing) and the sweep (load
 diffusers pipeline) agree with sd-scripts' ``networks.lora``:
 
 * targets: in the UNet every ``Linear`` and 1×1 ``Conv2d`` inside a ``Transformer2DModel`` (attention
-  q/k/v/out, feed-forward, ``proj_in``/``proj_out``); in the CLIP text encoder every ``Linear`` inside
-  ``CLIPAttention`` (q/k/v/out_proj) and ``CLIPMLP`` (fc1/fc2);
-* key of a module: ``lora_unet_`` / ``lora_te_`` + its dotted path with ``.`` → ``_``, e.g.
-  ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``; text-encoder paths are
-  spelled from ``text_model.`` as in transformers 4 (transformers 5 dropped that level);
+  q/k/v/out, feed-forward, ``proj_in``/``proj_out``); in each CLIP text encoder every ``Linear`` inside
+  ``CLIPAttention`` (q/k/v/out_proj) and ``CLIPMLP`` (fc1/fc2). Which components a model has, their key
+  prefixes and how sd-scripts spells a module's path is the model family's business
+  (:meth:`lora_likeness.families.ModelFamily.lora_components`); this module walks what it is given;
+* key of a module: prefix + its sd-scripts path with ``.`` → ``_``, e.g. SD1's
+  ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``, SDXL's
+  ``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`` and ``lora_te1_…``/``lora_te2_…``;
+  text-encoder paths are spelled from ``text_model.`` as in transformers 4 (transformers 5 dropped that level);
 * tensors per module: ``<key>.lora_down.weight`` ``[rank, in(, 1, 1)]``, ``<key>.lora_up.weight``
   ``[out, rank(, 1, 1)]``, ``<key>.alpha`` (scalar); the update is ``up @ down * alpha / rank``.
 
@@ -20,18 +23,39 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# sd-scripts' LoRANetwork.LORA_PREFIX_*: SD1/SD2 have one text encoder (lora_te), SDXL two (lora_te1, lora_te2).
 PREFIX_UNET = "lora_unet"
 PREFIX_TEXT_ENCODER = "lora_te"
-UNET_TARGET_CLASSES = ("Transformer2DModel",)
-TEXT_ENCODER_TARGET_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
+PREFIX_TEXT_ENCODER_1 = "lora_te1"
+PREFIX_TEXT_ENCODER_2 = "lora_te2"
 NETWORK_MODULE = "networks.lora"
 EPOCH_FILE_NAME = "{}-{:06d}"  # sd-scripts' train_util.EPOCH_FILE_NAME
 _PEFT_PARTS = re.compile(r"(^|\.)(base_layer|lora_A|lora_B|lora_dropout|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
+
+
+def _same_path(path: str) -> str:
+    return path
+
+
+@dataclass(frozen=True)
+class LoraComponent:
+    """One model part a Kohya LoRA has modules in, as the model family describes it."""
+
+    name: str
+    """Pipeline attribute: ``unet``, ``text_encoder``, ``text_encoder_2``."""
+    prefix: str
+    """Kohya key prefix: ``lora_unet``, ``lora_te``, ``lora_te1``, ``lora_te2``."""
+    module: Any
+    """The torch module."""
+    target_classes: tuple[str, ...]
+    """Class names whose ``Linear``/1×1 ``Conv2d`` children get a LoRA."""
+    kohya_path: Callable[[str], str] = field(default=_same_path)
+    """diffusers path inside ``module`` → the path sd-scripts names (SDXL's UNet is spelled in its original layout)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +65,7 @@ class LoraTarget:
     key: str
     """Kohya module key, e.g. ``lora_te_text_model_encoder_layers_0_mlp_fc1``."""
     component: str
-    """``unet`` or ``text_encoder``."""
+    """``unet``, ``text_encoder`` or ``text_encoder_2``."""
     path: str
     """Dotted module path inside that component (as ``named_modules`` spells it)."""
     in_features: int
@@ -64,23 +88,19 @@ def _is_flattened_clip(text_encoder) -> bool:
     return not hasattr(text_encoder, "text_model") and hasattr(text_encoder, "encoder")
 
 
-def find_targets(unet=None, text_encoder=None) -> list[LoraTarget]:
-    """The modules sd-scripts' ``networks.lora`` (default settings) puts a LoRA on, in its order.
+def find_targets(components: Iterable[LoraComponent]) -> list[LoraTarget]:
+    """The modules sd-scripts' ``networks.lora`` (default settings) puts a LoRA on, component by component.
 
     Works on plain models and on models that already carry peft LoRA layers (the wrapper counts, its
     ``base_layer`` and ``lora_A``/``lora_B`` children do not).
     """
     targets: list[LoraTarget] = []
-    seen: set[str] = set()
-    parts = []
-    if text_encoder is not None:
-        parts.append(("text_encoder", PREFIX_TEXT_ENCODER, text_encoder, TEXT_ENCODER_TARGET_CLASSES))
-    if unet is not None:
-        parts.append(("unet", PREFIX_UNET, unet, UNET_TARGET_CLASSES))
-    for component, prefix, root, classes in parts:
-        flattened = component == "text_encoder" and _is_flattened_clip(root)
+    for component in components:
+        seen: set[str] = set()
+        root = component.module
+        flattened = component.name != "unet" and _is_flattened_clip(root)
         for name, module in root.named_modules():
-            if type(module).__name__ not in classes:
+            if type(module).__name__ not in component.target_classes:
                 continue
             for child_name, child in module.named_modules():
                 if not child_name or _PEFT_PARTS.search(child_name):
@@ -94,10 +114,10 @@ def find_targets(unet=None, text_encoder=None) -> list[LoraTarget]:
                 if path in seen:
                     continue
                 seen.add(path)
-                kohya_path = text_encoder_kohya_path(path, flattened) if component == "text_encoder" else path
+                kohya_path = text_encoder_kohya_path(path, flattened) if component.name != "unet" else component.kohya_path(path)
                 in_f = base.in_channels if conv else base.in_features
                 out_f = base.out_channels if conv else base.out_features
-                targets.append(LoraTarget(kohya_key(prefix, kohya_path), component, path, in_f, out_f, conv))
+                targets.append(LoraTarget(kohya_key(component.prefix, kohya_path), component.name, path, in_f, out_f, conv))
     return targets
 
 
@@ -111,18 +131,17 @@ def target_map(targets: Iterable[LoraTarget]) -> dict[str, LoraTarget]:
     return {t.key: t for t in targets}
 
 
-def kohya_to_peft(state_dict: Mapping[str, Any], unet=None, text_encoder=None,
-                  targets: Mapping[str, LoraTarget] | None = None) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
+def kohya_to_peft(state_dict: Mapping[str, Any], targets: Mapping[str, LoraTarget]) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
     """Split a Kohya LoRA into per-component peft-style tensors for a diffusers pipeline.
 
-    Returns ``(tensors, alphas, unknown)``: ``tensors[component]`` maps ``<path>.lora_A.weight`` /
-    ``<path>.lora_B.weight`` to the file's tensors, ``alphas[component][path]`` is the module's alpha
-    (for peft's ``alpha_pattern``), and ``unknown`` lists module keys that match no target module.
-    ``targets`` (from :func:`target_map`) saves walking the models again when many files are mapped.
+    ``targets`` is :func:`target_map` of the model's :func:`find_targets`. Returns ``(tensors, alphas,
+    unknown)``: ``tensors[component]`` maps ``<path>.lora_A.weight`` / ``<path>.lora_B.weight`` to the
+    file's tensors, ``alphas[component][path]`` is the module's alpha (for peft's ``alpha_pattern``), and
+    ``unknown`` lists module keys that match no target module.
     """
-    targets = targets if targets is not None else target_map(find_targets(unet, text_encoder))
-    tensors: dict[str, dict] = {"unet": {}, "text_encoder": {}}
-    alphas: dict[str, dict] = {"unet": {}, "text_encoder": {}}
+    components = dict.fromkeys(t.component for t in targets.values())
+    tensors: dict[str, dict] = {c: {} for c in components}
+    alphas: dict[str, dict] = {c: {} for c in components}
     unknown = []
     for key, value in state_dict.items():
         module_key, _, kind = key.partition(".")
@@ -228,20 +247,13 @@ def save_lora_file(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file, read from its header alone."""
-    with open(path, "rb") as stream:
-        length = int.from_bytes(stream.read(8), "little")
-        header = json.loads(stream.read(length))
-    return dict(header.get("__metadata__", {}))
+    from ..safetensors_header import read_header
+
+    return dict(read_header(path, check_size=False).metadata)
 
 
 def lora_header_keys(data: bytes | Path) -> list[str]:
     """The tensor names in a safetensors file's header (without loading the tensors)."""
-    if isinstance(data, (str, Path)):
-        with open(data, "rb") as stream:
-            length = int.from_bytes(stream.read(8), "little")
-            header = json.loads(stream.read(length))
-    else:
-        length = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + length])
-    return [k for k in header if k != "__metadata__"]
+    from ..safetensors_header import read_header
 
+    return read_header(data, check_size=False).keys

@@ -7,38 +7,44 @@ adapter's tensors (:mod:`.kohya_format` holds the names).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .kohya_format import LoraTarget, find_targets
+from .kohya_format import LoraComponent, LoraTarget, find_targets
 
 ADAPTER = "likeness"
 
 
 @dataclass
 class LoraNetwork:
-    """LoRA layers attached to a UNet (and optionally a text encoder)."""
+    """LoRA layers attached to a model's components (the UNet, and the text encoders when they are trained)."""
 
-    unet: object
-    text_encoder: object | None
+    modules: dict[str, Any]
+    """Component name (``unet``, ``text_encoder``, ``text_encoder_2``) → its torch module."""
     targets: list[LoraTarget]
     rank: int
     alpha: float
 
     def _layer(self, target: LoraTarget):
-        root = self.unet if target.component == "unet" else self.text_encoder
-        return root.get_submodule(target.path)
+        return self.modules[target.component].get_submodule(target.path)
 
-    def pairs(self, component: str | None = None):
-        """``(target, down_weight, up_weight)`` per target (the live parameters)."""
+    @property
+    def components(self) -> list[str]:
+        """Components that carry LoRA layers, in target order."""
+        return list(dict.fromkeys(t.component for t in self.targets))
+
+    def pairs(self, *components: str):
+        """``(target, down_weight, up_weight)`` per target (the live parameters), of ``components`` (default all)."""
         for target in self.targets:
-            if component is not None and target.component != component:
+            if components and target.component not in components:
                 continue
             layer = self._layer(target)
             yield target, layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
 
-    def parameters(self, component: str | None = None) -> list:
+    def parameters(self, *components: str) -> list:
         out = []
-        for _, down, up in self.pairs(component):
+        for _, down, up in self.pairs(*components):
             out += [down, up]
         return out
 
@@ -77,24 +83,23 @@ class LoraNetwork:
             raise ValueError(f"saved state lacks {len(missing)} LoRA tensors (first: {missing[0]}); it belongs to another network shape")
 
 
-def attach_lora(unet, text_encoder, rank: int, alpha: float, train_text_encoder: bool) -> LoraNetwork:
-    """Add peft LoRA layers (float32, trainable) to the Kohya target modules; freeze everything else."""
+def attach_lora(components: Sequence[LoraComponent], rank: int, alpha: float) -> LoraNetwork:
+    """Add peft LoRA layers (float32, trainable) to the Kohya target modules of ``components`` (from the model
+    family's :meth:`~lora_likeness.families.ModelFamily.lora_components`); their base weights are frozen."""
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
-    unet.requires_grad_(False)
-    if text_encoder is not None:
-        text_encoder.requires_grad_(False)
-    targets = find_targets(unet, text_encoder if train_text_encoder else None)
-    for component, model in (("unet", unet), ("text_encoder", text_encoder)):
-        paths = [t.path for t in targets if t.component == component]
+    targets = find_targets(components)
+    for component in components:
+        component.module.requires_grad_(False)
+        paths = [t.path for t in targets if t.component == component.name]
         if not paths:
             continue
         # A full-match regex over exact paths: peft's list form also matches suffixes.
         pattern = "^(?:" + "|".join(p.replace(".", r"\.") for p in paths) + ")$"
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=pattern, lora_dropout=0.0, init_lora_weights=True, bias="none")
-        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    network = LoraNetwork(unet, text_encoder if train_text_encoder else None, targets, rank, alpha)
+        inject_adapter_in_model(config, component.module, adapter_name=ADAPTER)
+    network = LoraNetwork({c.name: c.module for c in components}, targets, rank, alpha)
     for param in network.parameters():
         param.data = param.data.to(torch.float32)
         param.requires_grad_(True)

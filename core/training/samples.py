@@ -33,28 +33,29 @@ def sample_prompts(config: TrainConfig, default: str) -> list[str]:
 def generate_samples(parts, config: TrainConfig, epoch: int, prompts: list[str], device, dtype) -> list[tuple[Path, np.ndarray]]:
     """Render ``samples_per_prompt`` images per prompt with seeds ``sample_seed + k``; write PNGs to ``<out>/samples/``.
 
-    ``parts`` is the trainer's :class:`~.models.BaseModel` (the LoRA layers are live in its UNet / text encoder).
+    ``parts`` is the trainer's :class:`~lora_likeness.families.LoadedModel` (the LoRA layers are live in its
+    UNet / text encoders); its family builds the pipeline. Sizes in pixels.
     """
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import EulerDiscreteScheduler
     from PIL import Image
 
     from ..images import save_png_atomic
     from .kohya_format import EPOCH_FILE_NAME
-    from .models import SD15_SCHEDULER
 
-    scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in SD15_SCHEDULER.items() if not k.startswith("_")})
+    family = parts.family
+    scheduler_config = family.configs["scheduler/scheduler_config.json"]
+    scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in scheduler_config.items() if not k.startswith("_")})
     vae_device = next(parts.vae.parameters()).device
     parts.vae.to(device)
-    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = family.pipeline(parts, scheduler)
     size = config.sample_size or config.resolution
     out_dir = Path(config.out) / "samples"
     written = []
-    was_training = (parts.unet.training, parts.text_encoder.training)
-    parts.unet.eval()
-    parts.text_encoder.eval()
+    models = [parts.unet, *parts.text_encoders.values()]
+    was_training = [m.training for m in models]
+    for model in models:
+        model.eval()
     try:
         for p_index, prompt in enumerate(prompts):
             for k in range(config.samples_per_prompt):
@@ -68,8 +69,8 @@ def generate_samples(parts, config: TrainConfig, epoch: int, prompts: list[str],
                 save_png_atomic(Image.fromarray(rgb), path, pnginfo=_pnginfo(prompt, config, epoch, k, size))
                 written.append((path, rgb))
     finally:
-        parts.unet.train(was_training[0])
-        parts.text_encoder.train(was_training[1])
+        for model, training in zip(models, was_training):
+            model.train(training)
         parts.vae.to(vae_device)
     return written
 

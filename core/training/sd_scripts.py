@@ -115,9 +115,15 @@ def _number(value: float) -> str:
 
 
 def build_command(config: TrainConfig, checkout: Path | None = None, accelerate: Path | str = "accelerate",
-                  dataset_toml: Path | None = None, tokenizer_cache: Path | None = None, resume_from: Path | None = None) -> list[str]:
-    """The ``accelerate launch train_network.py …`` arguments equivalent to ``config``."""
-    script = str(Path(checkout) / "train_network.py") if checkout else "train_network.py"
+                  dataset_toml: Path | None = None, tokenizer_cache: Path | None = None, resume_from: Path | None = None,
+                  family=None) -> list[str]:
+    """The ``accelerate launch <family's script> …`` arguments equivalent to ``config`` (``train_network.py`` for
+    SD1.x, ``sdxl_train_network.py`` for SDXL; ``family`` default: SD1.x)."""
+    from ..families import get_family
+
+    family = family or get_family("sd1")
+    name = family.sd_scripts_script
+    script = str(Path(checkout) / name) if checkout else name
     mixed = config.mixed_precision
     command = [str(accelerate), "launch", "--num_cpu_threads_per_process", "1", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", mixed, "--dynamo_backend", "no", script,
@@ -135,6 +141,7 @@ def build_command(config: TrainConfig, checkout: Path | None = None, accelerate:
                 f"--gradient_accumulation_steps={config.gradient_accumulation}", f"--mixed_precision={mixed}",
                 f"--save_precision={config.save_precision}", f"--seed={config.seed}", f"--max_grad_norm={config.max_grad_norm}",
                 f"--clip_skip={config.clip_skip}", f"--prior_loss_weight={config.prior_loss_weight}", "--save_state"]
+    command += family.sd_scripts_arguments(config.train_text_encoder, config.cache_latents)
     if config.gradient_checkpointing:
         command.append("--gradient_checkpointing")
     if config.cache_latents:
@@ -159,10 +166,13 @@ def prepare(config: TrainConfig, resume: bool = False, write: bool = True, stric
     ``strict=False``: a missing checkout or accelerate falls back to plain names (``--print-command``
     on a machine without sd-scripts; ``info["placeholders"]`` then says why).
     """
+    from ..families import ModelLoadError, detect_family
+    from ..families.tokenizers import resolve_tokenizer_dir
     from .data import resolve_subsets
-    from .models import ModelLoadError, resolve_tokenizer_dir
 
-    info: dict = {"warnings": []}
+    family = detect_family(config.base, config.family)
+    config = config.for_family(family)
+    info: dict = {"warnings": [], "family": family.name}
     try:
         checkout = find_checkout(config)
         accelerate = find_accelerate(config, checkout)
@@ -190,7 +200,7 @@ def prepare(config: TrainConfig, resume: bool = False, write: bool = True, stric
         resume_from = latest_state_dir(Path(config.out), config.name)
         if resume_from is None:
             raise ConfigError(f"nothing to resume: no {config.name}-NNNNNN-state folder in {config.out} (sd-scripts saves one per saved epoch)")
-    command = build_command(config, checkout, accelerate, toml_path.resolve(), tokenizer_cache, resume_from)
+    command = build_command(config, checkout, accelerate, toml_path.resolve(), tokenizer_cache, resume_from, family)
     if write:
         from ..images import write_text_atomic
         from ..report import preserve_file
@@ -200,7 +210,7 @@ def prepare(config: TrainConfig, resume: bool = False, write: bool = True, stric
             preserve_file(toml_path)  # an earlier, different (perhaps hand-edited) config is kept beside
         write_text_atomic(toml_path, text)
         if tokenizer_dir is not None and tokenizer_cache is not None:
-            from .models import copy_tokenizer_files
+            from ..families.base import copy_tokenizer_files
 
             copy_tokenizer_files(tokenizer_dir, tokenizer_cache / TOKENIZER_CACHE_NAME)
     info.update(checkout=checkout, accelerate=accelerate, dataset_toml=toml_path)

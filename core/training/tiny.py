@@ -1,8 +1,9 @@
-"""A tiny, randomly initialised SD1-shaped model (diffusers folder) for tests, benchmarks and smoke runs.
+"""Tiny, randomly initialised SD1- and SDXL-shaped models (diffusers folders) for tests, benchmarks and smoke runs.
 
-Same module structure as SD1.5 (CrossAttn down/up blocks with ``Transformer2DModel``s and 1×1
-``proj_in``/``proj_out``, a CLIP text encoder with the real SD1 vocabulary size) but a few hundred
-thousand parameters, so a training step takes milliseconds on a CPU. Images from it are noise.
+Same module structure as the real families (CrossAttn down/up blocks with ``Transformer2DModel``s, CLIP
+text encoders with the real vocabulary size; SDXL's ``text_time`` additional embedding and a second
+encoder with a projection) but a few hundred thousand parameters, so a training step takes milliseconds
+on a CPU. Images from them are noise.
 """
 
 from __future__ import annotations
@@ -10,11 +11,31 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _clip_config(width: int, projection: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=width, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu",
+        projection_dim=projection or width,
+    )
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=8, sample_size=32,
+    )
+
+
 def build_tiny_components(seed: int = 0, cross_attention_dim: int = 32):
-    """``(unet, vae, text_encoder)`` with random weights drawn from ``seed``."""
+    """SD1-shaped ``(unet, vae, text_encoder)`` with random weights drawn from ``seed``."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -22,35 +43,60 @@ def build_tiny_components(seed: int = 0, cross_attention_dim: int = 32):
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        norm_num_groups=8, sample_size=32,
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=cross_attention_dim, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        hidden_act="quick_gelu", projection_dim=cross_attention_dim,
-    ))
+    vae = _tiny_vae()
+    text_encoder = CLIPTextModel(_clip_config(cross_attention_dim))
     return unet, vae, text_encoder
 
 
-def write_tiny_model(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny diffusers SD1-style folder (unet, vae, text_encoder, tokenizer, scheduler) to ``folder``."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+def build_tiny_sdxl_components(seed: int = 0):
+    """SDXL-shaped ``(unet, vae, text_encoder, text_encoder_2)``: a UNet (32, 64) with ``addition_embed_type="text_time"``,
+    a CLIP-L-like encoder (16 wide) and a projected bigG-like one (16 wide, projection 32); context 16 + 16 = 32;
+    ``add_time_ids`` embedded 8 wide: 32 + 6 × 8 = 80 inputs to the added embedding, like SDXL's 1280 + 6 × 256."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80, cross_attention_dim=32, norm_num_groups=8,
+    )
+    vae = _tiny_vae()
+    text_encoder = CLIPTextModel(_clip_config(16))
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(16, projection=32))
+    return unet, vae, text_encoder, text_encoder_2
+
+
+def write_tiny_model(folder: Path, tokenizer_dir: Path, seed: int = 0, family: str = "sd1", tokenizer_2_dir: Path | None = None) -> Path:
+    """Write a tiny diffusers folder of ``family`` (``sd1`` or ``sdxl``: unet, vae, text encoder(s), tokenizer(s),
+    scheduler) to ``folder``; SDXL's second tokenizer defaults to ``tokenizer_dir`` with the ``!`` pad token."""
     from transformers import CLIPTokenizer
 
-    from .models import SD15_SCHEDULER
+    from ..families import get_family
+    from ..families.base import copy_tokenizer_files
 
-    unet, vae, text_encoder = build_tiny_components(seed)
-    scheduler = PNDMScheduler.from_config({k: v for k, v in SD15_SCHEDULER.items() if not k.startswith("_")})
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    spec = get_family(family)
+    scheduler_config = spec.configs["scheduler/scheduler_config.json"]
+    import diffusers
+
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config({k: v for k, v in scheduler_config.items() if not k.startswith("_")})
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    if family == "sdxl":
+        unet, vae, text_encoder, text_encoder_2 = build_tiny_sdxl_components(seed)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(tokenizer_2_dir or tokenizer_dir, pad_token="!")
+        parts = {"text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2}
+    else:
+        unet, vae, text_encoder = build_tiny_components(seed)
+        parts = {}
+    pipe = getattr(diffusers, spec.pipeline_class)(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                                   **parts, **spec.pipeline_kwargs())
     pipe.save_pretrained(folder, safe_serialization=True)
-    from .models import write_sd15_tokenizer
-
-    write_sd15_tokenizer(Path(folder), Path(tokenizer_dir))  # the classic vocab.json + merges.txt files, as real models ship
+    # The classic vocab.json + merges.txt files, as real models ship them.
+    copy_tokenizer_files(Path(tokenizer_dir), Path(folder) / "tokenizer")
+    if family == "sdxl":
+        copy_tokenizer_files(Path(tokenizer_2_dir or tokenizer_dir), Path(folder) / "tokenizer_2")
     return Path(folder)
 
 

@@ -4,9 +4,12 @@ Entry point for every front door::
 
     result = train_lora(TrainConfig(base=..., data=..., out=..., name="me"), progress)
 
-It follows sd-scripts' ``train_network.py`` for SD1.x: DDPM noise on VAE latents, epsilon (or v)
-MSE loss with optional min-SNR weighting, noise offset and prior-loss weight for regularisation
-images, AdamW, a diffusers learning-rate schedule, gradient accumulation and clipping. Progress goes
+It follows sd-scripts' ``train_network.py`` / ``sdxl_train_network.py``: DDPM noise on VAE latents,
+epsilon (or v) MSE loss with optional min-SNR weighting, noise offset and prior-loss weight for
+regularisation images, AdamW, a diffusers learning-rate schedule, gradient accumulation and clipping.
+What differs between SD1.x and SDXL (text encoders, conditioning, Kohya names, defaults) is asked of
+the base model's family (:mod:`lora_likeness.families`); nothing here branches on it. Frozen text
+encoders' outputs are cached per caption, like the latents. Progress goes
 through :class:`lora_likeness.progress.Progress`; ``progress.check()`` between optimizer steps
 raises :class:`~lora_likeness.progress.Cancelled`, upon which the state is saved and
 :class:`TrainingCancelled` (a ``Cancelled``) is raised; ``resume=True`` continues from it.
@@ -128,17 +131,6 @@ def _make_optimizer(config: TrainConfig, groups: list[dict], warnings: list[str]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8), "torch.optim.AdamW"
 
 
-def encode_prompts(tokenizer, text_encoder, captions: list[str], clip_skip: int, device):
-    """CLIP hidden states ``(B, 77, width)``; with ``clip_skip`` > 1 the N-th last layer, final-layer-normed."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
-    if clip_skip <= 1:
-        return text_encoder(ids)[0]
-    output = text_encoder(ids, output_hidden_states=True)
-    hidden = output.hidden_states[-clip_skip]
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
-
-
 def min_snr_weight(scheduler, timesteps, gamma: float, v_prediction: bool):
     """sd-scripts' ``apply_snr_weight``: ``min(SNR, gamma) / SNR`` (``/ (SNR + 1)`` for v-prediction)."""
     import torch
@@ -165,10 +157,13 @@ class _Trainer:
     def setup(self) -> None:
         import torch
 
-        from .models import load_base_model
+        from ..families import detect_family
         from .network import attach_lora, initialise_like_kohya
 
-        config = self.config
+        # The family first (a header read): it decides the defaults the dataset's buckets depend on.
+        family = self.base_model.family if self.base_model is not None else detect_family(self.config.base, self.config.family)
+        self.family = family
+        config = self.config = self.config.for_family(family)
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         self.dataset: DatasetInfo = load_dataset(config)
@@ -176,35 +171,45 @@ class _Trainer:
         self._check_outputs()
         self.device = pick_device(config.device)
         self.weight_dtype = _weight_dtype(config, self.device, self.warnings)
-        parts = self.base_model or load_base_model(Path(config.base), config.tokenizer, config.base_config, dtype=self.weight_dtype)
+        parts = self.base_model or family.load(Path(config.base), {"tokenizer": config.tokenizer, "tokenizer_2": config.tokenizer_2},
+                                               config.base_config, dtype=self.weight_dtype)
         self.parts = parts
         self.v_prediction = parts.noise_scheduler.config.get("prediction_type") == "v_prediction"
-        for model in (parts.unet, parts.text_encoder, parts.vae):
+        self.vae_dtype = family.vae_dtype(parts.vae, self.weight_dtype)
+        for model, dtype in ((parts.unet, self.weight_dtype), *((e, self.weight_dtype) for e in parts.text_encoders.values()),
+                             (parts.vae, self.vae_dtype)):
             # Cast only when needed (diffusers warns on every dtype cast).
-            if next(model.parameters()).dtype != self.weight_dtype:
-                model.to(dtype=self.weight_dtype)
+            if next(model.parameters()).dtype != dtype:
+                model.to(dtype=dtype)
             model.to(self.device)
-        parts.vae.requires_grad_(False)
+            model.requires_grad_(False)
         parts.vae.eval()
         if not config.sdpa:
             from diffusers.models.attention_processor import AttnProcessor
 
             parts.unet.set_attn_processor(AttnProcessor())
-        self.network = attach_lora(parts.unet, parts.text_encoder, config.rank, config.effective_alpha, config.train_text_encoder)
+        self.network = attach_lora(family.lora_components(parts.modules(), text_encoders=config.train_text_encoder),
+                                   config.rank, config.effective_alpha)
         initialise_like_kohya(self.network, config.seed)
         if config.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
-                try:
-                    parts.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                except TypeError:  # transformers < 4.35
-                    parts.text_encoder.gradient_checkpointing_enable()
+                for encoder in parts.text_encoders.values():
+                    try:
+                        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    except TypeError:  # transformers < 4.35
+                        encoder.gradient_checkpointing_enable()
         parts.unet.train()
-        parts.text_encoder.train(config.train_text_encoder)
+        for encoder in parts.text_encoders.values():
+            encoder.train(config.train_text_encoder)
+        # Frozen encoders give the same states for the same caption: encode each caption once (sd-scripts'
+        # --cache_text_encoder_outputs). Shuffled captions are new text every epoch, so they are encoded per step.
+        shuffled = any(s.shuffle_caption for s in self.dataset.subsets)
+        self.text_cache: dict | None = None if config.train_text_encoder or shuffled else {}
 
         groups = [{"params": self.network.parameters("unet"), "lr": config.effective_unet_lr}]
         if config.train_text_encoder:
-            groups.append({"params": self.network.parameters("text_encoder"), "lr": config.effective_text_encoder_lr})
+            groups.append({"params": self.network.parameters(*parts.text_encoders), "lr": config.effective_text_encoder_lr})
         self.optimizer, self.optimizer_name = _make_optimizer(config, groups, self.warnings)
         self.batches_per_epoch = len(epoch_batches(self.dataset, 1, config.seed))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation)
@@ -261,7 +266,7 @@ class _Trainer:
 
         images = [load_training_image(self.dataset.items[i].path, self.dataset.items[i].bucket) for i in indices]
         array = np.stack(images).astype(np.float32) / 127.5 - 1.0
-        return torch.from_numpy(array).permute(0, 3, 1, 2).to(self.device, self.weight_dtype)
+        return torch.from_numpy(array).permute(0, 3, 1, 2).to(self.device, self.vae_dtype)
 
     def _encode(self, indices: list[int], generator):
         import torch
@@ -307,9 +312,9 @@ class _Trainer:
         noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
         autocast = torch.autocast(device_type=self.device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32)
         with autocast:
-            with torch.set_grad_enabled(config.train_text_encoder):
-                hidden = encode_prompts(parts.tokenizer, parts.text_encoder, [s.caption for s in samples], config.clip_skip, self.device)
-            prediction = parts.unet(noisy.to(self.weight_dtype), timesteps, hidden).sample
+            conditioning = self._conditioning([s.caption for s in samples])
+            inputs = self.family.unet_inputs(parts, conditioning, [self.dataset.items[s.item].geometry for s in samples])
+            prediction = parts.unet(noisy.to(self.weight_dtype), timesteps, **inputs).sample
         target = parts.noise_scheduler.get_velocity(latents, noise, timesteps) if self.v_prediction else noise
         loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         loss = loss * torch.tensor([s.weight for s in samples], device=loss.device)
@@ -319,6 +324,24 @@ class _Trainer:
         scaled = loss / config.gradient_accumulation
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return float(loss.detach().cpu())
+
+    def _conditioning(self, captions: list[str]):
+        """The family's text conditioning of ``captions``: from the cache when the encoders are frozen."""
+        import torch
+
+        from ..families import Conditioning
+
+        if self.text_cache is None:
+            with torch.set_grad_enabled(self.config.train_text_encoder):
+                return self.family.encode_prompts(self.parts, captions, self.config.clip_skip)
+        missing = [c for c in dict.fromkeys(captions) if c not in self.text_cache]
+        if missing:
+            with torch.no_grad():
+                encoded = self.family.encode_prompts(self.parts, missing, self.config.clip_skip)
+            for index, caption in enumerate(missing):
+                self.text_cache[caption] = Conditioning(encoded.hidden[index:index + 1],
+                                                        None if encoded.pooled is None else encoded.pooled[index:index + 1])
+        return Conditioning.stack([self.text_cache[c] for c in captions])
 
     def _optimizer_step(self) -> None:
         import torch
@@ -461,8 +484,6 @@ class _Trainer:
             "ss_network_dropout": None,
             "ss_mixed_precision": config.mixed_precision,
             "ss_full_fp16": False,
-            "ss_v2": False,
-            "ss_base_model_version": "sd_v1",
             "ss_clip_skip": config.clip_skip,
             "ss_cache_latents": config.cache_latents,
             "ss_seed": config.seed,
@@ -486,6 +507,8 @@ class _Trainer:
             "ss_sd_model_name": Path(config.base).name if config.base else "",
             "ss_training_comment": f"trained with Likeness {__version__} (built-in diffusers + peft trainer)",
         }
+        metadata.update(self.family.lora_metadata(resolution, config.name, self.session["started_at"],
+                                                  self.parts.noise_scheduler.config.get("prediction_type", "epsilon")))
         metadata.update(self._base_hashes)
         if epoch in self.scores and self.scores[epoch] is not None:
             metadata["likeness_identity_score"] = f"{self.scores[epoch]:.4f}"
@@ -577,7 +600,7 @@ def train_lora(config: TrainConfig, progress: Progress | None = None, resume: bo
         progress: receives ``start``/``advance``/``finish``; its ``check()`` is called between optimizer
             steps and raises :class:`Cancelled` when the user cancelled.
         resume: continue the run saved in ``<out>/<name>-state.safetensors``.
-        base_model: an already loaded :class:`~.models.BaseModel` (hosts that hold one); default: load ``config.base``.
+        base_model: an already loaded :class:`~lora_likeness.families.LoadedModel` (hosts that hold one); default: load ``config.base``.
 
     Returns:
         :class:`TrainResult` with the checkpoints, loss log, samples and scores.

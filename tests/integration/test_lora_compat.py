@@ -55,14 +55,16 @@ def _full_size_targets():
     """sd-scripts' LoRA targets on full-size SD1.5 diffusers models built without weights (meta device)."""
     import torch
     from diffusers import UNet2DConditionModel
+    from lora_likeness.families import FAMILIES
+    from lora_likeness.families.sd1 import TEXT_ENCODER as SD15_TEXT_ENCODER
+    from lora_likeness.families.sd1 import UNET as SD15_UNET
     from lora_likeness.training.kohya_format import find_targets
-    from lora_likeness.training.models import SD15_TEXT_ENCODER, SD15_UNET
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config({k: v for k, v in SD15_UNET.items() if not k.startswith("_")})
         text_encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in SD15_TEXT_ENCODER.items() if k not in ("architectures",)}))
-    return find_targets(unet, text_encoder)
+    return find_targets(FAMILIES["sd1"].lora_components({"unet": unet, "text_encoder": text_encoder}))
 
 
 def _result(stdout: str) -> dict:
