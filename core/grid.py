@@ -141,6 +141,73 @@ def _fit(image: Image.Image, size: int) -> tuple[Image.Image, float]:
     return fitted, factor
 
 
+#: Header fonts shrink to fit their column down to this size (px) before a label is shortened.
+SMALLEST_HEADER_FONT = 9
+#: A column label wraps onto at most this many lines above its mean.
+HEADER_LABEL_LINES = 2
+
+
+def _shorten(draw: ImageDraw.ImageDraw, text: str, face, width: float) -> str:
+    """``text`` cut to fit ``width`` px with an ellipsis (the last resort for a label that cannot wrap)."""
+    if draw.textlength(text, font=face) <= width:
+        return text
+    ellipsis = "…" if isinstance(face, ImageFont.FreeTypeFont) else ".."
+    while text and draw.textlength(text + ellipsis, font=face) > width:
+        text = text[:-1]
+    return text.rstrip() + ellipsis if text else ellipsis
+
+
+def _header_lines(draw: ImageDraw.ImageDraw, label: str, mean: float | None, face, width: float) -> list[str] | None:
+    """One column header as lines no wider than ``width`` px: ``label · mean``, else the label over
+    the mean, else the label wrapped at spaces over the mean; ``None`` when none fits this font."""
+    score = format_score(mean)
+    fits = lambda text: draw.textlength(text, font=face) <= width  # noqa: E731
+    if fits(axis_label(label, mean)):
+        return [axis_label(label, mean)]
+    if not fits(score):
+        return None
+    if fits(label):
+        return [label, score]
+    words = _wrap(draw, label, face, width)
+    if len(words) <= HEADER_LABEL_LINES and all(fits(line) for line in words):
+        return words + [score]
+    return None
+
+
+def _fit_headers(draw: ImageDraw.ImageDraw, headers: Sequence[tuple[str, float | None]], width: float, largest: int):
+    """The largest font (``largest`` down to :data:`SMALLEST_HEADER_FONT` px) at which every header
+    fits ``width`` px, and each header's lines; at the smallest size a header that still does not
+    fit is wrapped and its lines shortened with an ellipsis."""
+    for size in range(largest, SMALLEST_HEADER_FONT - 1, -1):
+        face = font(size)
+        laid = [_header_lines(draw, label, mean, face, width) for label, mean in headers]
+        if all(lines is not None for lines in laid):
+            return face, laid
+    face = font(SMALLEST_HEADER_FONT)
+    laid = []
+    for label, mean in headers:
+        lines = _header_lines(draw, label, mean, face, width)
+        if lines is None:
+            words = _wrap(draw, label, face, width)
+            lines = words[:HEADER_LABEL_LINES - 1] + [" ".join(words[HEADER_LABEL_LINES - 1:])] + [format_score(mean)]
+            lines = [_shorten(draw, line, face, width) for line in lines]
+        laid.append(lines)
+    return face, laid
+
+
+def _wrap_parts(draw: ImageDraw.ImageDraw, parts: Sequence[str], face, width: float, separator: str = " · ") -> list[str]:
+    """``parts`` joined by ``separator`` into lines no wider than ``width`` px, breaking between
+    parts first (a part wider than a line is wrapped at its spaces)."""
+    lines: list[str] = []
+    for part in parts:
+        candidate = f"{lines[-1]}{separator}{part}" if lines else part
+        if lines and draw.textlength(candidate, font=face) <= width:
+            lines[-1] = candidate
+        else:
+            lines.extend(_wrap(draw, part, face, width))
+    return lines
+
+
 def scored_grid(
     cells: Sequence[GridCell],
     rows: Sequence[str] | None = None,
@@ -148,6 +215,8 @@ def scored_grid(
     baseline: float | None = None,
     title: str | None = None,
     cell_size: int | None = None,
+    floor: float | None = None,
+    span_rows: Sequence[str] = (),
 ) -> Image.Image:
     """A ``rows x columns`` grid of scored images with the means in the headers.
 
@@ -155,62 +224,111 @@ def scored_grid(
         cells: the images with their row, column and score; images sharing a (row, column) sit side
             by side in that cell, in the order given.
         rows, columns: header order (default: first-seen order in ``cells``).
-        baseline: reference baseline mean, printed in the corner and used for the colours.
+        baseline: the reference photos' mean similarity to each other (the ceiling), printed in the
+            corner and used for the colours.
         title: printed above the grid.
         cell_size: longest side of each image in px (default: the largest image's, at most 512).
+        floor: the no-LoRA mean, printed in the corner when given.
+        span_rows: rows that belong to no column (a sweep's no-LoRA baseline has no strength): each
+            is drawn above the column headers with its images side by side from the first column
+            on, and its images count in no column mean.
 
     Returns:
-        An RGB image; row headers on the left and column headers on top read ``label · mean``, and
-        the corner gives the overall mean.
+        An RGB image: the title and the corner line (the mean of all images, the reference photos,
+        the floor) on top, then the span rows, then the column headers and the rows. Headers read
+        ``label · mean``; a column header too wide for its column goes onto two or three lines
+        (label over mean), then a smaller font, so no label runs into another at any cell size.
     """
     if not cells:
         raise ValueError("no images to put in a grid")
-    row_order = _ordered(rows, [c.row for c in cells])
-    column_order = _ordered(columns, [c.column for c in cells])
-    row_means, column_means, _ = grid_means(cells)
+    spanning = [r for r in dict.fromkeys(span_rows) if any(c.row == r for c in cells)]
+    row_order = [r for r in _ordered(rows, [c.row for c in cells]) if r not in spanning]
+    column_order = _ordered(columns, [c.column for c in cells if c.row not in spanning])
+    row_means, _, _ = grid_means(cells)
+    _, column_means, _ = grid_means([c for c in cells if c.row not in spanning])
     by_cell: dict[tuple[str, str], list[GridCell]] = {}
+    by_span: dict[str, list[GridCell]] = {}
     for cell in cells:
-        by_cell.setdefault((cell.row, cell.column), []).append(cell)
-    per_cell = max(len(v) for v in by_cell.values())
+        if cell.row in spanning:
+            by_span.setdefault(cell.row, []).append(cell)
+        else:
+            by_cell.setdefault((cell.row, cell.column), []).append(cell)
+    placed = [members for (r, c), members in by_cell.items() if r in row_order and c in column_order]
+    per_cell = max((len(v) for v in placed), default=1)
     size = cell_size or min(512, max(max(c.image.size) for c in cells))
     # Slots as wide and tall as the largest fitted image: portrait images do not sit in square slots.
     fitted_sizes = [(max(1, round(c.image.width * size / max(c.image.size))), max(1, round(c.image.height * size / max(c.image.size))))
                     for c in cells]
     slot_w, slot_h = max(w for w, _ in fitted_sizes), max(h for _, h in fitted_sizes)
     gap = max(2, size // 64)
-    header_font = font(max(12, min(32, size // 12)))
+    largest = max(12, min(32, size // 12))
+    header_font = font(largest)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    row_labels = {r: axis_label(r, row_means.get(r)) for r in row_order}
-    column_labels = {c: axis_label(c, column_means.get(c)) for c in column_order}
-    left = max(_text_size(measure, text, header_font)[0] for text in row_labels.values()) + 3 * gap
     line = _text_size(measure, "Ag", header_font)[1] + 2 * gap
-    top = line * (2 if title else 1) + gap
+    row_labels = {r: axis_label(r, row_means.get(r)) for r in [*spanning, *row_order]}
+    left = max(_text_size(measure, text, header_font)[0] for text in row_labels.values()) + 3 * gap
     cell_width = per_cell * slot_w + (per_cell - 1) * gap
-    width = left + len(column_order) * (cell_width + gap)
+    columns_width = len(column_order) * (cell_width + gap)
+    # A span row puts as many images on a line as the columns have room for (all of them when there are no columns).
+    most_spanned = max((len(v) for v in by_span.values()), default=0)
+    per_line = max(1, (columns_width + gap) // (slot_w + gap) if column_order else most_spanned)
+    span_lines = {r: math.ceil(len(by_span[r]) / per_line) for r in spanning}
+    span_rule = line // 2 if spanning and column_order else 0  # room for a rule between the span rows and the headers
+    width = left + max(columns_width, min(per_line, most_spanned) * (slot_w + gap))
+
+    header_face, header_lines = _fit_headers(measure, [(c, column_means.get(c)) for c in column_order], cell_width, largest)
+    header_line = _text_size(measure, "Ag", header_face)[1] + gap
+    overall = mean_score([c.score for c in cells])
+    corner = [f"all images {format_score(overall)}"]
+    if baseline is not None:
+        corner.append(f"reference photos {baseline:.3f}")
+    if floor is not None:
+        corner.append(f"no LoRA {floor:.3f}")
+    band_width = width - 2 * gap
+    title_lines = _wrap(measure, title, header_font, band_width) if title else []
+    corner_lines = _wrap_parts(measure, corner, header_font, band_width)
+    widest = max(measure.textlength(text, font=header_font) for text in title_lines + corner_lines)
+    width = max(width, math.ceil(widest) + 2 * gap)  # a single word wider than the grid widens it
+    header_band = max((len(lines) for lines in header_lines), default=0) * header_line + (gap if column_order else 0)
+    spans_top = gap + (len(title_lines) + len(corner_lines)) * line
+    top = spans_top + sum(n * (slot_h + gap) for n in span_lines.values()) + span_rule + header_band
     height = top + len(row_order) * (slot_h + gap)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    overall = mean_score([c.score for c in cells])
-    corner = f"mean {format_score(overall)}" + (f" · baseline {baseline:.3f}" if baseline is not None else "")
-    if title:
-        _text(draw, (gap, gap), title, header_font, (0, 0, 0))
-        _text(draw, (gap, gap + line), corner, header_font, (60, 60, 60))
-    else:
-        _text(draw, (gap, gap), corner, header_font, (60, 60, 60))
+
+    y = gap
+    for text in title_lines:
+        _text(draw, (gap, y), text, header_font, (0, 0, 0))
+        y += line
+    for text in corner_lines:
+        _text(draw, (gap, y), text, header_font, (60, 60, 60))
+        y += line
+
+    def paste(cell: GridCell, x: int, y: int) -> None:
+        fitted, factor = _fit(cell.image.convert("RGB"), size)
+        box = [v * factor for v in cell.box] if cell.box is not None else None
+        annotated = draw_score(fitted, cell.score, box=box, baseline=baseline, note=cell.note)
+        canvas.paste(annotated, (x + (slot_w - fitted.width) // 2, y + (slot_h - fitted.height) // 2))
+
+    y = spans_top
+    for row in spanning:
+        _text(draw, (left - 2 * gap, y + slot_h // 2), row_labels[row], header_font, (0, 0, 0), "rm")
+        for k, cell in enumerate(by_span[row]):
+            paste(cell, left + (k % per_line) * (slot_w + gap), y + (k // per_line) * (slot_h + gap))
+        y += span_lines[row] * (slot_h + gap)
+    if span_rule:
+        draw.line([(gap, y + span_rule // 2), (width - gap, y + span_rule // 2)], fill=(200, 200, 200), width=1)
     for j, column in enumerate(column_order):
         x = left + j * (cell_width + gap) + cell_width // 2
-        _text(draw, (x, top - gap), column_labels[column], header_font, (0, 0, 0), "md")
+        for k, text in enumerate(reversed(header_lines[j])):
+            _text(draw, (x, top - gap - k * header_line), text, header_face, (0, 0, 0), "md")
     for i, row in enumerate(row_order):
         y = top + i * (slot_h + gap)
         _text(draw, (left - 2 * gap, y + slot_h // 2), row_labels[row], header_font, (0, 0, 0), "rm")
         for j, column in enumerate(column_order):
             x = left + j * (cell_width + gap)
             for k, cell in enumerate(by_cell.get((row, column), [])):
-                fitted, factor = _fit(cell.image.convert("RGB"), size)
-                box = [v * factor for v in cell.box] if cell.box is not None else None
-                annotated = draw_score(fitted, cell.score, box=box, baseline=baseline, note=cell.note)
-                offset = ((slot_w - fitted.width) // 2, (slot_h - fitted.height) // 2)
-                canvas.paste(annotated, (x + k * (slot_w + gap) + offset[0], y + offset[1]))
+                paste(cell, x + k * (slot_w + gap), y)
     return canvas
 
 

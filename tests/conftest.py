@@ -37,3 +37,26 @@ def cache(tmp_path):
 def _isolated_cache_dir(tmp_path, monkeypatch):
     # Never touch the developer's real ~/.cache from a test.
     monkeypatch.setenv("LIKENESS_CACHE_DIR", str(tmp_path / "default-cache"))
+
+
+@pytest.fixture()
+def drawn_text(monkeypatch):
+    """Every text ``lora_likeness.grid`` draws, as ``(text, (left, top, right, bottom), canvas size)``.
+
+    The box is the text's ink box where ``grid._text`` puts it (the same textbbox arithmetic), so a
+    test can check that labels stay clear of each other and of the cells they name."""
+    from lora_likeness import grid
+
+    drawn: list[tuple[str, tuple[float, float, float, float], tuple[int, int]]] = []
+    original = grid._text
+
+    def recording(draw, xy, text, face, fill, anchor="lt"):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=face)
+        width, height = right - left, bottom - top
+        x = xy[0] - {"l": 0, "m": width / 2, "r": width}[anchor[0]]
+        y = xy[1] - {"t": 0, "m": height / 2, "d": height}[anchor[1]]
+        drawn.append((text, (x, y, x + width, y + height), draw.im.size))
+        return original(draw, xy, text, face, fill, anchor)
+
+    monkeypatch.setattr(grid, "_text", recording)
+    return drawn

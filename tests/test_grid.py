@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,3 +59,56 @@ def test_row_order_given_is_kept():
     cells = [GridCell(flat((0, 0, 0)), r, "c", 0.5) for r in ("e10", "e2")]
     left_to_right = scored_grid(cells, rows=["e2", "e10"], cell_size=32)
     assert left_to_right.height > 2 * 32
+
+
+def _touch(a, b) -> bool:
+    """Whether two boxes ``(left, top, right, bottom)`` overlap or come closer than 1 px."""
+    return not (a[2] + 1 <= b[0] or b[2] + 1 <= a[0] or a[3] + 1 <= b[1] or b[3] + 1 <= a[1])
+
+
+# ComfyUI Epoch Sweep's labels (the no-LoRA row sampled at strength 0) and the sweep report's.
+COMFY_AXES = (["no LoRA", "e1", "final (e12)"], ["@0", "@0.5", "@1"])
+SWEEP_AXES = (["step-b", "alpha", "final (e30)"], ["strength 0.6", "strength 1"])
+
+
+@pytest.mark.parametrize("size", [64, 96, 256])
+@pytest.mark.parametrize("axes", [COMFY_AXES, SWEEP_AXES], ids=["comfy", "sweep"])
+def test_labels_stay_clear_of_each_other_and_over_their_own_column(drawn_text, size, axes):
+    rows, columns = axes
+    fills = {column: (30 + 60 * j, 140, 200 - 50 * j) for j, column in enumerate(columns)}
+    cells = [GridCell(flat(fills[column]), row, column, None if j == 0 else 0.31 + 0.1 * i + 0.17 * j)
+             for i, row in enumerate(rows) for j, column in enumerate(columns)]
+    grid = scored_grid(cells, rows=rows, columns=columns, baseline=0.77, title="max likeness (likeness_test)", cell_size=size)
+    boxes = [(text, box) for text, box, canvas in drawn_text if canvas == grid.size]
+    assert len(boxes) >= 2 + len(rows) + len(columns)
+    for text, (left, top, right, bottom) in boxes:
+        assert 0 <= left and right <= grid.width and 0 <= top and bottom <= grid.height, f"{text!r} leaves the canvas"
+    for (text_a, a), (text_b, b) in itertools.combinations(boxes, 2):
+        assert not _touch(a, b), f"{text_a!r} {a} touches {text_b!r} {b} at {size} px"
+
+    # Each column's header (one line or wrapped) lies over that column's images, above them.
+    pixels = np.asarray(grid)
+    spans, image_top = {}, grid.height
+    for column, fill in fills.items():
+        ys, xs = np.nonzero((pixels == np.asarray(fill, dtype=np.uint8)).all(axis=2))
+        spans[column] = (xs.min(), xs.max())
+        image_top = min(image_top, ys.min())
+    _, column_means, _ = grid_means(cells)
+    words = {column: set(axis_label(column, column_means[column]).split()) for column in columns}
+    placed = set()
+    for text, (left, top, right, bottom) in boxes:
+        owners = [column for column in columns if set(text.split()) <= words[column]]
+        if bottom > image_top or not owners:
+            continue  # a row label, the title or the corner
+        column = min(owners, key=lambda c: abs((spans[c][0] + spans[c][1]) / 2 - (left + right) / 2))
+        assert spans[column][0] - 1 <= left and right <= spans[column][1] + 1, f"{text!r} spills out of {column!r} at {size} px"
+        placed.add(column)
+    assert placed == set(columns)
+
+
+def test_corner_names_the_reference_photos_and_the_no_lora_floor(drawn_text):
+    cells = [GridCell(flat((0, 0, 0)), r, c, 0.5) for r in ("e1", "e2") for c in ("@0.5", "@1")]
+    grid = scored_grid(cells, baseline=0.77, floor=0.12, cell_size=128)
+    said = " ".join(text for text, _, canvas in drawn_text if canvas == grid.size)
+    assert "reference photos 0.770" in said and "no LoRA 0.120" in said
+    assert "baseline" not in said  # which baseline? the word alone is ambiguous next to a no-LoRA floor

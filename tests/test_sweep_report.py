@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import itertools
 import json
 import re
 from html.parser import HTMLParser
@@ -128,13 +129,14 @@ def test_grid_rows_in_epoch_order_columns_by_strength_baseline_first_and_best_fr
     # Rows: no LoRA, then step-b (epoch 10), alpha (20), final (30) — top to bottom.
     row_y = [positions[(NO_LORA, None, SEEDS[0], 0)][1]] + [positions[(name, 0.6, SEEDS[0], 0)][1] for name, _ in CHECKPOINTS]
     assert row_y == sorted(row_y) and len({round(y) for y in row_y}) == 4
-    # Columns: the no-LoRA column, then 0.6, then 1.0 — left to right; seeds side by side in a cell.
-    column_x = [positions[(NO_LORA, None, SEEDS[0], 0)][0], positions[("alpha", 0.6, SEEDS[0], 0)][0], positions[("alpha", 1.0, SEEDS[0], 0)][0]]
+    # Columns: 0.6, then 1.0 — left to right; seeds side by side in a cell.
+    column_x = [positions[("alpha", 0.6, SEEDS[0], 0)][0], positions[("alpha", 1.0, SEEDS[0], 0)][0]]
     assert column_x == sorted(column_x) and column_x[1] - column_x[0] > 2 * 48
     seed_a, seed_b = positions[("alpha", 1.0, SEEDS[0], 0)], positions[("alpha", 1.0, SEEDS[1], 0)]
     assert abs(seed_a[1] - seed_b[1]) < 1 and 40 < seed_b[0] - seed_a[0] < 90
-    # The baseline appears once: nothing of it in the strength columns.
-    assert abs(positions[(NO_LORA, None, SEEDS[0], 0)][1] - row_y[0]) < 1
+    # The baseline appears once, its seeds side by side in the same order.
+    baseline_a, baseline_b = positions[(NO_LORA, None, SEEDS[0], 0)], positions[(NO_LORA, None, SEEDS[1], 0)]
+    assert abs(baseline_a[1] - baseline_b[1]) < 1 and 40 < baseline_b[0] - baseline_a[0] < 90
 
     # The blue frame surrounds exactly the recommended cell's two images.
     frame = (pixels == np.asarray(MARK, dtype=np.uint8)).all(axis=2)
@@ -148,6 +150,37 @@ def test_grid_rows_in_epoch_order_columns_by_strength_baseline_first_and_best_fr
     # Without a recommendation there is no frame; the headline band goes too but the grid is the same size or smaller.
     plain = np.asarray(sweep_grid(images, None, cell_size=64))
     assert not (plain == np.asarray(MARK, dtype=np.uint8)).all(axis=2).any()
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_grid_gives_the_no_lora_baseline_a_row_of_its_own_without_a_blank_staircase(tmp_path, drawn_text, size):
+    images, colours = make_sweep(tmp_path, seeds=[1, 2, 3, 4])
+    grid = sweep_grid(images, recommendation_for(images), cell_size=size)
+    pixels = np.asarray(grid)
+
+    def mask(keys):
+        return np.logical_or.reduce([(pixels == np.asarray(colours[k], dtype=np.uint8)).all(axis=2) for k in keys])
+
+    base_ys, base_xs = np.nonzero(mask([k for k in colours if k[0] == NO_LORA]))
+    lora_ys, lora_xs = np.nonzero(mask([k for k in colours if k[0] != NO_LORA]))
+    first_ys, first_xs = np.nonzero(mask([k for k in colours if k[1] == STRENGTHS[0]]))
+    # Above every LoRA image, starting where the strength columns start, directly over the first
+    # strength column (so nothing below the baseline is left blank), and no extra column for it.
+    assert base_ys.max() < lora_ys.min()
+    assert abs(int(base_xs.min()) - int(lora_xs.min())) <= 2
+    assert base_xs.max() <= first_xs.max()
+    assert grid.width - lora_xs.max() <= max(8, size // 16)
+    region = pixels[base_ys.min():lora_ys.max() + 1, lora_xs.min():lora_xs.max() + 1]
+    assert (region == 255).all(axis=2).mean() < 0.3  # headers, gaps and the rest of the baseline row only
+    # The blue frame stays on the recommended cell.
+    frame_ys, frame_xs = np.nonzero((pixels == np.asarray(MARK, dtype=np.uint8)).all(axis=2))
+    best_ys, best_xs = np.nonzero(mask([k for k in colours if k[:2] == ("alpha", 1.0)]))
+    assert frame_xs.min() <= best_xs.min() and frame_xs.max() >= best_xs.max() and frame_ys.min() <= best_ys.min()
+    # No label touches another.
+    boxes = [(text, box) for text, box, canvas in drawn_text if max(canvas) > size]  # not the badges on the images
+    assert len(boxes) >= 1 + 4 + 2  # the corner, four row labels, two column headers
+    for (text_a, a), (text_b, b) in itertools.combinations(boxes, 2):
+        assert a[2] + 1 <= b[0] or b[2] + 1 <= a[0] or a[3] + 1 <= b[1] or b[3] + 1 <= a[1], f"{text_a!r} touches {text_b!r}"
 
 
 def test_grid_caps_images_per_cell_with_the_same_seeds_everywhere_and_loads_only_those(tmp_path):

@@ -9,8 +9,8 @@ Files written by :func:`write_sweep_report` into the sweep's output folder:
 - ``report.html``: one self-contained page (every picture embedded as a ``data:`` URI, inline CSS,
   no script, no external resource) with the headline, warnings, settings, the cell table, the plots,
   the grid and small thumbnails of every image.
-- ``grid.jpg``: checkpoints (rows, epoch order, the no-LoRA baseline first) × strengths (columns),
-  the recommended cell framed in blue.
+- ``grid.jpg``: checkpoints (rows, epoch order) × strengths (columns), the no-LoRA baseline in a
+  row of its own on top, the recommended cell framed in blue.
 - ``curves.png``: identity vs epoch, one line per strength with its CI band, the floor (no LoRA)
   and ceiling (reference photos) as lines; below it the no-face rate.
 - ``heatmap.png``: mean identity per checkpoint × strength.
@@ -231,10 +231,11 @@ def sweep_grid(
 ) -> Image.Image:
     """The scored grid of a sweep: checkpoints (rows) × strengths (columns).
 
-    Rows follow ``order`` (the epoch axis) with the no-LoRA baseline on top. The baseline sits in a
-    column of its own, ``no LoRA``: it has no strength, and putting its images into the strength
-    columns would mix the floor into those columns' means (the headers read ``strength 0.8 · mean``)
-    and repeat the same pictures in every column. Images of different seeds and prompts sit side by
+    Rows follow ``order`` (the epoch axis). The no-LoRA baseline is a row of its own on top, above
+    the column headers and in no column: it has no strength, and putting its images into the
+    strength columns would mix the floor into those columns' means (the headers read
+    ``strength 0.8 · mean``) and repeat the same pictures in every column; a column of its own
+    would leave the rest of its row and of its column blank. Images of different seeds and prompts sit side by
     side in a cell, at most ``per_cell`` of them (the same seeds and prompts in every cell; the
     last badge counts the rest, e.g. ``+4``): the header means are over the images shown, the
     report's table over all. The recommended cell's images are framed in blue and the headline is
@@ -258,7 +259,7 @@ def sweep_grid(
     load = load or open_image
     rows = _grid_rows(images)
     strengths = sorted({float(im.strength) for im in images if im.strength is not None})
-    columns = ([NO_LORA] if any(im.strength is None for im in images) else []) + [_strength_text(s) for s in strengths]
+    columns = [_strength_text(s) for s in strengths]
     by_cell: dict[tuple[str, str], list[SweepImage]] = {}
     for image in images:
         row = NO_LORA if image.strength is None else image.checkpoint
@@ -272,7 +273,7 @@ def sweep_grid(
     cells: list[GridCell] = []
     problems: list[str] = []
     for row in rows:
-        for column in columns:
+        for column in [NO_LORA] if row == NO_LORA else columns:  # the baseline is in no strength column
             members = by_cell.get((row, column), [])
             shown = _shown(members, keys, per_cell)
             for k, image in enumerate(shown):
@@ -288,7 +289,8 @@ def sweep_grid(
                     notes.append(f"+{len(members) - len(shown)}")
                 cells.append(GridCell(fitted, row, column, image.score, box=box, note=" ".join(notes) or None))
     ceiling = recommendation.ceiling if recommendation is not None else None
-    grid = scored_grid(cells, rows=rows, columns=columns, baseline=ceiling, cell_size=size)
+    floor = recommendation.floor if recommendation is not None else None
+    grid = scored_grid(cells, rows=rows, columns=columns, baseline=ceiling, cell_size=size, floor=floor, span_rows=[NO_LORA])
     return _titled(grid, recommendation, size, problems, shown_per_cell, max(len(m) for m in by_cell.values()))
 
 
