@@ -262,6 +262,65 @@ def test_curves_use_epochs_when_known_and_draw_every_strength(tmp_path):
     assert (c == orange).all(axis=2).sum() == 0
 
 
+@pytest.fixture()
+def figures(monkeypatch):
+    """The matplotlib figures the report turns into PNG bytes, drawn, in order."""
+    from lora_likeness.sweep import report
+
+    drawn = []
+    original = report._figure_png
+
+    def keep(figure):
+        data = original(figure)
+        drawn.append(figure)
+        return data
+
+    monkeypatch.setattr(report, "_figure_png", keep)
+    return drawn
+
+
+def _texts(figure):
+    """Every visible, non-empty text of a drawn figure with its extent in pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in figure.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and t.figure is figure]
+
+
+@pytest.mark.parametrize("checkpoints", [CHECKPOINTS, [("alpha", 20)]], ids=["three rows", "one row"])
+@pytest.mark.parametrize("floor, ceiling", [(0.35, 0.6), (0.52, 0.53)], ids=["apart", "close together"])
+def test_heatmap_marks_floor_and_ceiling_on_the_colour_bar_clear_of_its_numbers(tmp_path, figures, checkpoints, floor, ceiling):
+    # Floor and ceiling both fall inside the cells' colour range (0.3 or 0.45 to 0.7).
+    images, _ = make_sweep(tmp_path, checkpoints=checkpoints,
+                           scores=lambda name, strength, k: floor if strength is None else MEANS[(name, strength)])
+    heatmap_png(recommendation_for(images, ceiling=ceiling))
+    texts = _texts(figures[-1])
+    said = " ".join(text for text, _ in texts)
+    assert "ceiling" in said and "floor" in said
+    for (text_a, a), (text_b, b) in itertools.combinations(texts, 2):
+        assert not a.overlaps(b), f"{text_a!r} overlaps {text_b!r}"
+    stripe = figures[-1].axes[-1].get_window_extent()  # the colour bar itself
+    assert not [text for text, extent in texts if ("floor" in text or "ceiling" in text) and extent.overlaps(stripe)]
+
+
+def test_curves_say_why_the_identity_panel_is_empty_when_no_face_was_found(tmp_path, figures):
+    images, _ = make_sweep(tmp_path, scores=lambda name, strength, k: None)
+    curves_png(recommendation_for(images))
+    figure = figures[-1]
+    texts = _texts(figure)
+    top = figure.axes[0].get_window_extent()
+    said = [(text, extent) for text, extent in texts if "no face was found in any image" in text]
+    assert said, "the empty identity panel does not say why"
+    assert all(top.x0 <= e.x0 and e.x1 <= top.x1 and top.y0 <= e.y0 and e.y1 <= top.y1 for _, e in said)
+    # With faces there is no such message.
+    curves_png(recommendation_for(make_sweep(tmp_path / "faces")[0]))
+    assert not [text for text, _ in _texts(figures[-1]) if "no face was found" in text]
+
+
 def test_trade_off_plot_when_adherence_exists(tmp_path):
     images, _ = make_sweep(tmp_path, adherence=True)
     recommendation = recommendation_for(images)

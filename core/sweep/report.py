@@ -392,7 +392,13 @@ def curves_png(recommendation: Recommendation) -> bytes:
     if best is not None and not best.cell.is_baseline and best.mean is not None and best.cell.checkpoint in where:
         top.scatter([xs[where[best.cell.checkpoint]]], [best.mean], marker="*", s=320, color="gold", edgecolors="black",
                     zorder=5, label=f"recommended: {best.cell.label}")
-    if not axis:
+    empty = _empty_identity_reason(results)
+    if empty is not None:  # an empty panel alone reads like a broken plot: say why it is empty
+        top.text(0.5, 0.5, empty, transform=top.transAxes, ha="center", va="center", color="0.25", fontsize=9,
+                 bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"}, zorder=6)
+        if not any(math.isfinite(_number(r.mean)) for r in results):
+            top.set_ylim(0.0, 1.0)
+    elif not axis:
         top.text(0.5, 0.5, "no LoRA cells", transform=top.transAxes, ha="center", va="center", color="0.4")
     level = getattr(recommendation, "level", 0.95)
     top.set_ylabel("identity (mean cosine similarity)")
@@ -414,6 +420,28 @@ def curves_png(recommendation: Recommendation) -> bytes:
             bottom.set_xlim(xs[0] - 1, xs[0] + 1)
     figure.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.14 if axis else 0.1)
     return _figure_png(figure)
+
+
+def _empty_identity_reason(results: Sequence[CellResult]) -> str | None:
+    """Why the identity panel has no LoRA point at all (lines wrapped for the panel), or ``None`` when it has one."""
+    import textwrap
+
+    lora = [r for r in results if not r.cell.is_baseline]
+    if not lora or any(math.isfinite(_number(r.mean)) for r in lora):
+        return None
+    images = sum(r.stats.n_images for r in results)
+    unreadable = sum(r.stats.n_errors for r in results)
+    if images and unreadable == images:
+        reason = (f"no image could be read: all {images} images failed to open, so there is no identity to plot "
+                  f"(images.csv gives each file's error).")
+    elif not any(r.stats.n_faces for r in results):
+        reason = (f"no face was found in any image: the face detector found none in the {images - unreadable} images, "
+                  f"so there is no identity to plot. Look at the grid: noise (a random or broken base model), faces "
+                  f"too small to detect or a prompt without a person all end here.")
+    else:
+        reason = ("no face was found in any image made with a LoRA (only in the no-LoRA baseline), so there is no "
+                  "LoRA identity to plot. Look at the grid: a LoRA that distorts faces, or too high a strength, ends here.")
+    return "\n".join(textwrap.wrap(reason, 60))
 
 
 def heatmap_png(recommendation: Recommendation) -> bytes:
@@ -448,10 +476,7 @@ def heatmap_png(recommendation: Recommendation) -> bytes:
     image = axes.imshow(np.ma.masked_invalid(values), cmap=colormap, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
     bar = figure.colorbar(image, ax=axes, fraction=0.05, pad=0.03)
     bar.set_label("mean identity")
-    for value, name, colour in ((recommendation.floor, "floor", "0.2"), (recommendation.ceiling, "ceiling", "tab:green")):
-        if value is not None and low <= value <= high:
-            bar.ax.axhline(value, color=colour, linewidth=2)
-            bar.ax.text(1.6, value, name, transform=bar.ax.get_yaxis_transform(), va="center", fontsize=7, color=colour)
+    _mark_floor_and_ceiling(bar, recommendation, low, high)
     for i in range(n_rows):
         for j in range(n_columns):
             result = placed.get((i, j))
@@ -482,9 +507,40 @@ def heatmap_png(recommendation: Recommendation) -> bytes:
         context.append(f"floor (no LoRA) {recommendation.floor:.3f}")
     if recommendation.ceiling is not None:
         context.append(f"ceiling {recommendation.ceiling:.3f}")
-    axes.set_title("Mean identity per cell" + (f" — {', '.join(context)}" if context else ""), fontsize=10)
+    # Over the whole figure, not the heatmap's axes: a long title there ran into the colour bar's top number.
+    figure.suptitle("Mean identity per cell" + (f"\n{', '.join(context)}" if context else ""), fontsize=10)
     figure.tight_layout()
     return _figure_png(figure)
+
+
+def _mark_floor_and_ceiling(bar, recommendation: Recommendation, low: float, high: float) -> None:
+    """Floor and ceiling as lines across the colour bar, named by tick labels of their own
+    (``ceiling 0.600``); the regular ticks too close to them are left out so no two labels overlap.
+    Only values inside the colour range ``low``–``high`` are marked (the title gives both anyway)."""
+    marks = [(value, name, colour) for value, name, colour in
+             ((recommendation.floor, "floor", "0.2"), (recommendation.ceiling, "ceiling", "tab:green"))
+             if value is not None and low <= value <= high]
+    if not marks:
+        return
+    # A tick label is about 0.17 in tall; the bar is the figure's height less the title and the x axis.
+    bar_height = max(0.6, bar.ax.figure.get_figheight() - 1.5)
+    clearance = min(0.5, 0.2 / bar_height) * (high - low)
+    if len(marks) == 2 and abs(marks[0][0] - marks[1][0]) < 2 * clearance:  # one label of two lines for both
+        middle = (marks[0][0] + marks[1][0]) / 2
+        labels = {middle: ("\n".join(f"{n} {v:.3f}" for v, n, _ in sorted(marks, reverse=True)), marks[1][2])}
+    else:
+        labels = {value: (f"{name} {value:.3f}", colour) for value, name, colour in marks}
+    for value, _, colour in marks:
+        bar.ax.axhline(value, color=colour, linewidth=2)
+    regular = [t for t in bar.get_ticks() if low <= t <= high
+               and all(abs(t - v) >= clearance * (1 + text.count("\n")) for v, (text, _) in labels.items())]
+    formatter = bar.ax.yaxis.get_major_formatter()
+    texts = dict(zip(regular, formatter.format_ticks(regular))) if regular else {}
+    ticks = sorted([*regular, *labels])
+    bar.set_ticks(ticks, labels=[labels[t][0] if t in labels else texts[t] for t in ticks])
+    for tick, label in zip(ticks, bar.ax.get_yticklabels()):
+        if tick in labels:
+            label.set_color(labels[tick][1])
 
 
 def trade_off_png(recommendation: Recommendation) -> bytes | None:
