@@ -380,6 +380,105 @@ def test_report_html_is_self_contained_and_escapes_user_strings(tmp_path):
     assert page.count("class='best'") == 1
 
 
+class _Page(HTMLParser):
+    """The page's sections in order (``h2`` texts), its settings as ``{name: (text, folded, tags)}``
+    and its figure captions."""
+
+    def __init__(self):
+        super().__init__()
+        self.open: list[tuple[str, dict]] = []
+        self.sections: list[str] = []
+        self.settings: dict[str, tuple[str, bool, list[tuple[str, dict]]]] = {}
+        self.captions: list[str] = []
+        self._text: list[str] | None = None
+        self._name: str | None = None
+        self._tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.open.append((tag, dict(attrs)))
+        if tag in ("h2", "th", "td", "figcaption"):
+            self._text, self._tags = [], []
+        elif self._text is not None:
+            self._tags.append((tag, dict(attrs)))
+            self._text.append(" ")  # list items read as separate words
+
+    def handle_endtag(self, tag):
+        while self.open and self.open[-1][0] != tag:
+            self.open.pop()
+        if self.open:
+            self.open.pop()
+        if self._text is None or tag not in ("h2", "th", "td", "figcaption"):
+            return
+        text, self._text = " ".join("".join(self._text).split()), None
+        folded = any(t == "details" for t, _ in self.open)
+        if tag == "h2":
+            self.sections.append(text)
+        elif tag == "figcaption":
+            self.captions.append(text)
+        elif tag == "th" and folded:
+            self._name = text
+        elif tag == "td" and self._name is not None:
+            self.settings[self._name] = (text, folded, self._tags)
+            self._name = None
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+
+def sweep_settings(**changes) -> dict:
+    """The settings ``run_sweep`` hands the report: ``SweepConfig.as_dict()`` plus what the engine adds."""
+    from lora_likeness.sweep.config import SweepConfig
+
+    config = SweepConfig(base=Path("/models/base.safetensors"), loras=Path("/runs/me"), refs=Path("/photos/me"),
+                         out=Path("/runs/me/sweep"), prompts=["photo of ohwx man", "ohwx man smiling"], strengths=STRENGTHS)
+    settings = {**config.as_dict(), "checkpoints": [name for name, _ in CHECKPOINTS], "references": 12, "generated": 14,
+                "reused": 0, "face_model": {"pack": "buffalo_l", "path": "/packs/buffalo_l", "detector": "det_10g.onnx",
+                                            "recognizer": "w600k_r50.onnx", "embedding_dim": 512, "providers": ["CPU"],
+                                            "det_thresh": 0.5, "det_max_side": 640, "fingerprint": "0" * 32}}
+    settings.update(changes)
+    return settings
+
+
+def test_report_html_shows_results_first_and_settings_folded_and_in_words(tmp_path):
+    images, _ = make_sweep(tmp_path, prompts=("photo of ohwx man", "ohwx man smiling"))
+    recommendation = recommendation_for(images)
+    plots = {"curves.png": curves_png(recommendation), "heatmap.png": heatmap_png(recommendation)}
+
+    def page(settings):
+        parser = _Page()
+        parser.feed(report_html(recommendation, images, {}, settings, b"\xff\xd8fakejpeg", plots))
+        return parser
+
+    default = page(sweep_settings())
+    # The headline, the cells, the curves and the grid first; the settings after them, folded.
+    sections = default.sections
+    assert "Settings" in sections
+    for first in ("Cells", "Identity by epoch", "Heatmap", "Grid"):
+        assert sections.index(first) < sections.index("Settings"), sections
+    assert default.settings and all(folded for _, folded, _ in default.settings.values())
+    # As a person would write them: prompts numbered from 1 ...
+    prompts = default.settings["prompts"]
+    assert prompts[0] == "photo of ohwx man ohwx man smiling"
+    assert [a.get("start", "1") for t, a in prompts[2] if t == "ol"] == ["1"]
+    assert all("prompt 0" not in caption for caption in default.captions)
+    assert any("prompt 1 " in caption for caption in default.captions)
+    # ... nothing empty, no Python spellings, no raw JSON ...
+    for name, (text, _, _) in default.settings.items():
+        assert text and text not in ("None", "True", "False", "[]", "{}"), f"{name}: {text!r}"
+        assert not name.count("_"), f"{name} is a variable name"
+    assert default.settings["negative prompt"][0] == "none"
+    face = default.settings["face model"][0]
+    assert face.startswith("buffalo_l (") and "det_10g.onnx" in face and "w600k_r50.onnx" in face and "512" in face
+    assert "{" not in face and "fingerprint" not in face
+    # ... and prompt adherence as what happened.
+    assert default.settings["prompt adherence"][0] == "not measured: no CLIP model found"
+    assert page(sweep_settings(adherence=False)).settings["prompt adherence"][0] == "off"
+    measured = page(sweep_settings(clip_model="/hf/clip-vit-base-patch32")).settings
+    assert "/hf/clip-vit-base-patch32" in measured["prompt adherence"][0]
+    assert not {"clip", "clip model", "clip_model"} & set(measured)  # said once, in the adherence row
+
+
 def test_write_sweep_report_files_parse_and_match_and_a_rerun_preserves_the_first(tmp_path):
     out = tmp_path / "sweep"
     images, _ = make_sweep(out, adherence=True)

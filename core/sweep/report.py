@@ -7,8 +7,8 @@ pictures, tables and the headline always agree. Pillow and matplotlib (Agg) only
 Files written by :func:`write_sweep_report` into the sweep's output folder:
 
 - ``report.html``: one self-contained page (every picture embedded as a ``data:`` URI, inline CSS,
-  no script, no external resource) with the headline, warnings, settings, the cell table, the plots,
-  the grid and small thumbnails of every image.
+  no script, no external resource) with the headline, warnings, the cell table, the plots, the grid,
+  then the settings (folded) and small thumbnails of every image.
 - ``grid.jpg``: checkpoints (rows, epoch order) × strengths (columns), the no-LoRA baseline in a
   row of its own on top, the recommended cell framed in blue.
 - ``curves.png``: identity vs epoch, one line per strength with its CI band, the floor (no LoRA)
@@ -677,17 +677,23 @@ _STYLE = (
     "tr.out td{color:#777}img.plot{max-width:100%;height:auto;border:1px solid #eee}"
     ".thumbs{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;width:" + str(THUMB_SIZE) + "px}"
     "figure img{display:block;max-width:100%;height:auto}figcaption{font-size:11px;color:#444;overflow-wrap:anywhere}"
-    "code{background:#f4f4f4;padding:0 3px}.muted{color:#666}"
+    "code{background:#f4f4f4;padding:0 3px}.muted{color:#666}summary{cursor:pointer;color:#1e6eff}"
+    "ol{margin:0;padding-left:1.6em}"
 )
 
-# Settings shown first, in this order, with their names; any other key follows under its own name.
+# The settings a reader looks for first, in this order, with their names; others follow (see _setting_rows).
 _SETTING_NAMES = (
-    ("base", "base model"), ("loras", "LoRAs"), ("run", "run"), ("refs", "reference photos"), ("prompts", "prompts"),
-    ("prompt", "prompt"), ("negative", "negative prompt"), ("seeds", "seeds"), ("strengths", "strengths"),
-    ("steps", "steps"), ("cfg", "CFG"), ("sampler", "sampler"), ("size", "size"), ("width", "width"),
-    ("height", "height"), ("clip_skip", "clip skip"), ("pack", "face model pack"), ("face_model", "face model"),
-    ("checkpoints", "checkpoints"), ("references", "reference photos used"), ("max_no_face", "max no-face rate"),
+    ("base", "base model"), ("loras", "LoRAs"), ("run", "training run"), ("refs", "reference photos"),
+    ("prompts", "prompts"), ("prompt", "prompt"), ("negative", "negative prompt"), ("seeds", "seeds"),
+    ("strengths", "strengths"), ("steps", "steps"), ("cfg", "CFG"), ("sampler", "sampler"), ("size", "size"),
+    ("clip_skip", "CLIP skip"), ("face_model", "face model"), ("adherence", "prompt adherence"),
+    ("checkpoints", "checkpoints"), ("max_no_face", "no-face limit"),
+    ("baseline", "no-LoRA baseline"), ("images", "images"), ("out", "output folder"), ("device", "device"),
+    ("precision", "precision"), ("batch_size", "batch size"), ("providers", "face model providers"),
+    ("tokenizer", "tokenizer"), ("base_config", "base model config"),
 )
+# Paths and prompts: shown as code.
+_CODE_SETTINGS = {"base", "loras", "refs", "out", "tokenizer", "base_config", "negative", "prompt", "pack"}
 
 
 def _e(value) -> str:
@@ -698,26 +704,110 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _format_setting(key: str, value) -> str:
-    if key in ("prompts", "prompt") and isinstance(value, (list, tuple)):
-        return "<ol start='0'>" + "".join(f"<li><code>{_e(p)}</code></li>" for p in value) + "</ol>"
+def _is_empty(value) -> bool:
+    return value is None or (isinstance(value, (str, list, tuple, set, Mapping)) and not value)
+
+
+def _plain(value) -> str:
+    """A setting's value as words: ``yes``/``no``, ``0.6, 1``, ``7``; HTML-escaped."""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return _e(f"{float(value):g}")
     if isinstance(value, (list, tuple, set)):
-        return _e(", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
-    if isinstance(value, float):
-        return _e(f"{value:g}")
+        return ", ".join(_plain(v) for v in value)
     if isinstance(value, Mapping):
-        return _e(json.dumps(_jsonable(value), ensure_ascii=False))
-    return f"<code>{_e(value)}</code>" if key in ("base", "loras", "refs", "negative", "pack") else _e(value)
+        return "; ".join(f"{_e(str(k).replace('_', ' '))} {_plain(v)}" for k, v in value.items() if not _is_empty(v))
+    return _e(value)
 
 
-def _settings_table(settings: Mapping) -> str:
-    known = dict(_SETTING_NAMES)
+def _face_model_text(face_model, pack=None) -> str:
+    """``buffalo_l (detector det_10g.onnx, embedder w600k_r50.onnx, 512-d embeddings)`` from
+    :meth:`~..faces.FaceEngine.describe`, or the pack name alone."""
+    if not isinstance(face_model, Mapping):
+        return f"<code>{_e(face_model if not _is_empty(face_model) else pack)}</code>"
+    details = []
+    if face_model.get("detector"):
+        details.append(f"detector {_e(Path(str(face_model['detector'])).name)}")
+    if face_model.get("recognizer"):
+        details.append(f"embedder {_e(Path(str(face_model['recognizer'])).name)}")
+    if face_model.get("embedding_dim"):
+        details.append(f"{_e(face_model['embedding_dim'])}-d embeddings")
+    name = face_model.get("pack") or pack or "face model"
+    text = f"<code>{_e(name)}</code>" + (f" ({', '.join(details)})" if details else "")
+    if face_model.get("providers"):
+        text += f", on {_plain(face_model['providers'])}"
+    return text
+
+
+def _adherence_text(settings: Mapping) -> str | None:
+    """Prompt adherence as what happened: off, not measured (and why), or the CLIP model it used."""
+    model = settings.get("clip_model")
+    if not _is_empty(model):
+        return f"measured with <code>{_e(model)}</code>"
+    wanted = settings.get("adherence")
+    if wanted is None:
+        return None
+    if not wanted:
+        return "off"
+    return "not measured: no CLIP model found"
+
+
+def _setting_rows(settings: Mapping) -> list[tuple[str, str]]:
+    """``(name, HTML value)`` rows of the sweep's settings as a person would write them: known keys
+    named and in reading order, then any others under their own names; empty values left out or
+    said in words; prompts numbered from 1; the face model as ``pack (detector, embedder, size)``."""
     settings = dict(settings)
     if "size" not in settings and settings.get("width") and settings.get("height"):
-        settings["size"] = f"{settings.pop('width')} × {settings.pop('height')} px"
-    keys = [k for k, _ in _SETTING_NAMES if k in settings] + [k for k in settings if k not in known]
-    rows = "".join(f"<tr><th>{_e(known.get(k, k))}</th><td>{_format_setting(k, settings[k])}</td></tr>" for k in keys)
-    return f"<table>{rows}</table>" if rows else "<p class='muted'>No settings recorded.</p>"
+        settings["size"] = f"{settings['width']} × {settings['height']} px"
+    if "size" in settings:
+        settings.pop("width", None)
+        settings.pop("height", None)
+    done = {"width", "height", "clip", "clip_model", "pack", "references", "generated", "reused"}
+    values: dict[str, str] = {}
+    for key, value in settings.items():
+        if key in done:
+            continue
+        if key in ("prompts", "prompt") and isinstance(value, (list, tuple)):
+            if value:
+                values[key] = "<ol>" + "".join(f"<li><code>{_e(p)}</code></li>" for p in value) + "</ol>"
+        elif key == "negative":
+            values[key] = f"<code>{_e(value)}</code>" if not _is_empty(value) else "none"
+        elif key == "face_model":
+            values[key] = _face_model_text(value, settings.get("pack"))
+        elif key == "adherence":
+            text = _adherence_text(settings)
+            if text is not None:
+                values[key] = text
+        elif key == "max_no_face" and isinstance(value, (int, float)):
+            values[key] = _e(f"{float(value):.0%} (a cell with more images without a face cannot be recommended)")
+        elif key in _CODE_SETTINGS and not _is_empty(value):
+            values[key] = f"<code>{_e(value)}</code>"
+        elif not _is_empty(value):
+            values[key] = _plain(value)
+    if "face_model" not in values and not _is_empty(settings.get("pack")):
+        values["face_model"] = _face_model_text(settings["pack"])
+    if "adherence" not in values and _adherence_text(settings) is not None:
+        values["adherence"] = _adherence_text(settings)
+    if "refs" in values and settings.get("references") is not None:
+        values["refs"] += f" ({_e(settings['references'])} used)"
+    elif settings.get("references") is not None:
+        values["references"] = _e(settings["references"])
+    counts = [f"{settings[k]} {k}" for k in ("generated", "reused") if settings.get(k) is not None]
+    if counts:
+        values["images"] = _e(", ".join(counts))
+    names = dict(_SETTING_NAMES, references="reference photos used")
+    order = [k for k, _ in _SETTING_NAMES if k in values] + [k for k in values if k not in names or k == "references"]
+    return [(names.get(k, k.replace("_", " ")), values[k]) for k in dict.fromkeys(order)]
+
+
+def _settings_section(settings: Mapping) -> str:
+    """The settings, folded (``<details>``): they come after the results, for whoever wants to check them."""
+    rows = _setting_rows(settings)
+    if not rows:
+        return "<p class='muted'>No settings recorded.</p>"
+    table = "".join(f"<tr><th>{_e(name)}</th><td>{value}</td></tr>" for name, value in rows)
+    return f"<details><summary>Show the {len(rows)} settings of this sweep</summary><table>{table}</table></details>"
 
 
 def _num(value, digits: int = 3) -> str:
@@ -790,7 +880,7 @@ def _thumbnails(recommendation: Recommendation, images: Sequence[SweepImage], lo
         figures = []
         for image in members:
             uri = data_uri(thumbnail_jpeg(image, load, size, recommendation.ceiling), "image/jpeg")
-            caption = f"seed {image.seed} · prompt {image.prompt_index} · {format_score(image.score)}"
+            caption = f"seed {image.seed} · prompt {image.prompt_index + 1} · {format_score(image.score)}"
             if image.memorised:
                 caption += " · memorised?"
             name = Path(image.path).name
@@ -848,7 +938,7 @@ def report_html(
     ]
     if recommendation.warnings:
         parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in recommendation.warnings) + "</ul>")
-    parts.append(f"<h2>Settings</h2>{_settings_table(settings)}")
+    # The results first (cells, curves, grid); the settings after them, folded.
     parts.append(f"<h2>Cells</h2>{_cell_table(recommendation)}")
     titles = (("curves.png", "Identity by epoch"), ("heatmap.png", "Heatmap"), ("trade_off.png", "Identity vs prompt adherence"))
     for name, title in titles:
@@ -856,6 +946,7 @@ def report_html(
             parts.append(f"<h2>{_e(title)}</h2><img class='plot' src='{data_uri(plots[name], 'image/png')}' alt='{_e(title)}'>")
     if grid_jpeg:
         parts.append(f"<h2>Grid</h2><img class='plot' src='{data_uri(grid_jpeg, 'image/jpeg')}' alt='scored grid'>")
+    parts.append(f"<h2>Settings</h2>{_settings_section(settings)}")
     if images:
         parts.append(f"<h2>Images</h2><p class='muted'>{len(images)} images; the score is the best cosine similarity to a reference photo.</p>")
         parts.append(_thumbnails(recommendation, images, load, thumb_size))
