@@ -76,13 +76,19 @@ def draw_score(
     side = min(out.size)
     if box is not None:
         draw.rectangle([float(v) for v in box], outline=colour, width=max(1, side // 128))
-    text = format_score(score) + (f" {note}" if note else "")
     face = font(max(10, min(48, side // 10)))
-    width, height = _text_size(draw, text, face)
+    height = _text_size(draw, "Ag", face)[1]
     pad = max(2, height // 4)
-    badge = [0, out.height - height - 3 * pad, min(out.width, width + 2 * pad), out.height]
+    lines = [format_score(score) + (f" {note}" if note else "")]
+    if note and draw.textlength(lines[0], font=face) > out.width - 2 * pad:
+        # A small image: the note goes on a line of its own, shortened if it still does not fit.
+        lines = [format_score(score), _shorten(draw, note, face, out.width - 2 * pad)]
+    width = max(_text_size(draw, line, face)[0] for line in lines)
+    step = height + pad
+    badge = [0, out.height - len(lines) * step - 2 * pad, min(out.width, width + 2 * pad), out.height]
     draw.rectangle(badge, fill=(0, 0, 0))
-    _text(draw, (pad, out.height - height - 2 * pad), text, face, colour)
+    for k, line in enumerate(lines):
+        _text(draw, (pad, out.height - (len(lines) - k) * step - pad), line, face, colour)
     return out
 
 
@@ -215,7 +221,6 @@ def scored_grid(
     baseline: float | None = None,
     title: str | None = None,
     cell_size: int | None = None,
-    floor: float | None = None,
     span_rows: Sequence[str] = (),
 ) -> Image.Image:
     """A ``rows x columns`` grid of scored images with the means in the headers.
@@ -225,17 +230,17 @@ def scored_grid(
             by side in that cell, in the order given.
         rows, columns: header order (default: first-seen order in ``cells``).
         baseline: the reference photos' mean similarity to each other (the ceiling), printed in the
-            corner and used for the colours.
+            corner as ``reference photos`` (not "baseline": next to a no-LoRA row that would be
+            ambiguous) and used for the colours.
         title: printed above the grid.
         cell_size: longest side of each image in px (default: the largest image's, at most 512).
-        floor: the no-LoRA mean, printed in the corner when given.
         span_rows: rows that belong to no column (a sweep's no-LoRA baseline has no strength): each
             is drawn above the column headers with its images side by side from the first column
             on, and its images count in no column mean.
 
     Returns:
-        An RGB image: the title and the corner line (the mean of all images, the reference photos,
-        the floor) on top, then the span rows, then the column headers and the rows. Headers read
+        An RGB image: the title and the corner line (the mean of all images, the reference photos)
+        on top, then the span rows, then the column headers and the rows. Headers read
         ``label · mean``; a column header too wide for its column goes onto two or three lines
         (label over mean), then a smaller font, so no label runs into another at any cell size.
     """
@@ -282,8 +287,6 @@ def scored_grid(
     corner = [f"all images {format_score(overall)}"]
     if baseline is not None:
         corner.append(f"reference photos {baseline:.3f}")
-    if floor is not None:
-        corner.append(f"no LoRA {floor:.3f}")
     band_width = width - 2 * gap
     title_lines = _wrap(measure, title, header_font, band_width) if title else []
     corner_lines = _wrap_parts(measure, corner, header_font, band_width)

@@ -106,9 +106,23 @@ def test_labels_stay_clear_of_each_other_and_over_their_own_column(drawn_text, s
     assert placed == set(columns)
 
 
-def test_corner_names_the_reference_photos_and_the_no_lora_floor(drawn_text):
-    cells = [GridCell(flat((0, 0, 0)), r, c, 0.5) for r in ("e1", "e2") for c in ("@0.5", "@1")]
-    grid = scored_grid(cells, baseline=0.77, floor=0.12, cell_size=128)
+def test_corner_names_the_reference_photos_not_a_baseline(drawn_text):
+    cells = [GridCell(flat((0, 0, 0)), r, c, 0.5) for r in ("no LoRA", "e1") for c in ("@0", "@1")]
+    grid = scored_grid(cells, baseline=0.77, cell_size=128)
     said = " ".join(text for text, _, canvas in drawn_text if canvas == grid.size)
-    assert "reference photos 0.770" in said and "no LoRA 0.120" in said
-    assert "baseline" not in said  # which baseline? the word alone is ambiguous next to a no-LoRA floor
+    assert "reference photos 0.770" in said and "no LoRA · 0.500" in said
+    assert "baseline" not in said  # which baseline? the word alone is ambiguous next to the no-LoRA row
+
+
+def test_badge_text_stays_on_a_small_image(drawn_text):
+    small = flat((128, 128, 128), (43, 64))  # a portrait image in a 64 px grid cell
+    out = draw_score(small, 0.61, note="memorised? +4")
+    drawn = [(text, box) for text, box, canvas in drawn_text if canvas == out.size]
+    assert drawn and drawn[0][0] == "0.610"
+    for text, (left, top, right, bottom) in drawn:
+        assert 0 <= left and right <= out.width and 0 <= top and bottom <= out.height, f"{text!r} runs off the image"
+    for (_, a), (_, b) in itertools.combinations(drawn, 2):
+        assert not _touch(a, b)
+    # Where it fits, score and note share one line as before.
+    wide = draw_score(flat((128, 128, 128), (400, 300)), 0.61, note="memorised?")
+    assert [text for text, _, canvas in drawn_text if canvas == wide.size] == ["0.610 memorised?"]

@@ -289,8 +289,7 @@ def sweep_grid(
                     notes.append(f"+{len(members) - len(shown)}")
                 cells.append(GridCell(fitted, row, column, image.score, box=box, note=" ".join(notes) or None))
     ceiling = recommendation.ceiling if recommendation is not None else None
-    floor = recommendation.floor if recommendation is not None else None
-    grid = scored_grid(cells, rows=rows, columns=columns, baseline=ceiling, cell_size=size, floor=floor, span_rows=[NO_LORA])
+    grid = scored_grid(cells, rows=rows, columns=columns, baseline=ceiling, cell_size=size, span_rows=[NO_LORA])
     return _titled(grid, recommendation, size, problems, shown_per_cell, max(len(m) for m in by_cell.values()))
 
 
