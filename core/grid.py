@@ -195,8 +195,8 @@ def _fit_headers(draw: ImageDraw.ImageDraw, headers: Sequence[tuple[str, float |
         lines = _header_lines(draw, label, mean, face, width)
         if lines is None:
             words = _wrap(draw, label, face, width)
-            lines = words[:HEADER_LABEL_LINES - 1] + [" ".join(words[HEADER_LABEL_LINES - 1:])] + [format_score(mean)]
-            lines = [_shorten(draw, line, face, width) for line in lines]
+            kept, rest = words[:HEADER_LABEL_LINES - 1], " ".join(words[HEADER_LABEL_LINES - 1:])
+            lines = [_shorten(draw, line, face, width) for line in [*kept, *([rest] if rest else []), format_score(mean)]]
         laid.append(lines)
     return face, laid
 
@@ -284,7 +284,7 @@ def scored_grid(
     header_face, header_lines = _fit_headers(measure, [(c, column_means.get(c)) for c in column_order], cell_width, largest)
     header_line = _text_size(measure, "Ag", header_face)[1] + gap
     overall = mean_score([c.score for c in cells])
-    corner = [f"all images {format_score(overall)}"]
+    corner = [f"all images {overall:.3f}" if overall is not None else "no face in any image"]
     if baseline is not None:
         corner.append(f"reference photos {baseline:.3f}")
     band_width = width - 2 * gap
