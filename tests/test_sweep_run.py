@@ -95,3 +95,74 @@ def test_cli_run(base, tmp_path, capsys):
     assert "2 image(s) generated, 0 reused" in printed
     assert main(argv) == 0
     assert "already done, skipped: prepare, train" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# SDXL: the same run on a tiny SDXL-shaped base; the family's defaults picked by itself
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl_base(tmp_path_factory):
+    from lora_likeness.training.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("run-sdxl") / "base", TOKENIZER, family="sdxl",
+                            tokenizer_2_dir=SHARED / "tokenizers" / "sdxl_clip_g")
+
+
+def test_an_sdxl_base_picks_sdxl_defaults_by_itself(sdxl_base, base, tmp_path):
+    from lora_likeness.families import detect_family
+    from lora_likeness.sweep.run import sweep_config, train_config
+
+    config = RunConfig(photos=OBAMA, trigger="ohwx", class_word="man", base=sdxl_base, out=tmp_path / "o")
+    family = detect_family(sdxl_base)
+    train = train_config(config, tmp_path / "dataset", family)
+    sweep = sweep_config(config, tmp_path / "training", family)
+    assert (train.family, train.resolution, train.min_bucket_reso, train.max_bucket_reso) == ("sdxl", 1024, 512, 2048)
+    assert (sweep.family, sweep.width, sweep.height) == ("sdxl", 1024, 1024)
+    sd1 = RunConfig(photos=OBAMA, trigger="ohwx", class_word="man", base=base, out=tmp_path / "o1")
+    assert train_config(sd1, tmp_path / "dataset", detect_family(base)).resolution == 512
+    assert (sweep_config(sd1, tmp_path / "training", detect_family(base)).width, 768) == (512, 768)
+
+
+def test_run_on_an_sdxl_base_end_to_end(sdxl_base, tmp_path):
+    from lora_likeness.training import kohya_format as kf
+
+    out = tmp_path / "run"
+    result = run_all(_config(sdxl_base, out, resolution=None))
+    assert len(result.dataset.kept) == 4
+    meta = kf.read_metadata(result.training.final)
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")
+    modules = {k.split(".", 1)[0] for k in kf.lora_header_keys(result.training.final)}
+    assert {m[:8] for m in modules if m.startswith("lora_te")} == {"lora_te1", "lora_te2"}
+    sweep = result.sweep
+    assert [c.label for c in sweep.checkpoints] == ["e1", "final (e2)"] and sweep.config.family == "sdxl"
+    assert len(sweep.images) == (1 + 2 * 2) * 2 and sweep.generated == len(sweep.images)
+    assert (out / "sweep" / "report.html").is_file() and (out / "sweep" / "recommendation.json").is_file()
+    # The dataset was cropped at SDXL's 1024 (the family's size, since --resolution was not given).
+    toml = (out / "dataset" / "dataset.toml").read_text()
+    assert "1024" in toml
+    again = run_all(_config(sdxl_base, out, resolution=None))
+    assert again.skipped == ["prepare", "train"] and again.sweep.generated == 0
+
+
+def test_loras_of_one_family_are_refused_on_the_other_before_generating(base, sdxl_base, tmp_path):
+    from lora_likeness.sweep.config import SweepConfig, SweepConfigError
+    from lora_likeness.sweep.engine import run_sweep
+
+    import torch
+    from safetensors.torch import save_file
+
+    sd1_run = run_all(_config(base, tmp_path / "sd1", epochs=1))
+    sdxl_loras = tmp_path / "sdxl-loras"
+    sdxl_loras.mkdir()
+    save_file({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 16),
+               "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(64, 4)},
+              str(sdxl_loras / "me-000001.safetensors"), {"ss_base_model_version": "sdxl_base_v1-0", "ss_epoch": "1"})
+    for lora_dir, other, lora_title, base_title in ((sd1_run.training.out, sdxl_base, "SD1.x", "SDXL"),
+                                                    (sdxl_loras, base, "SDXL", "SD1.x")):
+        config = SweepConfig(base=other, loras=lora_dir, refs=OBAMA, out=tmp_path / "sweep", prompts=["photo of ohwx man"],
+                             pack=str(PACK), providers="cpu", **SWEEP)
+        with pytest.raises(SweepConfigError, match=f"is a {lora_title} LoRA but the loaded model is {base_title}"):
+            run_sweep(config)
+        assert not (tmp_path / "sweep" / "images").exists()  # refused before any image
