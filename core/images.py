@@ -9,15 +9,18 @@ stops a run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import re
 import tempfile
+import threading
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -134,12 +137,16 @@ def decode_image(
     try:
         data = path.read_bytes() if path is not None else bytes(source)
     except FileNotFoundError:
+        if path is not None and path.is_symlink():
+            return _failed(path, f"{label}: broken link to {os.readlink(path)}")
         return _failed(path, f"{label}: file not found")
     except IsADirectoryError:
         return _failed(path, f"{label}: is a folder, not an image")
     except PermissionError:
         return _failed(path, f"{label}: permission denied")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return _failed(path, f"{label}: symlink loop (the link leads back to itself)")
         return _failed(path, f"{label}: cannot be read ({exc.strerror or exc})")
     sha = sha256 or hashlib.sha256(data).hexdigest()
     if not data:
@@ -220,25 +227,103 @@ def from_array(rgb: np.ndarray, name: str | None = None) -> LoadedImage:
     )
 
 
-def list_images(folder: Path, recursive: bool = True, exclude: tuple[Path, ...] = ()) -> list[Path]:
-    """Image files under ``folder`` in natural order (``img2`` before ``img10``).
+@dataclass
+class ImageScan:
+    """What :func:`scan_images` found under a folder.
+
+    Attributes:
+        paths: image files in natural order, as reached from the folder: a symlinked file or
+            folder keeps the link's own path (never its target's), so names stay inside the folder.
+        excluded: entries of ``exclude`` met while scanning and left out (our own outputs).
+        notes: sentences for the user about what else was left out (unreadable folders, linked
+            folders already scanned).
+    """
+
+    paths: list[Path] = field(default_factory=list)
+    excluded: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of what ``path`` leads to (links followed), ``None`` when it leads nowhere."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def scan_images(folder: Path, recursive: bool = True, exclude: Sequence[Path] = ()) -> ImageScan:
+    """Image files under ``folder``, following symlinked folders once each (a loop ends there).
+
+    Hidden files and folders are skipped. ``exclude`` lists folders and files never to read
+    (the report folder and its ``previous/``, the face cache, the report files themselves when
+    the report folder is ``folder``); ``folder`` itself is never excluded. Broken links and link
+    loops named like images are listed: decoding them reports the reason per file.
+    """
+    folder = Path(folder)
+    excluded = {key for key in map(_identity, exclude) if key is not None}
+    excluded_names = {Path(p).name for p in exclude}
+    scan = ImageScan()
+    visited: set[tuple[int, int]] = set()
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        key = _identity(current)
+        if key is None:
+            continue
+        if key in visited:
+            scan.notes.append(f"{current.relative_to(folder).as_posix()}: a linked folder already scanned; not scanned twice")
+            continue
+        visited.add(key)
+        try:
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            scan.notes.append(f"{current}: folder cannot be read ({exc.strerror or exc}); its images are not scored")
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = current / entry.name
+            if entry.name in excluded_names and _identity(path) in excluded:
+                scan.excluded.append(path)
+                continue
+            try:
+                is_folder = entry.is_dir()  # follows links: a linked folder is scanned too
+            except OSError:  # a link loop: listed as a file when it is named like an image
+                is_folder = False
+            if is_folder:
+                if recursive:
+                    pending.append(path)
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                scan.paths.append(path)
+    scan.paths.sort(key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+    return scan
+
+
+def list_images(folder: Path, recursive: bool = True, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Image files under ``folder`` in natural order (``img2`` before ``img10``); see :func:`scan_images`.
 
     Hidden files and folders are skipped, as are the folders in ``exclude`` (the report folder,
     say, so a second run does not score its own contact sheet).
     """
-    folder = Path(folder)
-    excluded = [p.resolve() for p in exclude]
-    found: list[Path] = []
-    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
-    for root, dirs, files in walker:
-        root_path = Path(root)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and (root_path / d).resolve() not in excluded]
-        for name in files:
-            if name.startswith("."):
-                continue
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(root_path / name)
-    return sorted(found, key=lambda p: natural_key(str(p.relative_to(folder))))
+    return scan_images(folder, recursive, exclude).paths
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as written (links not followed), e.g. ``exp_e10/0001.jpg``.
+
+    A symlinked image keeps its own name even when it points outside ``root`` or nowhere.
+    """
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        pass
+    try:  # one given absolute, the other relative: compare them absolute, still not following links
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
 
 
 def natural_key(text: str) -> tuple:

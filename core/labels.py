@@ -18,7 +18,7 @@ from typing import Iterable
 
 from PIL import Image
 
-from .images import natural_key
+from .images import natural_key, relative_name
 
 NO_LORA = "no LoRA"
 
@@ -196,9 +196,12 @@ def lora_group(uses: Iterable[LoraUse]) -> tuple[str, dict]:
 
 
 def folder_group(path: Path, root: Path) -> str:
-    """The image's folder relative to ``root`` (``exp_e10``), or the root's own name."""
-    relative = Path(path).resolve().parent.relative_to(Path(root).resolve())
-    return relative.as_posix() if relative.parts else Path(root).resolve().name
+    """The image's folder relative to ``root`` (``exp_e10``), or the root's own name.
+
+    Links are not followed: a symlinked image belongs to the folder the link is in.
+    """
+    relative = Path(relative_name(Path(path).parent, root))
+    return relative.as_posix() if relative.parts and relative.as_posix() != "." else Path(root).resolve().name
 
 
 def group_sort_key(label: str, info: dict) -> tuple:

@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
-from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, decode_image, from_array, list_images
+from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, ImageScan, decode_image, from_array, relative_name, scan_images
 from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text
 from .progress import Progress
 from .references import ReferenceSet, reference_names
@@ -331,12 +331,17 @@ def score_results(
 
 def collect_images(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
     """Images to score in ``folder`` (recursively), or the single file given."""
+    return scan_folder(folder, exclude).paths
+
+
+def scan_folder(folder: Path, exclude: Sequence[Path] = ()) -> ImageScan:
+    """:func:`collect_images` with what was left out and why (see :class:`ImageScan`)."""
     folder = Path(folder)
     if folder.is_file():
-        return [folder]
+        return ImageScan(paths=[folder])
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist")
-    return list_images(folder, recursive=True, exclude=tuple(exclude))
+    return scan_images(folder, recursive=True, exclude=tuple(exclude))
 
 
 def build_references(
@@ -429,12 +434,17 @@ def score_folder(
     refs_done = time.perf_counter()
     images = Path(images)
     root = images if images.is_dir() else images.parent
-    paths = collect_images(images, exclude=exclude)
+    scan = scan_folder(images, exclude=exclude)
+    paths = scan.paths
     results = analyze_paths(engine, paths, cache=cache, progress=progress, description="images")
-    names = [Path(p).resolve().relative_to(root.resolve()).as_posix() for p in paths]
+    names = [relative_name(p, root) for p in paths]
     groups = image_groups(paths, root, settings.group_by)
     run = score_results(results, names, groups, references, settings, engine.describe(), images_root=str(root))
     run.warnings = list(engine.warnings) + run.warnings
+    if scan.excluded:
+        shown = ", ".join(relative_name(p, root) for p in scan.excluded[:4]) + (", …" if len(scan.excluded) > 4 else "")
+        run.warnings.append(f"not scored: {len(scan.excluded)} item(s) under {images} that this tool wrote itself ({shown})")
+    run.warnings.extend(scan.notes)
     if cache is not None and cache.disabled_reason:
         run.warnings.append(cache.disabled_reason)
     if not paths:

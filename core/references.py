@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .faces import FaceResult
+from .images import relative_name
 from .scoring import Baseline, normalize, reference_baseline
 
 
@@ -131,4 +132,4 @@ def reference_names(paths: Sequence[Path], root: Path | None) -> list[str]:
     """Short names for reference photos: relative to their folder when there is one."""
     if root is None:
         return [str(p) for p in paths]
-    return [Path(p).resolve().relative_to(Path(root).resolve()).as_posix() for p in paths]
+    return [relative_name(p, root) for p in paths]

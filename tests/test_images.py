@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import stat
+import warnings
 
 import numpy as np
 import pytest
@@ -138,3 +141,42 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_symlinks_keep_their_own_names_and_broken_ones_and_loops_say_why(tmp_path):
+    folder, outside = tmp_path / "images", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy(OBAMA, folder / "real.jpg")
+    shutil.copy(OBAMA, outside / "far.jpg")
+    (folder / "inside.jpg").symlink_to("real.jpg")
+    (folder / "outside.jpg").symlink_to(outside / "far.jpg")
+    (folder / "broken.jpg").symlink_to("gone.jpg")  # a target inside the folder that does not exist
+    (folder / "a.jpg").symlink_to("b.jpg")
+    (folder / "b.jpg").symlink_to("a.jpg")
+    (folder / "sub" / "up").symlink_to("..")  # a folder loop
+    (folder / "linked").symlink_to(outside)  # a linked folder is scanned, under the link's name
+
+    scan = images.scan_images(folder)
+    names = [images.relative_name(p, folder) for p in scan.paths]
+    assert names == ["a.jpg", "b.jpg", "broken.jpg", "inside.jpg", "linked/far.jpg", "outside.jpg", "real.jpg"]
+    assert any("sub/up" in note and "already scanned" in note for note in scan.notes)
+
+    broken = decode_image(folder / "broken.jpg")
+    assert not broken.ok and "broken link to gone.jpg" in broken.error
+    loop = decode_image(folder / "a.jpg")
+    assert not loop.ok and "symlink loop" in loop.error
+    assert decode_image(folder / "outside.jpg").ok and decode_image(folder / "linked" / "far.jpg").ok
+
+
+def test_scan_skips_our_own_report_files_when_the_report_folder_is_the_image_folder(tmp_path):
+    shutil.copy(OBAMA, tmp_path / "photo.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "contact_sheet.png")
+    (tmp_path / "previous" / "20240101-000000").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "previous" / "20240101-000000" / "scores.png")
+    (tmp_path / "e1").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "e1" / "contact_sheet.png")  # not ours: same name, other folder
+    scan = images.scan_images(tmp_path, exclude=(tmp_path, tmp_path / "previous", tmp_path / "contact_sheet.png", tmp_path / "scores.png"))
+    assert [p.relative_to(tmp_path).as_posix() for p in scan.paths] == ["e1/contact_sheet.png", "photo.jpg"]
+    assert sorted(p.name for p in scan.excluded) == ["contact_sheet.png", "previous"]
+
