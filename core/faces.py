@@ -322,6 +322,8 @@ class FaceResult:
     size: tuple[int, int]
     faces: list[DetectedFace] = field(default_factory=list)
     error: str | None = None
+    # A sentence about an image that was read all the same (LoadedImage.note); not cached.
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -515,7 +517,7 @@ class FaceEngine:
 
     def analyze(self, image: LoadedImage) -> FaceResult:
         """Detect every face in ``image`` and embed the ``max_faces`` largest ones."""
-        result = FaceResult(path=image.path, sha256=image.sha256, size=image.original_size, error=image.error)
+        result = FaceResult(path=image.path, sha256=image.sha256, size=image.original_size, error=image.error, note=image.note)
         if image.error is not None or image.rgb is None:
             return result
         import cv2

@@ -69,6 +69,7 @@ class LoadedImage:
             coordinates in the source image.
         sha256: hex digest of the file's bytes (or of the array for in-memory images).
         error: a sentence for the user when the file could not be read.
+        note: a sentence for the user about a file that was read all the same (a very large one).
     """
 
     path: Path | None
@@ -77,6 +78,7 @@ class LoadedImage:
     scale: float
     sha256: str
     error: str | None = None
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -154,7 +156,7 @@ def decode_image(
     try:
         return _decode_bytes(data, path, sha, max_side, draft_side or max_side)
     except Image.DecompressionBombError as exc:
-        return _failed(path, f"{label}: image too large to open safely ({exc})", sha)
+        return _failed(path, f"{label}: image too large to open safely ({_bomb_reason(exc)})", sha)
     except UnidentifiedImageError:
         return _failed(path, f"{label}: not an image file Pillow can read (unknown or corrupt format)", sha)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -164,10 +166,42 @@ def decode_image(
         return _failed(path, f"{label}: not enough memory to decode this image", sha)
 
 
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_quietly(data: bytes) -> tuple[Image.Image, bool]:
+    """``Image.open`` without Pillow's raw DecompressionBombWarning on the user's terminal.
+
+    Returns the opened image and whether Pillow warned (above ``Image.MAX_IMAGE_PIXELS``, about
+    89 megapixels); the caller words its own warning. Other warnings raised meanwhile are passed on
+    unchanged. ``catch_warnings`` swaps process-wide state, hence the lock: only the header is read
+    here, so holding it is brief.
+    """
+    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = Image.open(io.BytesIO(data))
+    over_threshold = False
+    for item in caught:
+        if issubclass(item.category, Image.DecompressionBombWarning):
+            over_threshold = True
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno, source=item.source)
+    return image, over_threshold
+
+
+def _bomb_reason(exc: Exception) -> str:
+    """Pillow's decompression-bomb refusal in megapixels (its own text counts single pixels)."""
+    numbers = [int(n) for n in re.findall(r"(\d+) pixels", str(exc))]
+    if len(numbers) == 2:
+        return f"{numbers[0] / 1e6:.0f} megapixels; Pillow opens at most {numbers[1] / 1e6:.0f}"
+    return str(exc)
+
+
 def _decode_bytes(data: bytes, path: Path | None, sha: str, max_side: int, draft_side: int) -> LoadedImage:
     # Pillow warns (DecompressionBombWarning) above ~89 megapixels and refuses above twice that;
     # JPEGs are reduced while decoding, other formats are bounded by MAX_SOURCE_MEGAPIXELS.
-    with Image.open(io.BytesIO(data)) as image:
+    opened, over_threshold = _open_quietly(data)
+    with opened as image:
         width, height = image.size
         orientation = _exif_orientation(image)
         swapped = orientation in (5, 6, 7, 8)
@@ -191,7 +225,13 @@ def _decode_bytes(data: bytes, path: Path | None, sha: str, max_side: int, draft
         rgb = _to_rgb_array(image)
     rgb = np.ascontiguousarray(rgb)
     scale = source_size[0] / rgb.shape[1] if rgb.shape[1] else 1.0
-    return LoadedImage(path=path, rgb=rgb, original_size=source_size, scale=max(scale, 1.0), sha256=sha)
+    note = None
+    if over_threshold:
+        note = (
+            f"very large image ({width}x{height} px, {megapixels:.0f} megapixels, above Pillow's "
+            f"decompression-bomb threshold); decoded reduced to {max(rgb.shape[:2])} px"
+        )
+    return LoadedImage(path=path, rgb=rgb, original_size=source_size, scale=max(scale, 1.0), sha256=sha, note=note)
 
 
 def _exif_orientation(image: Image.Image) -> int | None:

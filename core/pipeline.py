@@ -314,6 +314,7 @@ def score_results(
             )
         )
     warnings = list(references.warnings)
+    warnings.extend(f"{s.path}: {s.result.note}" for s in scored if s.result.note)
     errors = [s for s in scored if s.error is not None]
     if errors:
         warnings.append(f"{len(errors)} image(s) could not be read; they are listed with the reason in the report")

@@ -180,3 +180,30 @@ def test_scan_skips_our_own_report_files_when_the_report_folder_is_the_image_fol
     assert [p.relative_to(tmp_path).as_posix() for p in scan.paths] == ["e1/contact_sheet.png", "photo.jpg"]
     assert sorted(p.name for p in scan.excluded) == ["contact_sheet.png", "previous"]
 
+
+def test_pillow_decompression_bomb_warning_becomes_our_note(tmp_path, monkeypatch):
+    Image.new("RGB", (300, 200), (90, 120, 150)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # 60,000 px: above it, below twice it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = decode_image(tmp_path / "big.png", max_side=100)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert loaded.ok and max(loaded.rgb.shape) == 100
+    assert "300x200" in loaded.note and "megapixels" in loaded.note
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # more than twice: Pillow refuses to open it
+    refused = decode_image(tmp_path / "big.png")
+    assert not refused.ok and "too large to open safely" in refused.error and "megapixels" in refused.error
+
+
+def test_other_warnings_while_opening_are_passed_on(monkeypatch):
+    original = Image.open
+
+    def noisy_open(*args, **kwargs):
+        warnings.warn("a plugin's own warning", UserWarning)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", noisy_open)
+    with pytest.warns(UserWarning, match="a plugin's own warning"):
+        assert decode_image(OBAMA).ok
+
