@@ -371,16 +371,49 @@ def natural_key(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """The process's file-creation mask (``0o022`` on most systems), read without changing it
+    where the system tells it (Linux), else by setting and restoring it at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path | str, folder: bool = False) -> None:
+    """Give ``path`` the permissions a plain new file (``0o666``) or folder (``0o777``) gets here.
+
+    ``tempfile.mkstemp`` and ``mkdtemp`` create private files (0600) and folders (0700), so
+    anything written through them and then renamed into place would be unreadable to the other
+    users and services (a web UI, a trainer) that read the host's own 0644 files.
+    """
+    if os.name != "posix":  # Windows has no mode bits to speak of; ACLs come from the folder
+        return
+    os.chmod(path, (0o777 if folder else 0o666) & ~process_umask())
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[io.IOBase]:
     """Write ``path`` through a temporary file in the same folder, renamed into place on success.
 
-    A crash or an exception leaves the previous file (if any) untouched and no partial file.
+    A crash or an exception leaves the previous file (if any) untouched and no partial file. The
+    file gets the permissions the process umask gives any new file (see :func:`honour_umask`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        honour_umask(temp_name)
         with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as stream:
             yield stream
             stream.flush()

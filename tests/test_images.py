@@ -207,3 +207,18 @@ def test_other_warnings_while_opening_are_passed_on(monkeypatch):
     with pytest.warns(UserWarning, match="a plugin's own warning"):
         assert decode_image(OBAMA).ok
 
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        images.write_text_atomic(tmp_path / "scores.csv", "a,b\n")
+        images.write_bytes_atomic(tmp_path / "lora.safetensors", b"x")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("as any program writes it")
+    finally:
+        os.umask(before)
+    assert images.process_umask() == before
+    for name in ("scores.csv", "lora.safetensors", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
