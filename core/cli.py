@@ -6,7 +6,8 @@
     likeness prepare / train / sweep / run / convert: see ``likeness <command> --help``
 
 Exit codes: 0 done (unreadable images are reported, not fatal); 2 a setting the user must fix
-(no face-model pack, no usable reference photo, a missing folder); 130 cancelled with Ctrl-C.
+(no face-model pack, no usable reference photo, a missing folder, an output path that cannot be
+written or that another run is writing to); 130 cancelled with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .progress import Progress
+from .progress import Cancelled, Progress
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -137,62 +138,80 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command_score(args: argparse.Namespace) -> int:
+    err = _console(stderr=True)
+    try:
+        return _score(args, err)
+    except (KeyboardInterrupt, Cancelled):
+        # Ctrl-C anywhere: nothing half-written is left (reports are staged and swapped in whole).
+        err.print("cancelled; faces analysed so far are cached, so a re-run continues quickly.", markup=False)
+        return EXIT_CANCELLED
+
+
+def _score(args: argparse.Namespace, err) -> int:
+    from contextlib import ExitStack
+
     from .cache import FaceCache
     from .faces import FaceEngine, FaceModelError, PackNotFoundError
+    from .outputs import OutputError, ReportFolder, check_output_file
     from .pipeline import ScoreSettings, score_folder
-    from .progress import Cancelled
     from .references import NoReferencesError
+    from .report import REPORT_FILES, preserve_file, report_json, write_report_into
 
     out = _console()
-    err = _console(stderr=True)
     json_to_stdout = args.json is not None and str(args.json) == "-"
     for label, folder in (("--refs", args.refs), ("--images", args.images)):
         if not folder.exists():
             _error(err, f"{label} {folder} does not exist")
             return EXIT_USAGE
-    try:
-        engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
-    except (PackNotFoundError, FaceModelError) as exc:
-        _error(err, str(exc))
-        return EXIT_USAGE
-    cache = None if args.no_cache else FaceCache(args.cache_dir)
-    progress = RichProgress(err, enabled=not args.quiet and not json_to_stdout)
-    exclude = [args.out] if args.out is not None else []
-    if cache is not None:
-        exclude.append(cache.folder)
-    settings = ScoreSettings(aggregation=args.aggregation, face_choice=args.face, group_by=args.group_by, seed=args.seed)
-    try:
+    with ExitStack() as stack:
+        # Every output is checked, and --out created and locked, before any work: a path we cannot
+        # write or a folder another run is writing to is said at once, not after the analysis.
         try:
-            run = score_folder(engine, args.refs, args.images, settings, cache=cache, progress=progress, exclude=exclude)
-        finally:
-            progress.close()
-    except NoReferencesError as exc:
-        _error(err, str(exc))
-        return EXIT_USAGE
-    except (KeyboardInterrupt, Cancelled):
-        err.print("cancelled; faces analysed so far are cached, so a re-run continues quickly.")
-        return EXIT_CANCELLED
+            if args.json is not None and not json_to_stdout:
+                check_output_file(args.json, "--json")
+            report = stack.enter_context(ReportFolder(args.out, REPORT_FILES, "--out")) if args.out is not None else None
+        except OutputError as exc:
+            _error(err, str(exc))
+            return EXIT_USAGE
+        try:
+            engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
+        except (PackNotFoundError, FaceModelError) as exc:
+            _error(err, str(exc))
+            return EXIT_USAGE
+        cache = None if args.no_cache else FaceCache(args.cache_dir)
+        progress = RichProgress(err, enabled=not args.quiet and not json_to_stdout)
+        # Never read our own outputs back as inputs: the report folder, its earlier reports, the cache.
+        exclude = []
+        if args.out is not None:
+            exclude += [args.out, args.out / "previous", *(args.out / name for name in REPORT_FILES)]
+        if cache is not None:
+            exclude.append(cache.folder)
+        settings = ScoreSettings(aggregation=args.aggregation, face_choice=args.face, group_by=args.group_by, seed=args.seed)
+        try:
+            try:
+                run = score_folder(engine, args.refs, args.images, settings, cache=cache, progress=progress, exclude=exclude)
+            finally:
+                progress.close()
+        except NoReferencesError as exc:
+            _error(err, str(exc))
+            return EXIT_USAGE
 
-    written = {}
-    if args.out is not None:
-        from .report import write_report
+        written = {}
+        if report is not None:
+            written = write_report_into(run, report, sheet=not args.no_contact_sheet)
+        if args.json is not None:
+            if json_to_stdout:
+                sys.stdout.write(report_json(run) + "\n")
+                for warning in run.warnings:
+                    err.print(f"warning: {warning}", markup=False)
+            else:
+                from .images import write_text_atomic
 
-        written = write_report(run, args.out, sheet=not args.no_contact_sheet)
-    if args.json is not None:
-        from .report import preserve_file, report_json
-
-        if json_to_stdout:
-            sys.stdout.write(report_json(run) + "\n")
-            for warning in run.warnings:
-                err.print(f"warning: {warning}", markup=False)
-        else:
-            from .images import write_text_atomic
-
-            moved = preserve_file(args.json)
-            if moved is not None:
-                run.warnings.append(f"the earlier {args.json.name} was kept as {moved.name}")
-            write_text_atomic(args.json, report_json(run))
-            written[args.json.name] = args.json
+                moved = preserve_file(args.json)
+                if moved is not None:
+                    run.warnings.append(f"the earlier {args.json.name} was kept as {moved.name}")
+                write_text_atomic(args.json, report_json(run))
+                written[args.json.name] = args.json
     if not json_to_stdout:
         print_summary(run, out)
         for path in written.values():

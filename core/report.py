@@ -1,7 +1,9 @@
 """Report files of a scoring run: CSV, JSON, Markdown, a plot and a contact sheet.
 
-Everything is written atomically, and a report already in the output folder is moved to
-``previous/<time>/`` first: a re-run never overwrites what an earlier run produced.
+Written through :class:`lora_likeness.outputs.ReportFolder`: one run at a time per folder, the new
+report staged and swapped in whole at the end, and a report already in the output folder moved to
+``previous/<time>/`` then: a re-run never overwrites what an earlier run produced, and an interrupted
+one leaves the earlier report where it was.
 """
 
 from __future__ import annotations
@@ -10,9 +12,6 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from PIL import Image, ImageDraw
 from .grid import font as load_font
 from .grid import score_colour
 from .images import decode_image, from_array, save_png_atomic, write_bytes_atomic, write_text_atomic
+from .outputs import ReportFolder
+from .outputs import preserve_file, preserve_previous  # noqa: F401 - imported from here by training, sweep and dataset
 from .pipeline import ScoredImage, ScoreRun
 
 REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png")
@@ -285,58 +286,34 @@ def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: i
 # --------------------------------------------------------------------------------------------
 
 
-def _vacant(name_for, mtime: float) -> Path:
-    """``name_for(tag)`` for the first tag ``<time>``, ``<time>-2``, … that does not exist yet."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(mtime))
-    target, suffix = name_for(stamp), 1
-    while target.exists():
-        suffix += 1
-        target = name_for(f"{stamp}-{suffix}")
-    return target
-
-
-def preserve_previous(out_dir: Path, names: Sequence[str] = REPORT_FILES) -> Path | None:
-    """Move report files already in ``out_dir`` to ``out_dir/previous/<their time>/``."""
-    existing = [out_dir / n for n in names if (out_dir / n).exists()]
-    if not existing:
-        return None
-    target = _vacant(lambda tag: out_dir / "previous" / tag, max(p.stat().st_mtime for p in existing))
-    target.mkdir(parents=True)
-    for path in existing:
-        shutil.move(str(path), str(target / path.name))
-    return target
-
-
-def preserve_file(path: Path) -> Path | None:
-    """Rename an existing file to ``<stem>.<its time><suffix>`` so writing ``path`` loses nothing."""
-    if not path.exists():
-        return None
-    target = _vacant(lambda tag: path.with_name(f"{path.stem}.{tag}{path.suffix}"), path.stat().st_mtime)
-    os.replace(path, target)
-    return target
-
-
 def write_report(run: ScoreRun, out_dir: Path, plot: bool = True, sheet: bool = True) -> dict[str, Path]:
-    """Write every report file into ``out_dir``; returns ``{file name: path}``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    moved = preserve_previous(out_dir)
-    if moved is not None:
-        run.warnings.append(f"the earlier report in {out_dir} was moved to {moved}")
+    """Write every report file into ``out_dir``; returns ``{file name: path}``.
+
+    Raises:
+        lora_likeness.outputs.OutputError: ``out_dir`` cannot be written, or another run is writing to it.
+    """
+    with ReportFolder(out_dir, REPORT_FILES) as report:
+        return write_report_into(run, report, plot=plot, sheet=sheet)
+
+
+def write_report_into(run: ScoreRun, report: ReportFolder, plot: bool = True, sheet: bool = True) -> dict[str, Path]:
+    """:func:`write_report` into a :class:`ReportFolder` the caller already holds (the CLI locks
+    ``--out`` before the analysis, so that a second run is refused at once, not after it)."""
+    if report.previous is not None:
+        run.warnings.append(f"the earlier report in {report.folder} was moved to {report.previous}")
     files: dict[str, Path] = {}
     if plot:
-        save = out_dir / "scores.png"
-        write_bytes_atomic(save, plot_png(run))
-        files["scores.png"] = save
+        write_bytes_atomic(report.path("scores.png"), plot_png(run))
+        files["scores.png"] = report.final("scores.png")
     if sheet and run.images:
-        save = out_dir / "contact_sheet.png"
-        save_png_atomic(contact_sheet(run), save, optimize=False)
-        files["contact_sheet.png"] = save
+        save_png_atomic(contact_sheet(run), report.path("contact_sheet.png"), optimize=False)
+        files["contact_sheet.png"] = report.final("contact_sheet.png")
     for name, text in (("scores.csv", scores_csv(run)), ("summary.csv", summary_csv(run))):
-        write_text_atomic(out_dir / name, text)
-        files[name] = out_dir / name
-    files["report.md"] = out_dir / "report.md"
-    files["report.json"] = out_dir / "report.json"
-    write_text_atomic(files["report.md"], report_markdown(run, files))
-    write_text_atomic(files["report.json"], report_json(run))
+        write_text_atomic(report.path(name), text)
+        files[name] = report.final(name)
+    files["report.md"] = report.final("report.md")
+    files["report.json"] = report.final("report.json")
+    write_text_atomic(report.path("report.md"), report_markdown(run, files))
+    write_text_atomic(report.path("report.json"), report_json(run))
+    report.commit()
     return files

@@ -38,7 +38,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ..grid import GridCell, draw_score, font, format_score, scored_grid
 from ..images import write_bytes_atomic, write_text_atomic
 from ..recommend import NO_LORA, CellResult, Recommendation
-from ..report import _csv_text, preserve_previous
+from ..outputs import ReportFolder
+from ..report import _csv_text
 from .results import SweepImage
 
 #: The files of one sweep report; an earlier set of these is moved to ``previous/<time>/``.
@@ -973,35 +974,37 @@ def write_sweep_report(
 ) -> dict[str, Path]:
     """Write the sweep report into ``out_dir`` (see the module docstring for the files).
 
-    Every file is written atomically; report files already there are moved to
-    ``out_dir/previous/<time>/`` first. Returns ``{file name: path}``, plus ``previous`` (the folder
-    the earlier report went to) when there was one.
+    One run at a time: the report is staged and swapped in at the end (an interrupted run leaves the
+    earlier one in place), report files already there moving to ``out_dir/previous/<time>/`` then.
+    Returns ``{file name: path}``, plus ``previous`` (the folder the earlier report went to) when
+    there was one.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     load = load or open_image
     files: dict[str, Path] = {}
-    moved = preserve_previous(out_dir, SWEEP_REPORT_FILES)
+    # Locked against a second run, staged, and swapped in whole at the end (see lora_likeness.outputs).
+    with ReportFolder(out_dir, SWEEP_REPORT_FILES) as report:
+        moved = report.previous
 
-    def put(name: str, data: bytes | str) -> None:
-        path = out_dir / name
-        (write_text_atomic if isinstance(data, str) else write_bytes_atomic)(path, data)
-        files[name] = path
+        def put(name: str, data: bytes | str) -> None:
+            (write_text_atomic if isinstance(data, str) else write_bytes_atomic)(report.path(name), data)
+            files[name] = out_dir / name
 
-    grid = grid_jpeg(sweep_grid(images, recommendation, load=load)) if images else None
-    if grid is not None:
-        put("grid.jpg", grid)
-    plots = {"curves.png": curves_png(recommendation), "heatmap.png": heatmap_png(recommendation)}
-    trade_off = trade_off_png(recommendation)
-    if trade_off is not None:
-        plots["trade_off.png"] = trade_off
-    for name, data in plots.items():
-        put(name, data)
-    put("cells.csv", cells_csv(recommendation))
-    put("images.csv", images_csv(images, out_dir))
-    put("recommendation.json", recommendation_json(recommendation, settings))
-    put("recommendation.txt", recommendation_text(recommendation))
-    files["report.html"] = out_dir / "report.html"
-    listed = dict(files, **({"previous": moved} if moved is not None else {}))
-    write_text_atomic(files["report.html"], report_html(recommendation, images, listed, settings, grid, plots, load=load))
+        grid = grid_jpeg(sweep_grid(images, recommendation, load=load)) if images else None
+        if grid is not None:
+            put("grid.jpg", grid)
+        plots = {"curves.png": curves_png(recommendation), "heatmap.png": heatmap_png(recommendation)}
+        trade_off = trade_off_png(recommendation)
+        if trade_off is not None:
+            plots["trade_off.png"] = trade_off
+        for name, data in plots.items():
+            put(name, data)
+        put("cells.csv", cells_csv(recommendation))
+        put("images.csv", images_csv(images, out_dir))
+        put("recommendation.json", recommendation_json(recommendation, settings))
+        put("recommendation.txt", recommendation_text(recommendation))
+        files["report.html"] = out_dir / "report.html"
+        listed = dict(files, **({"previous": moved} if moved is not None else {}))
+        write_text_atomic(report.path("report.html"), report_html(recommendation, images, listed, settings, grid, plots, load=load))
+        report.commit()
     return listed
