@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .grid import font as load_font
+from . import fonts
 from .grid import score_colour
 from .images import decode_image, from_array, save_png_atomic, write_bytes_atomic, write_text_atomic
 from .outputs import ReportFolder
@@ -172,7 +172,10 @@ def plot_png(run: ScoreRun) -> bytes:
     from matplotlib.figure import Figure
 
     groups = run.groups
-    labels = [g.label for g in groups]
+    title = f"Likeness by {run.settings.group_by} — {run.model.get('pack')}"
+    # CJK folder names: drawn with a CJK font when one is installed, else escaped (never boxes).
+    (title, *labels), families = fonts.plot_texts([title, *(g.label for g in groups)])
+    families = families or None
     x = np.arange(len(groups))
     figure = Figure(figsize=(max(6.0, 0.9 * len(groups) + 2.5), 4.8), dpi=110)
     axes = figure.add_subplot(1, 1, 1)
@@ -204,9 +207,10 @@ def plot_png(run: ScoreRun) -> bytes:
             axes.annotate(f"no face {group.no_face_rate:.0%}", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 4),
                           textcoords="offset points", ha="center", fontsize=7, color="tab:red")
     axes.set_xticks(x)
-    axes.set_xticklabels(labels, rotation=30 if max((len(l) for l in labels), default=0) > 8 else 0, ha="right" if len(groups) > 1 else "center", fontsize=8)
+    axes.set_xticklabels(labels, rotation=30 if max((len(l) for l in labels), default=0) > 8 else 0, ha="right" if len(groups) > 1 else "center",
+                         fontsize=8, fontfamily=families)
     axes.set_ylabel(f"identity score ({run.settings.aggregation} cosine similarity)")
-    axes.set_title(f"Likeness by {run.settings.group_by} — {run.model.get('pack')}")
+    axes.set_title(title, fontfamily=families)
     axes.grid(axis="y", alpha=0.3)
     if any(has) or baseline.mean is not None:
         axes.legend(fontsize=8, loc="best")
@@ -224,17 +228,88 @@ def _thumbnail_source(image: ScoredImage, run: ScoreRun, cell: int):
     return decode_image(Path(run.images_root or ".") / image.path, max_side=cell * 2)
 
 
-def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, font, small_font) -> Image.Image:
-    """A ``cell x cell`` thumbnail with the scored face's box and its score drawn on it."""
+def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> float:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return right - left
+
+
+def shorten_middle(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text``, or its start and end around ``…``, whichever fits ``width`` px (two thirds from the
+    end: a file name's end tells epochs and seeds apart)."""
+    if _text_width(draw, text, font) <= width:
+        return text
+    low, high = 0, len(text)  # how many characters are kept
+    while low < high:
+        keep = (low + high + 1) // 2
+        head = keep // 3
+        if _text_width(draw, text[:head] + "…" + text[len(text) - (keep - head):], font) <= width:
+            low = keep
+        else:
+            high = keep - 1
+    head = low // 3
+    return text[:head] + "…" + text[len(text) - (low - head):]
+
+
+def wrap_text(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int) -> list[str]:
+    """``text`` in lines at most ``width`` px wide, broken between words and inside words too long
+    for a line (paths); the last line ends with ``…`` when the text goes on."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if _text_width(draw, candidate, font) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        for char in word:  # a word wider than a line is broken where it must be
+            if line and _text_width(draw, line + char, font) > width:
+                lines.append(line)
+                line = ""
+            line += char
+    if line:
+        lines.append(line)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and _text_width(draw, last + "…", font) > width:
+            last = last[:-1]
+        lines = lines[: max_lines - 1] + [last + "…"]
+    return lines
+
+
+def _reason(image: ScoredImage) -> str:
+    """The error without the file's path in front: the tile shows the name already."""
+    error = image.error or ""
+    path = str(image.result.path) if image.result.path is not None else None
+    if path and error.startswith(path + ": "):
+        return error[len(path) + 2:]
+    return error
+
+
+NAME_BAND = 15  # px above the picture for the file name
+SCORE_BAND = 18  # px below it for the score
+
+
+def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, size: int = 13, small_size: int = 10) -> Image.Image:
+    """A ``cell x cell`` tile: the file name, the thumbnail with the faces' boxes, and the score; for
+    an unreadable file, the reason wrapped to the tile instead. ``size``/``small_size``: font px."""
     canvas = Image.new("RGB", (cell, cell), (28, 28, 28))
     draw = ImageDraw.Draw(canvas)
+    shown = image.path
+    if run.settings.group_by == "folder" and shown.startswith(image.group + "/"):
+        shown = shown[len(image.group) + 1:]  # the block's header names the folder already
+    name_font, name = fonts.draw_font(shown, small_size)
+    draw.text((3, 2), shorten_middle(draw, name, name_font, cell - 6), fill=(185, 185, 185), font=name_font)
     loaded = _thumbnail_source(image, run, cell) if image.error is None else None
+    font, _ = fonts.draw_font("", size)
     if loaded is not None and loaded.rgb is not None:
+        room = cell - NAME_BAND - SCORE_BAND
         thumb = Image.fromarray(loaded.rgb)
-        factor = min(cell / thumb.width, (cell - 18) / thumb.height)
-        size = (max(1, round(thumb.width * factor)), max(1, round(thumb.height * factor)))
-        thumb = thumb.resize(size, Image.Resampling.BILINEAR)
-        offset = ((cell - size[0]) // 2, (cell - 18 - size[1]) // 2)
+        factor = min(cell / thumb.width, room / thumb.height)
+        fitted = (max(1, round(thumb.width * factor)), max(1, round(thumb.height * factor)))
+        thumb = thumb.resize(fitted, Image.Resampling.BILINEAR)
+        offset = ((cell - fitted[0]) // 2, NAME_BAND + (room - fitted[1]) // 2)
         canvas.paste(thumb, offset)
         value = image.score.value(run.settings.aggregation)
         colour = score_colour(value, run.references.baseline.mean)
@@ -246,17 +321,20 @@ def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, font, small
         text = f"{value:.3f}" if value is not None else "no face"
         if image.score.memorised:
             text += " (memorised?)"
-        draw.rectangle([0, cell - 18, cell, cell], fill=(0, 0, 0))
-        draw.text((4, cell - 17), text, fill=colour, font=font)
+        draw.rectangle([0, cell - SCORE_BAND, cell, cell], fill=(0, 0, 0))
+        draw.text((4, cell - SCORE_BAND + 1), text, fill=colour, font=font)
     else:
-        draw.text((4, 4), "unreadable", fill=(230, 80, 80), font=font)
-        draw.text((4, 24), (image.error or "")[-60:], fill=(200, 200, 200), font=small_font)
+        draw.text((4, NAME_BAND + 2), "unreadable", fill=(230, 80, 80), font=font)
+        small_font, reason = fonts.draw_font(_reason(image) if image.error else "could not be read again for the sheet", small_size)
+        line_height = small_size + 3
+        top = NAME_BAND + size + 8
+        for i, line in enumerate(wrap_text(draw, reason, small_font, cell - 8, max(1, (cell - top - 2) // line_height))):
+            draw.text((4, top + i * line_height), line, fill=(200, 200, 200), font=small_font)
     return canvas
 
 
 def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: int = 64) -> Image.Image:
     """One block per group (in group order): a header with its statistics, then its images."""
-    font, small_font, header_font = load_font(13), load_font(10), load_font(15)
     by_group: dict[str, list[ScoredImage]] = {}
     for image in run.images:
         by_group.setdefault(image.group, []).append(image)
@@ -268,9 +346,10 @@ def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: i
         block = Image.new("RGB", (width, 26 + rows * cell), (16, 16, 16))
         draw = ImageDraw.Draw(block)
         stats = f"mean {_cell(group.mean)}  min {_cell(group.min)}  max {_cell(group.max)}  faces {group.n_faces}/{group.n_images}"
-        draw.text((6, 4), f"{group.label}    {stats}", fill=(235, 235, 235), font=header_font)
+        header_font, header = fonts.draw_font(f"{group.label}    {stats}", 15)
+        draw.text((6, 4), header, fill=(235, 235, 235), font=header_font)
         for i, image in enumerate(members):
-            block.paste(annotate_thumbnail(image, run, cell, font, small_font), ((i % columns) * cell, 26 + (i // columns) * cell))
+            block.paste(annotate_thumbnail(image, run, cell), ((i % columns) * cell, 26 + (i // columns) * cell))
         blocks.append(block)
     height = sum(b.height for b in blocks) or cell
     sheet = Image.new("RGB", (width, height), (16, 16, 16))

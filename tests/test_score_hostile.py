@@ -17,10 +17,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from likeness_assets import FACES, PACK_DIR, PEOPLE
-from lora_likeness import cli, outputs
+from lora_likeness import cli, fonts, outputs
 from lora_likeness import report as report_module
 from lora_likeness.faces import FaceEngine
 
@@ -313,6 +313,80 @@ def test_a_100_megapixel_image_gets_our_warning_not_pillows(folders, capsys):
     report = json.loads((folders / "r.json").read_text())
     assert any(w.startswith("huge.png:") and "10000x10050" in w and "megapixels" in w for w in report["warnings"])
     assert {i["path"]: i["error"] for i in report["images"]}["huge.png"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# 7-8. Names in the pictures: CJK without boxes or warnings, file names on the tiles, whole errors
+# --------------------------------------------------------------------------------------------
+
+
+def _drawn_texts(monkeypatch) -> list[tuple[str, object]]:
+    """Record every text Pillow draws, with the font it is drawn in."""
+    drawn: list[tuple[str, object]] = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, value, fill=None, font=None, *args, **kwargs):
+        drawn.append((value, font))
+        return original(self, xy, value, fill, font, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    return drawn
+
+
+def _cjk_run(folders, capsys, no_cjk_font: bool, monkeypatch):
+    if no_cjk_font:
+        monkeypatch.setattr(fonts, "cjk_font_file", lambda: None)
+    cjk = folders / "images" / "张三"
+    cjk.mkdir()
+    shutil.copy(OBAMA[3], cjk / "写真_01.jpg")
+    drawn = _drawn_texts(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Glyph")  # matplotlib's "Glyph … missing from font(s)" fails the test
+        code, stdout, err = score(folders, capsys, "--out", folders / "report")
+    assert code == 0, err
+    assert "Glyph" not in err and "missing from font" not in err
+    for value, font in drawn:  # every character Pillow drew has a glyph in the font it was drawn with
+        charset = fonts._charset(font.path) if hasattr(font, "path") else frozenset(range(0x20, 0x100))
+        assert all(c.isspace() or ord(c) in charset for c in value), value
+    return [value for value, _ in drawn]
+
+
+def test_cjk_names_without_a_cjk_font_are_escaped_not_boxes(folders, capsys, monkeypatch):
+    texts = _cjk_run(folders, capsys, True, monkeypatch)
+    assert any(t.startswith("\\u5f20\\u4e09") for t in texts)  # 张三, the group header
+    assert any(t.startswith("\\u5199\\u771f") for t in texts)  # 写真_01.jpg on its tile
+
+
+@pytest.mark.skipif(fonts.cjk_font_file() is None, reason="no CJK font installed (e.g. fonts-noto-cjk or fonts-wqy-microhei)")
+def test_cjk_names_are_drawn_in_an_installed_cjk_font(folders, capsys, monkeypatch):
+    texts = _cjk_run(folders, capsys, False, monkeypatch)
+    assert any(t.startswith("张三") for t in texts) and "写真_01.jpg" in texts
+
+
+def test_tiles_name_their_file_and_show_the_whole_error(folders, capsys, monkeypatch):
+    images = folders / "images"
+    long_name = "epoch_000010_a_very_long_descriptive_file_name_seed_1234.jpg"
+    shutil.copy(BUSH[2], images / long_name)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    drawn = _drawn_texts(monkeypatch)
+    code, _, err = score(folders, capsys, "--out", folders / "report")
+    assert code == 0, err
+    texts = [value for value, _ in drawn]
+    assert "obama.jpg" in texts and "broken.jpg" in texts
+    shortened = [t for t in texts if "…" in t and t.startswith("epoch")]
+    assert shortened and shortened[0].endswith("seed_1234.jpg")  # the end, which tells files apart, stays
+    sheet = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    report = json.loads((folders / "report" / "report.json").read_text())
+    error = next(i["error"] for i in report["images"] if i["path"] == "broken.jpg")
+    reason = error.split("broken.jpg: ", 1)[1]
+    start = texts.index("unreadable") + 1
+    lines = texts[start:start + 12]
+    lines = lines[: next((i for i, t in enumerate(lines) if t.endswith(".jpg") or t == "unreadable"), len(lines))]
+    assert "".join(lines).replace(" ", "") == reason.replace(" ", "")  # all of the reason, in order, nothing clipped
+    font, _ = fonts.draw_font(reason, 10)
+    for line in lines:
+        left, _, right, _ = sheet.textbbox((0, 0), line, font=font)
+        assert right - left <= 160 - 8, line
 
 
 # --------------------------------------------------------------------------------------------
