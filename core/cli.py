@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports every command's module: a second or two
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handler = getattr(args, "handler", None)
     if handler is not None:

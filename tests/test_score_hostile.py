@@ -254,6 +254,10 @@ def test_ctrl_c_anywhere_ends_with_one_line_and_130(folders, capsys, monkeypatch
     assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (folders / "report").exists()  # the folder this run made is gone again
 
+    monkeypatch.setattr(cli, "build_parser", interrupted)  # while the command modules are imported
+    code, _, err = score(folders, capsys, "--out", folders / "report")
+    assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
 
 @pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to itself")
 def test_ctrl_c_during_the_swap_waits_for_the_swap_to_finish(tmp_path, monkeypatch):
