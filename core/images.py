@@ -326,17 +326,17 @@ def scan_images(folder: Path, recursive: bool = True, exclude: Sequence[Path] = 
             if entry.name.startswith("."):
                 continue
             path = current / entry.name
-            if entry.name in excluded_names and _identity(path) in excluded:
-                scan.excluded.append(path)
-                continue
             try:
                 is_folder = entry.is_dir()  # follows links: a linked folder is scanned too
             except OSError:  # a link loop: listed as a file when it is named like an image
                 is_folder = False
-            if is_folder:
-                if recursive:
-                    pending.append(path)
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            if not (is_folder and recursive) and Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if entry.name in excluded_names and _identity(path) in excluded:
+                scan.excluded.append(path)
+            elif is_folder:
+                pending.append(path)
+            else:
                 scan.paths.append(path)
     scan.paths.sort(key=lambda p: natural_key(p.relative_to(folder).as_posix()))
     return scan

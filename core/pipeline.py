@@ -443,8 +443,8 @@ def score_folder(
     run = score_results(results, names, groups, references, settings, engine.describe(), images_root=str(root))
     run.warnings = list(engine.warnings) + run.warnings
     if scan.excluded:
-        shown = ", ".join(relative_name(p, root) for p in scan.excluded[:4]) + (", …" if len(scan.excluded) > 4 else "")
-        run.warnings.append(f"not scored: {len(scan.excluded)} item(s) under {images} that this tool wrote itself ({shown})")
+        shown = [relative_name(p, root) + ("/" if p.is_dir() else "") for p in scan.excluded]
+        run.warnings.append(f"not scored, being this tool's own output: {', '.join(shown[:5])}{', …' if len(shown) > 5 else ''} (under {images})")
     run.warnings.extend(scan.notes)
     if cache is not None and cache.disabled_reason:
         run.warnings.append(cache.disabled_reason)
