@@ -20,6 +20,7 @@ from pathlib import Path
 from lora_likeness import pipeline
 from lora_likeness import report as core_report
 from lora_likeness.cache import FaceCache
+from lora_likeness.outputs import OutputError, ReportFolder
 
 from .scorer import DEFAULT_PACK, LikenessSetupError, available_packs, get_scorer
 from .stages import build_dataset_section, build_train_section
@@ -80,9 +81,13 @@ def score_folder_action(refs: str, images: str, pack: str = DEFAULT_PACK, aggreg
         return FolderScore(message=str(error))
     target = Path(out_dir.strip()).expanduser() if out_dir and out_dir.strip() else default_out_dir(images_path, outputs_root)
     settings = pipeline.ScoreSettings(aggregation=aggregation, group_by=group_by)
-    run = pipeline.score_folder(scorer.engine, scorer.refs_folder, images_path, settings=settings, cache=FaceCache(),
-                                exclude=[target])
-    files = core_report.write_report(run, target)
+    try:  # checked and locked before the analysis, as the CLI does
+        with ReportFolder(target, core_report.REPORT_FILES, "The report folder") as report:
+            run = pipeline.score_folder(scorer.engine, scorer.refs_folder, images_path, settings=settings, cache=FaceCache(),
+                                        exclude=core_report.own_outputs(target))
+            files = core_report.write_report_into(run, report)
+    except OutputError as error:
+        return FolderScore(message=str(error))
     lines = [f"Scored {len(run.images)} image(s) in {len(run.groups)} group(s) against {run.references.n} reference photo(s).",
              core_report.baseline_sentence(run), f"Report: {target}"]
     lines += [f"Warning: {w}" for w in run.warnings]

@@ -159,7 +159,7 @@ def _score(args: argparse.Namespace, err) -> int:
     from .outputs import OutputError, ReportFolder, check_output_file
     from .pipeline import ScoreSettings, score_folder
     from .references import NoReferencesError
-    from .report import REPORT_FILES, preserve_file, report_json, write_report_into
+    from .report import REPORT_FILES, own_outputs, preserve_file, report_json, write_report_into
 
     out = _console()
     json_to_stdout = args.json is not None and str(args.json) == "-"
@@ -185,9 +185,7 @@ def _score(args: argparse.Namespace, err) -> int:
         cache = None if args.no_cache else FaceCache(args.cache_dir)
         progress = RichProgress(err, enabled=not args.quiet and not json_to_stdout)
         # Never read our own outputs back as inputs: the report folder, its earlier reports, the cache.
-        exclude = []
-        if args.out is not None:
-            exclude += [args.out, args.out / "previous", *(args.out / name for name in REPORT_FILES)]
+        exclude = own_outputs(args.out) if args.out is not None else []
         if cache is not None:
             exclude.append(cache.folder)
         settings = ScoreSettings(aggregation=args.aggregation, face_choice=args.face, group_by=args.group_by, seed=args.seed)

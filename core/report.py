@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from . import fonts
 from .grid import score_colour
 from .images import decode_image, from_array, save_png_atomic, write_bytes_atomic, write_text_atomic
-from .outputs import ReportFolder
+from .outputs import PREVIOUS, ReportFolder
 from .outputs import preserve_file, preserve_previous  # noqa: F401 - imported from here by training, sweep and dataset
 from .pipeline import ScoredImage, ScoreRun
 
@@ -363,6 +363,14 @@ def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: i
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+
+
+def own_outputs(out_dir: Path) -> list[Path]:
+    """What a scan of the images must leave out so that a report in ``out_dir`` is never scored
+    itself: the folder, its ``previous/`` reports, and the report files (when ``out_dir`` is the
+    image folder, the folder itself cannot be left out)."""
+    out_dir = Path(out_dir)
+    return [out_dir, out_dir / PREVIOUS, *(out_dir / name for name in REPORT_FILES)]
 
 
 def write_report(run: ScoreRun, out_dir: Path, plot: bool = True, sheet: bool = True) -> dict[str, Path]:

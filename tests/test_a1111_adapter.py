@@ -257,6 +257,9 @@ def test_score_folder_action_writes_the_core_report_and_returns_table_plot_sheet
 def test_score_folder_action_reports_bad_settings_as_a_message(tmp_path):
     assert "does not exist" in tab.score_folder_action(str(PEOPLE / "obama"), str(tmp_path / "missing"), str(PACK_DIR)).message
     assert "reference folder" in tab.score_folder_action("", str(tmp_path), str(PACK_DIR)).message
+    (tmp_path / "a_file").write_text("mine")
+    message = tab.score_folder_action(str(PEOPLE / "obama"), str(tmp_path), str(PACK_DIR), out_dir=str(tmp_path / "a_file")).message
+    assert "a_file is a file, not a folder" in message and (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_tab_sections_are_a_container_later_stages_extend():
