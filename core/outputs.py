@@ -15,6 +15,7 @@ report's own files are swapped, never other files the user keeps in ``out`` (a s
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from typing import Iterator
 LOCK_NAME = ".likeness.lock"
 STAGING_PREFIX = ".likeness-new-"
 PREVIOUS = "previous"
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 # Windows locks bytes, and other processes cannot read locked bytes: lock one far past the pid text.
 _WINDOWS_LOCK_OFFSET = 1 << 20
 
@@ -159,6 +161,10 @@ def _try_lock(handle: int) -> bool:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except (BlockingIOError, PermissionError):
         return False
+    except OSError as exc:
+        if exc.errno in _NO_LOCKING:  # a file system without locks (some network shares): run unlocked
+            return True
+        raise
     return True
 
 
@@ -228,7 +234,10 @@ class FolderLock:
                 os.ftruncate(handle, 0)
             else:  # deleted while still locked, so no one can lock the old file after us (see acquire)
                 self.path.unlink(missing_ok=True)
-            _unlock(handle)
+            try:
+                _unlock(handle)
+            except OSError:  # never locked (a file system without locks): closing is all there is
+                pass
         finally:
             os.close(handle)
 

@@ -416,3 +416,18 @@ def test_report_files_get_the_mode_the_umask_gives(folders, capsys):
     assert code == 0, err
     written = list((folders / "report").iterdir()) + [folders / "r.json"]
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: 0o644 for p in written}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock is POSIX")
+def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with outputs.ReportFolder(tmp_path / "out", ("a.txt",)) as folder:
+        folder.path("a.txt").write_text("new")
+        folder.commit()
+    assert (tmp_path / "out" / "a.txt").read_text() == "new" and not (tmp_path / "out" / outputs.LOCK_NAME).exists()
