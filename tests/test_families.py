@@ -35,14 +35,15 @@ BASE_VERSION = {"sd1": ("sd_v1", "stable-diffusion-v1/lora"), "sdxl": ("sdxl_bas
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def trained(request, tmp_path_factory):
-    """``(family name, tiny base folder, TrainResult)``: two epochs of a rank-4 LoRA on UNet and text encoders."""
+    """``(family name, tiny base folder, TrainResult)``: two epochs of a rank-4 LoRA on UNet and text encoders
+    (asked for explicitly: SDXL's default is the UNet only)."""
     from lora_likeness.training.tiny import write_tiny_model, write_training_folder
 
     name = request.param
     root = tmp_path_factory.mktemp(name)
     base = write_tiny_model(root / "base", TOKENIZER, family=name, tokenizer_2_dir=TOKENIZER_G)
     data = write_training_folder(root / "data", n_images=4, size=(48, 40), repeats=1)
-    config = TrainConfig(base=base, data=data, out=root / "loras", name="me", epochs=2, rank=4, alpha=2, lr=5e-3, resolution=32,
+    config = TrainConfig(base=base, data=data, out=root / "loras", name="me", epochs=2, rank=4, alpha=2, lr=5e-3, text_encoder_lr=5e-3, resolution=32,
                          min_bucket_reso=32, max_bucket_reso=64, bucket_reso_steps=8, batch_size=2, mixed_precision="no",
                          save_precision="float", seed=3, device="cpu")
     return name, base, train_lora(config)
@@ -170,6 +171,11 @@ def test_switching_equals_diffusers_and_leaves_the_base_untouched(trained, tmp_p
 
 def test_every_registered_family_is_offered_by_the_cli_and_config():
     assert set(FAMILY_CHOICES) == {"auto", *FAMILIES}
+    # Unless told, SD1.x LoRAs train the text encoder and SDXL LoRAs the UNet only; told, both do what they are told.
+    assert TrainConfig().for_family(get_family("sd1")).train_text_encoder
+    assert not TrainConfig().for_family(get_family("sdxl")).train_text_encoder
+    assert TrainConfig(text_encoder_lr=1e-5).for_family(get_family("sdxl")).train_text_encoder
+    assert not TrainConfig(text_encoder_lr=0).for_family(get_family("sd1")).train_text_encoder
     for family in FAMILIES.values():
         assert family.defaults.resolution % 64 == 0 and family.defaults.width % 8 == 0
         assert set(family.configs) >= {"model_index.json", "unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"}
@@ -227,6 +233,53 @@ def test_sdxl_time_ids_come_from_each_images_size_and_crop(tiny_sdxl):
         inputs["added_cond_kwargs"]["time_ids"] = inputs["added_cond_kwargs"]["time_ids"].flip(0)
         two = model.unet(latents, 10, **inputs).sample
     assert not torch.allclose(one, two)
+
+
+def test_sdxl_training_resumes_exactly_with_checkpointing_min_snr_noise_offset_and_samples(tiny_sdxl, tmp_path):
+    """Ctrl-C and --resume on SDXL give the uninterrupted run's weights bit for bit, with the generic options on;
+    the samples are drawn by the SDXL pipeline each epoch. Unless told, only the UNet trains (text states cached)."""
+    from lora_likeness.progress import Progress
+    from lora_likeness.training.tiny import write_training_folder
+    from lora_likeness.training.trainer import TrainingCancelled
+
+    class CancelAfter(Progress):
+        def advance(self, count: int = 1, detail: str | None = None) -> None:
+            super().advance(count, detail)
+            if self.description.startswith("training") and self.done >= 1:
+                self.cancel()
+
+    data = write_training_folder(tmp_path / "data", n_images=4, size=(48, 40), repeats=1)
+
+    def config(out: Path) -> TrainConfig:
+        return TrainConfig(base=tiny_sdxl, data=data, out=out, name="me", epochs=2, rank=4, alpha=2, lr=5e-3, resolution=32,
+                           min_bucket_reso=32, max_bucket_reso=64, bucket_reso_steps=8, batch_size=2, mixed_precision="no",
+                           save_precision="float", seed=5, device="cpu", gradient_checkpointing=True, min_snr_gamma=5.0,
+                           noise_offset=0.05, sample_every_n_epochs=1, sample_steps=2)
+
+    whole = train_lora(config(tmp_path / "whole"))
+    assert sorted(whole.samples) == [1, 2] and all(p.is_file() for paths in whole.samples.values() for p in paths)
+    with pytest.raises(TrainingCancelled):
+        train_lora(config(tmp_path / "parts"), CancelAfter())
+    resumed = train_lora(config(tmp_path / "parts"), resume=True)
+    assert resumed.steps == whole.steps == 4
+    from safetensors.torch import load_file
+
+    for name in ("me-000001.safetensors", "me.safetensors"):
+        a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "parts" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert not any(k.startswith("lora_te") for k in a)
+
+
+def test_sdxl_vae_runs_in_float32_under_fp16_unless_it_is_the_fp16_fix():
+    """The original SDXL VAE overflows in fp16 (NaN latents): with fp16 weights it runs in float32, unless its
+    config says force_upcast false (madebyollin's fp16-fix VAE); SD1's VAE runs in the weights' dtype."""
+    from types import SimpleNamespace
+
+    original, fixed = SimpleNamespace(config=SimpleNamespace(force_upcast=True)), SimpleNamespace(config=SimpleNamespace(force_upcast=False))
+    sdxl, sd1 = get_family("sdxl"), get_family("sd1")
+    assert sdxl.vae_dtype(original, torch.float16) == torch.float32
+    assert sdxl.vae_dtype(fixed, torch.float16) == torch.float16
+    assert sdxl.vae_dtype(original, torch.bfloat16) == torch.bfloat16 and sd1.vae_dtype(original, torch.float16) == torch.float16
 
 
 def test_sgm_names_of_the_full_size_sdxl_unet():

@@ -134,7 +134,8 @@ def test_run_on_an_sdxl_base_end_to_end(sdxl_base, tmp_path):
     meta = kf.read_metadata(result.training.final)
     assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")
     modules = {k.split(".", 1)[0] for k in kf.lora_header_keys(result.training.final)}
-    assert {m[:8] for m in modules if m.startswith("lora_te")} == {"lora_te1", "lora_te2"}
+    assert modules and all(m.startswith("lora_unet_input_blocks_") or m.startswith("lora_unet_output_blocks_")
+                           or m.startswith("lora_unet_middle_block_") for m in modules)  # SDXL: the UNet only, unless told
     sweep = result.sweep
     assert [c.label for c in sweep.checkpoints] == ["e1", "final (e2)"] and sweep.config.family == "sdxl"
     assert len(sweep.images) == (1 + 2 * 2) * 2 and sweep.generated == len(sweep.images)

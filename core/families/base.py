@@ -59,6 +59,9 @@ class FamilyDefaults:
     cfg: float
     prepare_size: int
     """Crop size of ``likeness prepare``."""
+    train_text_encoders: bool = True
+    """Whether a LoRA trains the text encoders unless told (``text_encoder_lr`` unset): SD1.x LoRAs usually do;
+    SDXL LoRAs usually train the UNet only (sd-scripts' advice for SDXL; its encoders' outputs are then cached)."""
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ class SDXL(ModelFamily):
         TextEncoderSlot("text_encoder_2", "tokenizer_2", "lora_te2", "CLIPTextModelWithProjection", pad_token="!"),
     )
     defaults = FamilyDefaults(resolution=1024, min_bucket_reso=512, max_bucket_reso=2048, width=1024, height=1024, steps=25, cfg=7.0,
-                              prepare_size=1024)
+                              prepare_size=1024, train_text_encoders=False)
     configs = {"model_index.json": MODEL_INDEX, "unet/config.json": UNET, "vae/config.json": VAE, "text_encoder/config.json": TEXT_ENCODER,
                "text_encoder_2/config.json": TEXT_ENCODER_2, "scheduler/scheduler_config.json": SCHEDULER}
     ss_base_model_version = "sdxl_base_v1-0"

@@ -35,7 +35,7 @@ _FLAGS: list[tuple[str, str, dict]] = [
     ("--resolution", "resolution", {"type": int, "metavar": "PX", "help": "training resolution (default: 512 for SD1.x, 1024 for SDXL)"}),
     ("--lr", "lr", {"type": float, "help": "learning rate (default 1e-4)"}),
     ("--unet-lr", "unet_lr", {"type": float, "help": "UNet learning rate (default: --lr)"}),
-    ("--text-encoder-lr", "text_encoder_lr", {"type": float, "help": "text-encoder learning rate (default: --lr; 0 = UNet only)"}),
+    ("--text-encoder-lr", "text_encoder_lr", {"type": float, "help": "text-encoder learning rate (default: --lr for SD1.x, 0 = UNet only for SDXL)"}),
     ("--optimizer", "optimizer", {"choices": ("AdamW", "AdamW8bit"), "help": "optimizer (default AdamW)"}),
     ("--scheduler", "scheduler", {"help": "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial (default constant)"}),
     ("--warmup-steps", "warmup_steps", {"type": int, "help": "learning-rate warm-up steps (default 0)"}),

@@ -71,7 +71,8 @@ class TrainConfig:
     unet_lr: float | None = None
     """UNet learning rate; default ``lr``."""
     text_encoder_lr: float | None = None
-    """Text-encoder learning rate; default ``lr``; ``0`` trains the UNet only (no ``lora_te_`` keys)."""
+    """Text-encoder learning rate; default ``lr`` for SD1.x and ``0`` for SDXL (the family's default: SDXL face
+    LoRAs usually train the UNet only); ``0`` trains the UNet only (no ``lora_te…`` keys)."""
     optimizer: str = "AdamW"
     """``AdamW`` or ``AdamW8bit`` (needs bitsandbytes; falls back to AdamW with a warning)."""
     scheduler: str = "constant"
@@ -176,10 +177,14 @@ class TrainConfig:
         return float(self.rank) if not self.alpha else float(self.alpha)
 
     def for_family(self, family) -> TrainConfig:
-        """A copy with the settings left unset filled from ``family``'s defaults (resolution, buckets)."""
+        """A copy with the settings left unset filled from ``family``'s defaults (resolution, buckets, whether
+        the text encoders train)."""
         defaults = family.defaults
+        text_encoder_lr = self.text_encoder_lr
+        if text_encoder_lr is None and not defaults.train_text_encoders:
+            text_encoder_lr = 0.0
         return dataclasses.replace(
-            self, family=family.name,
+            self, family=family.name, text_encoder_lr=text_encoder_lr,
             resolution=self.resolution or defaults.resolution,
             min_bucket_reso=self.min_bucket_reso or defaults.min_bucket_reso,
             max_bucket_reso=self.max_bucket_reso or defaults.max_bucket_reso,
