@@ -236,7 +236,13 @@ def test_sd_scripts_accepts_the_command_and_dataset_config(tmp_path, capsys):
 
     data = write_training_folder(tmp_path / "data", n_images=2, repeats=5, reg=1)
     accelerate = os.environ.get("SD_SCRIPTS_ACCELERATE")
-    code = main(["train", "--base", str(tmp_path / "sd15.safetensors"), "--data", str(data), "--out", str(tmp_path / "out"),
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    base = tmp_path / "sd15.safetensors"  # an SD1.x checkpoint's header: the family is read from its key names
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": np.zeros(4, np.float16)}, str(base))
+    code = main(["train", "--base", str(base), "--data", str(data), "--out", str(tmp_path / "out"),
                  "--name", "me", "--rank", "8", "--alpha", "4", "--epochs", "12", "--save-every", "2", "--text-encoder-lr", "0",
                  "--gradient-checkpointing", "--optimizer", "AdamW8bit", "--tokenizer", str(TOKENIZER), "--sd-scripts", str(sd_dir),
                  "--print-command", *(["--accelerate", accelerate] if accelerate else [])])
