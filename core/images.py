@@ -40,6 +40,11 @@ ANALYSIS_MAX_SIDE = 1280
 #: Largest source image, in megapixels, we agree to open at all (JPEGs are reduced while decoding,
 #: so this only bounds formats that must be decoded whole).
 MAX_SOURCE_MEGAPIXELS = 120.0
+#: What transparent pixels are laid on by default: white, as the photo looks in a viewer.
+WHITE = (255, 255, 255)
+#: Alpha values (0..255) between these two count as half-transparent: a cut-out's soft edge has a
+#: few such pixels, a photo saved half-transparent has them everywhere.
+HALF_TRANSPARENT_ALPHA = (8, 247)
 
 _HEIF_CHECKED = False
 
@@ -70,6 +75,9 @@ class LoadedImage:
         sha256: hex digest of the file's bytes (or of the array for in-memory images).
         error: a sentence for the user when the file could not be read.
         note: a sentence for the user about a file that was read all the same (a very large one).
+        transparent_share: share (0..1) of the pixels that are not fully opaque; 0 without alpha.
+        half_transparent_share: share (0..1) of the pixels that are half-transparent (alpha within
+            :data:`HALF_TRANSPARENT_ALPHA`); their colours are mixed with the background.
     """
 
     path: Path | None
@@ -79,6 +87,8 @@ class LoadedImage:
     sha256: str
     error: str | None = None
     note: str | None = None
+    transparent_share: float = 0.0
+    half_transparent_share: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -91,8 +101,24 @@ def array_sha256(rgb: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert any PIL mode to an ``(H, W, 3)`` uint8 RGB array."""
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def _alpha_shares(image: Image.Image) -> tuple[float, float]:
+    """``(transparent share, half-transparent share)`` of an image's pixels (see :class:`LoadedImage`)."""
+    if not _has_alpha(image):
+        return 0.0, 0.0
+    alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+    if not alpha.size:
+        return 0.0, 0.0
+    low, high = HALF_TRANSPARENT_ALPHA
+    return float(np.mean(alpha < 255)), float(np.mean((alpha >= low) & (alpha <= high)))
+
+
+def _to_rgb_array(image: Image.Image, background: tuple[int, int, int] = WHITE) -> np.ndarray:
+    """Convert any PIL mode to an ``(H, W, 3)`` uint8 RGB array; transparent pixels are laid on
+    ``background`` (RGB 0..255)."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # High bit depth: PIL's convert("RGB") clips at 255, which turns 16-bit photos white.
@@ -104,11 +130,10 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
             values = values / top * 255.0
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
-        # Transparent areas become white, as the photo looks in a viewer.
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return np.asarray(Image.alpha_composite(canvas, rgba).convert("RGB"))
     if mode == "RGB":
         return np.asarray(image)
     return np.asarray(image.convert("RGB"))
@@ -120,6 +145,7 @@ def decode_image(
     name: str | None = None,
     sha256: str | None = None,
     draft_side: int | None = None,
+    background: tuple[int, int, int] = WHITE,
 ) -> LoadedImage:
     """Decode a file path or encoded bytes into a :class:`LoadedImage`; never raises for bad data.
 
@@ -132,6 +158,9 @@ def decode_image(
         draft_side: for JPEGs, decode straight from the DCT data at the smallest 1/2, 1/4 or 1/8
             scale whose long side is still at least this (default ``max_side``); only what is then
             still above ``max_side`` is resized.
+        background: RGB (0..255) that transparent pixels are laid on (white, as a viewer shows them);
+            how much of the image was transparent is in the result's ``transparent_share`` /
+            ``half_transparent_share``.
     """
     _register_optional_plugins()
     path = Path(source) if not isinstance(source, (bytes, bytearray)) else None
@@ -154,7 +183,7 @@ def decode_image(
     if not data:
         return _failed(path, f"{label}: empty file (0 bytes)", sha)
     try:
-        return _decode_bytes(data, path, sha, max_side, draft_side or max_side)
+        return _decode_bytes(data, path, sha, max_side, draft_side or max_side, background)
     except Image.DecompressionBombError as exc:
         return _failed(path, f"{label}: image too large to open safely ({_bomb_reason(exc)})", sha)
     except UnidentifiedImageError:
@@ -197,7 +226,8 @@ def _bomb_reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _decode_bytes(data: bytes, path: Path | None, sha: str, max_side: int, draft_side: int) -> LoadedImage:
+def _decode_bytes(data: bytes, path: Path | None, sha: str, max_side: int, draft_side: int,
+                  background: tuple[int, int, int] = WHITE) -> LoadedImage:
     # Pillow warns (DecompressionBombWarning) above ~89 megapixels and refuses above twice that;
     # JPEGs are reduced while decoding, other formats are bounded by MAX_SOURCE_MEGAPIXELS.
     opened, over_threshold = _open_quietly(data)
@@ -222,7 +252,8 @@ def _decode_bytes(data: bytes, path: Path | None, sha: str, max_side: int, draft
             # Pillow's bilinear filter widens its support when shrinking (antialiased), and
             # reducing_gap first shrinks by whole factors: 3x faster than Lanczos, same faces.
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        rgb = _to_rgb_array(image)
+        transparent, half_transparent = _alpha_shares(image)
+        rgb = _to_rgb_array(image, background)
     rgb = np.ascontiguousarray(rgb)
     scale = source_size[0] / rgb.shape[1] if rgb.shape[1] else 1.0
     note = None
@@ -231,7 +262,8 @@ def _decode_bytes(data: bytes, path: Path | None, sha: str, max_side: int, draft
             f"very large image ({width}x{height} px, {megapixels:.0f} megapixels, above Pillow's "
             f"decompression-bomb threshold); decoded reduced to {max(rgb.shape[:2])} px"
         )
-    return LoadedImage(path=path, rgb=rgb, original_size=source_size, scale=max(scale, 1.0), sha256=sha, note=note)
+    return LoadedImage(path=path, rgb=rgb, original_size=source_size, scale=max(scale, 1.0), sha256=sha, note=note,
+                       transparent_share=transparent, half_transparent_share=half_transparent)
 
 
 def _exif_orientation(image: Image.Image) -> int | None:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -382,3 +383,108 @@ def test_hosts_can_pass_plain_values(engine, tmp_path):
     data = json.loads(json.dumps(result.as_dict()))
     assert data["settings"]["quality"]["min_face_px"] == 600 and data["settings"]["selection"]["max_padding"] == 0.2
     assert data["summary"]["kept"] == 0 and result.files["report.html"].is_file()
+
+
+# --- what a first user and a hostile tester broke (issue 12) -----------------------------------
+
+
+def _unwrapped(text: str) -> str:
+    """Terminal output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def _prepare_cli(photos: Path, out: Path, *extra: str) -> list[str]:
+    return ["prepare", "--photos", str(photos), "--out", str(out), "--trigger", "ohwx", "--class", "man", "--size", "512",
+            "--pack", str(PACK_DIR), "--providers", "cpu", "-q", "--no-cache", *extra]
+
+
+def test_cli_prepare_without_photos_says_so_and_gives_no_train_hint(tmp_path, capsys):
+    from lora_likeness.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(_prepare_cli(empty, tmp_path / "o1")) == 2
+    printed = capsys.readouterr()
+    assert "holds no photo: no image file" in _unwrapped(printed.err) and "it is empty" in _unwrapped(printed.err)
+    assert "train with" not in printed.out and not (tmp_path / "o1" / "dataset.toml").exists()
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("IMG_0001.CR2", "IMG_0002.CR2", "notes.txt", "IMG_0003.CR2"):
+        (raw / name).write_bytes(b"not a photo Pillow reads")
+    assert main(_prepare_cli(raw, tmp_path / "o2")) == 2
+    err = _unwrapped(capsys.readouterr().err)
+    assert "4 other file(s) (IMG_0001.CR2, IMG_0002.CR2, IMG_0003.CR2, ...)" in err and "convert photos to JPEG or PNG" in err
+
+
+def test_cli_prepare_nothing_kept_says_why_without_a_train_hint(tmp_path, capsys):
+    from lora_likeness.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("obama_01_official_portrait.jpg", "obama_04_whitehouse_seal.jpg"):
+        shutil.copy(PEOPLE / "obama" / name, photos / name)
+    out = tmp_path / "out"
+    assert main(_prepare_cli(photos, out, "--subject", str(FACES / "others" / "biden_02.jpg"))) == 1
+    printed = capsys.readouterr()
+    err = _unwrapped(printed.err)
+    assert "no photo was kept of 2: 2 not_subject: the subject" in err and str(out / "report.html") in err
+    assert "train with" not in printed.out and "warning: no photo was kept" not in printed.out  # said once, as the error
+    # The rejections are reported; no dataset.toml without a subset (it would only fail in the trainer).
+    assert (out / "report.html").is_file() and not (out / "dataset.toml").exists()
+    assert json.loads((out / "report.json").read_text())["warnings"][0].startswith("no photo was kept of 2: 2 not_subject")
+
+
+def test_cli_prepare_refuses_an_unwritable_out_before_any_work(tmp_path, capsys, monkeypatch):
+    """Tests run as root, who may write anywhere: a file in the way is a real unwritable --out, and a
+    read-only folder is simulated by ``os.access`` (the check prepare makes). A real read-only folder,
+    for a process without root's capabilities, gives the same message (setpriv --bounding-set=-all)."""
+    from lora_likeness.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PEOPLE / "obama" / "obama_01_official_portrait.jpg", photos / "a.jpg")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the user's file\n")
+    assert main(_prepare_cli(photos, blocker / "dataset")) == 2
+    assert f"{blocker} is a file, not a folder" in _unwrapped(capsys.readouterr().err)
+    assert main(_prepare_cli(photos, blocker)) == 2
+    assert "is a file; choose a folder" in _unwrapped(capsys.readouterr().err)
+    assert blocker.read_text() == "the user's file\n"
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == read_only and mode & os.W_OK else real_access(path, mode, **kw))
+    assert main(_prepare_cli(photos, read_only / "dataset")) == 2
+    assert f"(it would be created in {read_only}) is not writable" in _unwrapped(capsys.readouterr().err)
+    assert list(read_only.iterdir()) == []
+
+
+def _rgba(path: Path, alpha: np.ndarray) -> Path:
+    with Image.open(PEOPLE / "obama" / "obama_01_official_portrait.jpg") as image:
+        rgb = np.asarray(image.convert("RGB"))
+    Image.fromarray(np.dstack([rgb, np.broadcast_to(alpha, rgb.shape[:2]).astype(np.uint8)]), "RGBA").save(path)
+    return path
+
+
+def test_transparent_photos_are_rejected_or_laid_on_grey(engine, tmp_path):
+    """A photo saved half-transparent is rejected (its colours are washed out on any background); a
+    cut-out (transparent background, opaque person) is kept on a neutral grey, with a warning."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _rgba(photos / "half_transparent.png", np.full((1, 1), 128))
+    with Image.open(PEOPLE / "obama" / "obama_01_official_portrait.jpg") as image:
+        width, height = image.size
+    y, x = np.mgrid[0:height, 0:width]
+    head = ((x - 494) / 180) ** 2 + ((y - 260) / 240) ** 2 <= 1  # the face is at x 378-610, y 84-426
+    _rgba(photos / "cut_out.png", np.where(head, 255, 0))
+    result = prepare_dataset(engine, PrepareConfig(photos=photos, out=tmp_path / "out", trigger="ohwx", class_word="man", size=512,
+                                                   framings=("close-up",), max_images=5, use_cache=False))
+    assert [(r.source, r.code) for r in result.rejected] == [("half_transparent.png", "half_transparent")]
+    assert "100% of the photo is half-transparent" in result.rejected[0].reason
+    assert [k.source for k in result.kept] == ["cut_out.png"]
+    assert any("1 kept photo(s) have transparent parts (e.g. cut_out.png)" in w and "neutral grey" in w for w in result.warnings)
+    with Image.open(tmp_path / "out" / result.kept[0].output) as crop:
+        corner = np.asarray(crop.convert("RGB"))[:8, :8].reshape(-1, 3)
+    assert np.abs(corner.astype(int) - 128).max() <= 3  # the transparent surround is grey, not white

@@ -354,6 +354,9 @@ def test_config_validation_messages(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     ok = {"photos": photos, "out": tmp_path / "out", "trigger": "ohwx", "class_word": "man"}
+    with pytest.raises(PrepareConfigError, match="holds no photo: no image file .* it is empty"):
+        PrepareConfig(**ok).validate()
+    Image.new("RGB", (8, 8)).save(photos / "a.png")
     PrepareConfig(**ok).validate()
     cases = [
         ({"trigger": None}, "--trigger is required"),

@@ -15,7 +15,8 @@ examples:
 Writes img/<repeats>_<trigger> <class>/ (images + .txt captions), reg/ (with --reg), dataset.toml
 (sd-scripts --dataset_config), report.html / report.json and contact sheets. Source photos are only
 read; a re-run with the same input changes nothing, an earlier different output moves to previous/.
-Exit codes: 0 done, 1 no photo could be kept, 2 a setting to fix, 130 cancelled.
+Exit codes: 0 done, 1 no photo could be kept (the rejections are in report.html), 2 a setting to fix (an
+empty --photos folder, an --out that cannot be written, ...), 130 cancelled.
 """
 
 
@@ -130,7 +131,11 @@ def command_prepare(args: argparse.Namespace) -> int:
         err.print("cancelled; nothing in --out was changed (faces analysed so far are cached, so a re-run continues quickly).")
         return EXIT_CANCELLED
     print_result(result, out)
-    return 0 if result.kept else 1
+    if result.nothing_kept:
+        report = result.files.get("report.html")
+        _error(err, result.nothing_kept + (f"; every file and its reason: {report}" if report else ""))
+        return 1
+    return 0
 
 
 def print_result(result, console) -> None:
@@ -147,12 +152,13 @@ def print_result(result, console) -> None:
         for code, n in sorted(counts.items(), key=lambda item: -item[1]):
             table.add_row(code, str(n))
         console.print(table)
-    subsets = Table(title=f"Kohya subsets ({result.repeats} repeats, ~{result.steps_per_epoch} steps/epoch)", title_justify="left")
-    for column in ("folder", "images", "repeats", "class tokens"):
-        subsets.add_column(column)
-    for row in result.subsets:
-        subsets.add_row(Text(row["folder"]), str(row["images"]), str(row["num_repeats"]), Text(row["class_tokens"]))
-    console.print(subsets)
+    if result.subsets:
+        subsets = Table(title=f"Kohya subsets ({result.repeats} repeats, ~{result.steps_per_epoch} steps/epoch)", title_justify="left")
+        for column in ("folder", "images", "repeats", "class tokens"):
+            subsets.add_column(column)
+        for row in result.subsets:
+            subsets.add_row(Text(row["folder"]), str(row["images"]), str(row["num_repeats"]), Text(row["class_tokens"]))
+        console.print(subsets)
     if result.coverage:
         coverage = Table(title="identity coverage", title_justify="left")
         for column in ("people", "exactly", "at least"):
@@ -161,11 +167,13 @@ def print_result(result, console) -> None:
             coverage.add_row(Text(" + ".join(row.identities)), str(row.exactly), str(row.at_least), style="red" if row.exactly == 0 else None)
         console.print(coverage)
     for warning in result.warnings:
-        console.print(Text.assemble(("warning: ", "yellow"), warning))
+        if not (result.nothing_kept and warning.startswith(result.nothing_kept)):  # said once, as the error
+            console.print(Text.assemble(("warning: ", "yellow"), warning))
     if result.unchanged:
         console.print(f"{result.out}: unchanged (it already holds exactly this dataset)", markup=False)
     else:
         for name in ("dataset.toml", "report.html", "report.json"):
             if name in result.files:
                 console.print(f"wrote {result.files[name]}", markup=False)
-    console.print(f"train with: --dataset_config {os.fspath(result.out / 'dataset.toml')}", markup=False)
+    if result.kept:
+        console.print(f"train with: --dataset_config {os.fspath(result.out / 'dataset.toml')}", markup=False)

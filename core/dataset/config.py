@@ -7,6 +7,7 @@ and is written into ``report.json`` so a run can be explained afterwards.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,10 +202,12 @@ class PrepareConfig:
         return bool(self.identities)
 
     def validate(self) -> None:
-        """Raise :class:`PrepareConfigError` for settings that cannot work; returns nothing."""
+        """Raise :class:`PrepareConfigError` for settings that cannot work (including a ``photos``
+        folder without any image file and an ``out`` that cannot be written); returns nothing."""
         if not self.photos.is_dir():
             raise PrepareConfigError(f"--photos {self.photos} is not a folder")
         photos, out = self.photos.resolve(), self.out.resolve()
+        _check_writable(self.out)
         if out == photos:
             raise PrepareConfigError("--out must not be the photos folder itself (a sub-folder of it is fine)")
         for managed in ("img", "reg", "previous"):
@@ -253,6 +256,7 @@ class PrepareConfig:
             raise PrepareConfigError(f"--reg {self.reg_dir} is not a folder")
         if self.tagger_dir is not None and not Path(self.tagger_dir).is_dir():
             raise PrepareConfigError(f"--tagger {self.tagger_dir} is not a folder")
+        _check_has_photos(self.photos, exclude=self.out)
 
     def as_dict(self) -> dict:
         """JSON-ready settings (paths as strings), for ``report.json``. The face cache's settings
@@ -271,6 +275,47 @@ class PrepareConfig:
             return value
 
         return plain(data)
+
+
+def _check_writable(out: Path) -> None:
+    """``out`` (or the folder it would be created in) must be a folder this process can write to:
+    found before any work, not as a traceback after minutes of face analysis."""
+    folder = Path(out)
+    while not folder.exists():  # the nearest existing ancestor is where mkdir would start
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        where = "is a file" if folder == Path(out) else f"cannot be created: {folder} is a file, not a folder"
+        raise PrepareConfigError(f"--out {out} {where}; choose a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        where = "" if folder == Path(out) else f" (it would be created in {folder})"
+        raise PrepareConfigError(f"--out {out}{where} is not writable (read-only folder or file system, or no permission); "
+                                 "choose a folder you can write to")
+
+
+def _check_has_photos(photos: Path, exclude: Path) -> None:
+    """At least one image file under ``photos`` (what ``prepare`` reads); else say what is there."""
+    from ..images import IMAGE_SUFFIXES
+
+    skip = Path(exclude).resolve()
+    others: list[str] = []
+    n_others = 0
+    for root, dirs, files in os.walk(photos):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip)
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                return
+            n_others += 1
+            if len(others) < 3:
+                others.append((Path(root) / name).relative_to(photos).as_posix())
+    kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+    found = (f"; it holds {n_others} other file(s) ({', '.join(others)}{', ...' if n_others > len(others) else ''}): "
+             f"convert photos to JPEG or PNG" if n_others else "; it is empty")
+    raise PrepareConfigError(f"--photos {photos} holds no photo: no image file ({kinds}) under it (searched recursively, "
+                             f"hidden files skipped){found}")
 
 
 def _check_token(value: str | None, label: str) -> None:

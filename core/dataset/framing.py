@@ -194,7 +194,8 @@ def photo_aspect(image_size: tuple[int, int]) -> float:
     return float(np.clip(width / max(height, 1), 0.5, 2.0))
 
 
-def render_crop(path: Path, window: CropWindow, out_size: tuple[int, int], source_size: tuple[int, int]):
+def render_crop(path: Path, window: CropWindow, out_size: tuple[int, int], source_size: tuple[int, int],
+                background: tuple[int, int, int] = (255, 255, 255)):
     """Decode ``path`` at the resolution the crop needs and return the crop as a PIL image.
 
     The photo is decoded no larger than needed (JPEGs at a reduced DCT scale when the window is
@@ -202,6 +203,7 @@ def render_crop(path: Path, window: CropWindow, out_size: tuple[int, int], sourc
     colour of the photo's outer border; the window is resized with Lanczos, never stretched
     (its aspect is the output's). Returns ``(image, upscale)`` where ``upscale`` is output pixels
     per source pixel (> 1 means enlarged), or ``(None, error)`` when the photo cannot be decoded.
+    Transparent pixels are laid on ``background`` (RGB 0..255).
     """
     from PIL import Image
 
@@ -210,7 +212,7 @@ def render_crop(path: Path, window: CropWindow, out_size: tuple[int, int], sourc
     out_w, out_h = out_size
     longest = max(source_size)
     needed = min(longest, math.ceil(longest * max(out_w / window.width, out_h / window.height)) + 2)
-    loaded = decode_image(path, max_side=max(needed, 64), draft_side=max(needed, 64))
+    loaded = decode_image(path, max_side=max(needed, 64), draft_side=max(needed, 64), background=background)
     if loaded.rgb is None:
         return None, loaded.error or "cannot be decoded"
     rgb = loaded.rgb

@@ -62,6 +62,12 @@ _STAGING_PREFIX = ".likeness-staging-"
 HEIF_SUFFIXES = (".heic", ".heif", ".avif")
 #: Crops enlarged more than this (output pixels per source pixel) are named in a warning.
 UPSCALE_WARNING = 2.0
+#: Transparent parts of a photo (a cut-out's background) are laid on this neutral grey (RGB), not on
+#: white: a white surround would teach the LoRA a studio backdrop and wash out soft edges.
+TRANSPARENT_BACKGROUND = (128, 128, 128)
+#: A photo whose pixels are this much (share of the image) half-transparent is rejected: its colours
+#: are a mix with whatever background, washed out on any of them.
+HALF_TRANSPARENT_LIMIT = 0.25
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,9 +87,10 @@ def _examine(engine: FaceEngine, fingerprint: str, path: Path, rel: str, cache: 
         data = None
     record.sha256 = hashlib.sha256(data).hexdigest() if data else ""
     if data:
-        loaded = decode_image(data, ANALYSIS_MAX_SIDE, name=rel, sha256=record.sha256, draft_side=ANALYSIS_DRAFT_SIDE)
+        loaded = decode_image(data, ANALYSIS_MAX_SIDE, name=rel, sha256=record.sha256, draft_side=ANALYSIS_DRAFT_SIDE,
+                              background=TRANSPARENT_BACKGROUND)
     else:
-        loaded = decode_image(path, ANALYSIS_MAX_SIDE, name=rel)
+        loaded = decode_image(path, ANALYSIS_MAX_SIDE, name=rel, background=TRANSPARENT_BACKGROUND)
     loaded.path = path
     if loaded.error is not None or loaded.rgb is None:
         record.error = loaded.error or f"{rel}: cannot be decoded"
@@ -91,6 +98,9 @@ def _examine(engine: FaceEngine, fingerprint: str, path: Path, rel: str, cache: 
             record.error += "; HEIC/AVIF photos need the pillow-heif plugin: pip install pillow-heif"
         return record
     record.size = loaded.original_size
+    record.transparent_share, record.half_transparent_share = loaded.transparent_share, loaded.half_transparent_share
+    if record.half_transparent_share > HALF_TRANSPARENT_LIMIT:
+        return record  # rejected by screen(); no need to look for faces
     result = cache.get(record.sha256, fingerprint) if cache is not None else None
     if result is None:
         result = engine.analyze(loaded)
@@ -299,6 +309,11 @@ def screen(records: Sequence[PhotoRecord], config: PrepareConfig) -> None:
     for record in records:
         if record.error is not None:
             _reject(record, "unreadable", record.error)
+            continue
+        if record.half_transparent_share > HALF_TRANSPARENT_LIMIT:
+            _reject(record, "half_transparent", f"{record.half_transparent_share:.0%} of the photo is half-transparent (more than "
+                                                f"{HALF_TRANSPARENT_LIMIT:.0%}): its colours would be washed out on any background; "
+                                                f"save it without transparency (e.g. as JPEG)")
             continue
         if not record.faces:
             _reject(record, "no_face", "no face detected")
@@ -515,7 +530,7 @@ def _render_one(record: PhotoRecord, framing: str, config: PrepareConfig):
     the GIL, so it runs in parallel here rather than in the writing loop)."""
     window = record.windows[framing]
     size = output_size(config.size, window, config.keep_aspect)
-    image, upscale = render_crop(record.path, window, size, record.size)
+    image, upscale = render_crop(record.path, window, size, record.size, background=TRANSPARENT_BACKGROUND)
     return image, upscale, (_encode(image, config.image_format) if image is not None else None)
 
 
@@ -597,8 +612,11 @@ def prepare_dataset(
     n_kept = len(selected)
     repeats = config.repeats or kohya.repeats_for(n_kept, config.target_steps, config.batch_size)
 
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+    except OSError as exc:
+        raise PrepareConfigError(f"cannot write to --out {out}: {exc.strerror or exc}") from exc
     try:
         kept, sheet_kept = _write_images(selected, config, identities, classes, repeats, staging, tagger, progress)
         reg_count, reg_warnings = _write_reg(config, staging)
@@ -611,10 +629,13 @@ def prepare_dataset(
         for row in coverage:
             if row.exactly == 0:
                 warnings.append(f"no kept image shows exactly {' + '.join(row.identities)}: the LoRA gets no example of that combination")
-        if not kept:
-            warnings.append("no photo was kept: see the rejections in report.html")
-        elif len(kept) < 10:
+        if kept and len(kept) < 10:
             warnings.append(f"only {len(kept)} images were kept; 15-50 good photos train a face LoRA far better")
+        kept_sources = {k.source for k in kept}
+        composited = [r.rel for r in records if r.rel in kept_sources and r.transparent_share > 0]
+        if composited:
+            warnings.append(f"{len(composited)} kept photo(s) have transparent parts (e.g. {composited[0]}); they were laid on a "
+                            f"neutral grey background (RGB {', '.join(map(str, TRANSPARENT_BACKGROUND))})")
         enlarged = [k for k in kept if k.upscale > UPSCALE_WARNING]
         if enlarged:
             warnings.append(f"{len(enlarged)} image(s) were enlarged more than {UPSCALE_WARNING:g}x (small faces or photos, e.g. "
@@ -631,21 +652,26 @@ def prepare_dataset(
             steps_per_epoch=steps, subsets=subset_rows, reg_images=reg_count, settings=config.as_dict(),
             model=engine.describe(), warnings=warnings, n_photos=len(records),
         )
+        if result.nothing_kept:
+            warnings.insert(0, f"{result.nothing_kept} (report.html names every file and its reason)")
         toml_comment = (
             f"Written by likeness prepare from {config.photos}.\n"
             f"repeats = max(1, ceil(target_steps {config.target_steps} x batch_size {config.batch_size} / {n_kept} images)) = {repeats}"
             if config.repeats is None else f"Written by likeness prepare from {config.photos}; repeats {repeats} as given."
         )
-        write_text_atomic(staging / "dataset.toml", kohya.dataset_toml(
-            subsets, resolution=config.size, batch_size=config.batch_size, enable_bucket=True,
-            keep_tokens=1, comment=toml_comment,
-        ))
+        if kept:  # a dataset.toml without subsets would only fail later, in the trainer
+            write_text_atomic(staging / "dataset.toml", kohya.dataset_toml(
+                subsets, resolution=config.size, batch_size=config.batch_size, enable_bucket=True,
+                keep_tokens=1, comment=toml_comment,
+            ))
         from .report import write_reports
 
         write_reports(result, records, sheet_kept, staging)
         result.unchanged, result.previous = _commit(staging, out)
         if result.previous is not None:
             result.warnings.append(f"the earlier, different output in {out} was moved to {result.previous}")
+    except OSError as exc:  # disk full, permissions changed mid-run: a message, not a traceback
+        raise PrepareConfigError(f"cannot write to --out {out}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result.files = {name: out / name for name in MANAGED if (out / name).exists()}
@@ -713,7 +739,7 @@ def _write_reg(config: PrepareConfig, staging: Path) -> tuple[int, list[str]]:
     folder = f"reg/{REG_REPEATS}_{config.class_word}"
     count = 0
     for path in list_images(Path(config.reg_dir), recursive=True):
-        loaded = decode_image(path, max_side=4 * config.size)
+        loaded = decode_image(path, max_side=4 * config.size, background=TRANSPARENT_BACKGROUND)
         if loaded.rgb is None:
             warnings.append(f"regularisation image skipped: {loaded.error}")
             continue

@@ -14,6 +14,7 @@ from .quality import FaceMeasures
 #: Rejection codes, in the order the pipeline checks them.
 REJECTION_CODES = {
     "unreadable": "the file could not be read as an image",
+    "half_transparent": "much of the photo is half-transparent: on any background its colours are washed out",
     "no_face": "no face was detected",
     "not_subject": "the subject (or none of the identities) is not in the photo",
     "face_too_small": "the face is smaller than min_face_px",
@@ -54,6 +55,8 @@ class PhotoRecord:
     sha256: str = ""
     size: tuple[int, int] = (0, 0)
     error: str | None = None
+    transparent_share: float = 0.0  # of the pixels, see LoadedImage
+    half_transparent_share: float = 0.0
     faces: list[FaceInfo] = field(default_factory=list)
     phash: int | None = None
     thumb: bytes | None = None  # JPEG of the photo at THUMB_SIDE px, for the contact sheet
@@ -162,6 +165,16 @@ class PrepareResult:
         for rejection in self.rejected:
             counts[rejection.code] = counts.get(rejection.code, 0) + 1
         return counts
+
+    @property
+    def nothing_kept(self) -> str | None:
+        """Why no photo was kept (a sentence naming the rejection reasons, most frequent first), or
+        ``None`` when some were."""
+        if self.kept:
+            return None
+        counts = sorted(self.counts().items(), key=lambda item: (-item[1], item[0]))
+        reasons = "; ".join(f"{n} {code}: {REJECTION_CODES.get(code, code)}" for code, n in counts)
+        return f"no photo was kept of {self.n_photos}: {reasons or 'none could be used'}"
 
     def as_dict(self) -> dict:
         """The ``report.json`` shape. Deterministic: no times, so a re-run with the same input
