@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("torch")  # the `train` extra; CI installs it through `test`
 
@@ -78,6 +80,14 @@ def test_run_checks_its_inputs(base, tmp_path):
         run_all(_config(base, tmp_path / "o", photos=tmp_path / "missing"))
     with pytest.raises(RunError, match="--trigger is required"):
         run_all(_config(base, tmp_path / "o", trigger=" "))
+    # No usable photo: said after prepare, with the reasons, instead of a trainer error about an empty dataset.
+    photos = tmp_path / "no-faces"
+    photos.mkdir()
+    y, x = np.mgrid[0:200, 0:300]
+    Image.fromarray(np.dstack([x % 256, y % 256, (x + y) % 256]).astype(np.uint8)).save(photos / "gradient.png")
+    with pytest.raises(RunError, match=r"no photo was kept of 1: 1 no_face: no face was detected; every file and its reason: .*report\.html"):
+        run_all(_config(base, tmp_path / "o", photos=photos))
+    assert not (tmp_path / "o" / "training").exists()
 
 
 def test_cli_run(base, tmp_path, capsys):

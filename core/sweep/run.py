@@ -192,6 +192,8 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
                             size=resolution if resolution in (512, 768, 1024) else family.defaults.prepare_size,
                             max_images=config.max_images)
     result.dataset = prepare_dataset(engine, prepare, progress, cache=cache)
+    if result.dataset.nothing_kept:
+        raise RunError(f"{result.dataset.nothing_kept}; every file and its reason: {result.dataset.files.get('report.html', prepare.out)}")
     dataset_changed = not result.dataset.unchanged and "prepare" in record
     if result.dataset.unchanged:
         result.skipped.append("prepare")
