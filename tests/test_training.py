@@ -288,6 +288,31 @@ def test_cli_train_and_interrupt_handler(tiny, tmp_path, capsys):
         signal.signal(signal.SIGINT, previous)
 
 
+def test_cli_train_skips_a_truncated_image_and_names_uncaptioned_ones(tiny, tmp_path, capsys):
+    """A JPEG cut short used to stop ``likeness train`` after the model loaded (OSError: image file is
+    truncated); now it is skipped with its reason, and images without a caption are named."""
+    import numpy as np
+    from lora_likeness.cli import main
+    from PIL import Image
+
+    base, data = tiny
+    copy = shutil.copytree(data, tmp_path / "data")
+    folder = next((copy / "img").iterdir())
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "cut.jpg", quality=95)  # the header survives the cut: only a full decode fails
+    encoded = (folder / "cut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(encoded[: len(encoded) // 2])
+    (folder / "cut.txt").write_text("ohwx person, cut\n", encoding="utf-8")
+    (folder / "photo1.txt").unlink()
+    code = main(["train", "--base", str(base), "--data", str(copy), "--out", str(tmp_path / "out"), "--name", "cut", "--epochs", "1",
+                 "--rank", "2", "--alpha", "1", "--resolution", "32", "--mixed-precision", "no", "--device", "cpu", "--batch-size", "4",
+                 "--no-buckets", "-q"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert code == 0 and (tmp_path / "out" / "cut.safetensors").is_file()
+    assert f"warning: skipped {folder / 'cut.jpg'}: corrupt or truncated image (" in printed
+    assert f"warning: 1 of 5 image(s) in {folder} have no caption (no .txt file beside them, or an empty one: photo1.png)" in printed
+
+
 def test_a_tokenizer_declaring_8192_positions_is_fitted_to_clips_77(tiny, tmp_path):
     """ComfyUI's bundled sd1_tokenizer says model_max_length 8192; CLIP has 77 positions."""
     from lora_likeness.families import load_base

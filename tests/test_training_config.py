@@ -142,6 +142,33 @@ def test_repeats_override_and_missing_training_folder(tmp_path):
         tdata.load_dataset(TrainConfig(data=empty).for_family(SD1))
 
 
+def test_broken_images_are_found_before_training_and_missing_captions_are_named(tmp_path):
+    """A JPEG cut short has a valid header: only a full decode finds it (it used to stop the run after the
+    model loaded, OSError: image file is truncated). Images without a caption are named, per folder."""
+    root = _layout(tmp_path / "ds", reg=True)
+    train = root / "img" / "3_ohwx woman"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(train / "cut.jpg", quality=95)
+    data = (train / "cut.jpg").read_bytes()
+    (train / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (train / "cut.txt").write_text("ohwx woman, cut\n", encoding="utf-8")
+    (train / "empty.png").write_bytes(b"")
+    for name in ("c.png", "d.png", "e.png"):
+        _image(train / name)
+    (train / "d.txt").write_text("   \n", encoding="utf-8")  # an empty caption file counts as none
+    info = tdata.load_dataset(TrainConfig(data=root))
+    assert sorted(i.path.name for i in info.train_items) == ["a.png", "b.jpg", "c.png", "d.png", "e.png"]
+    assert any(w.startswith(f"skipped {train / 'cut.jpg'}: corrupt or truncated image (image file is truncated") for w in info.warnings)
+    assert any(w.startswith(f"skipped {train / 'empty.png'}: ") for w in info.warnings)
+    uncaptioned = [w for w in info.warnings if "have no caption" in w]
+    assert uncaptioned == [f"4 of 7 image(s) in {train} have no caption (no .txt file beside them, or an empty one: b.jpg, c.png, d.png "
+                           f"and 1 more); they train on the folder's tokens 'ohwx woman' alone"]  # reg images: no warning
+    for name in ("a.png", "b.jpg", "c.png", "d.png", "e.png"):
+        (train / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"no readable training image under .*: skipped .*a\.png: corrupt or truncated .*; and 4 more"):
+        tdata.load_dataset(TrainConfig(data=root))
+
+
 def test_sd_scripts_dataset_toml_inheritance(tmp_path):
     root = _layout(tmp_path / "ds")
     (root / "img" / "3_ohwx woman" / "a.caption").write_text("from caption file", encoding="utf-8")

@@ -230,14 +230,20 @@ def resolve_subsets(config: TrainConfig) -> tuple[list[Subset], dict, list[str],
 # ------------------------------------------------------------------------------------------------
 
 
-def read_caption(image: Path, subset: Subset) -> str:
-    """The image's caption file (first non-empty line), else the subset's class tokens (sd-scripts' rule)."""
+def caption_from_file(image: Path, subset: Subset) -> str | None:
+    """The first non-empty line of the image's caption file; ``None`` without a file or with an empty one."""
     caption_path = image.with_suffix(subset.caption_extension) if subset.caption_extension else None
     if caption_path is not None and caption_path.is_file():
         for line in caption_path.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.strip():
                 return line.strip()
-    return subset.class_tokens
+    return None
+
+
+def read_caption(image: Path, subset: Subset) -> str:
+    """The image's caption file (first non-empty line), else the subset's class tokens (sd-scripts' rule)."""
+    caption = caption_from_file(image, subset)
+    return subset.class_tokens if caption is None else caption
 
 
 def shuffle_caption(caption: str, keep_tokens: int, rng: np.random.Generator) -> str:
@@ -278,13 +284,52 @@ def choose_bucket(size: tuple[int, int], buckets: Sequence[tuple[int, int]]) -> 
     return buckets[int(np.argmin(errors))]
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def decoded_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` in pixels after EXIF rotation, from a full decode of the file: a truncated
+    or corrupt image fails here (``OSError`` / ``SyntaxError`` / ``ValueError``), not in the middle of
+    training, where its header alone looked fine."""
     from PIL import Image
 
     with Image.open(path) as image:
-        orientation = image.getexif().get(0x0112, 1)
+        image.load()
+        try:
+            orientation = image.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a malformed EXIF block does not make the pixels unusable
+            orientation = 1
         width, height = image.size
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file Pillow can read (unknown or corrupt format)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large to open safely ({exc})"
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode it"
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return f"cannot be read ({exc.strerror or exc})"
+    return f"corrupt or truncated image ({exc})"
+
+
+def _check_images(paths: Sequence[Path]) -> list[tuple[int, int] | str]:
+    """Per path: its size from a full decode, or why it cannot be used (a sentence). Decodes run a
+    few at a time (Pillow releases the GIL): about 10-40 ms per 512-1024 px image per core."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(path: Path) -> tuple[int, int] | str:
+        try:
+            return decoded_size(path)
+        except Exception as exc:  # noqa: BLE001 - every broken file is reported, none is fatal
+            return _unreadable_reason(exc)
+
+    if len(paths) < 2:
+        return [check(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="likeness-data") as pool:
+        return list(pool.map(check, paths))
 
 
 def cover_crop(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -317,7 +362,12 @@ def load_training_image(path: Path, bucket: tuple[int, int]) -> np.ndarray:
 
 
 def load_dataset(config: TrainConfig) -> DatasetInfo:
-    """Read subsets, captions and image sizes and assign buckets; unreadable images are skipped with a warning.
+    """Read subsets, captions and image sizes and assign buckets, before any model is loaded.
+
+    Every image is fully decoded once here, so a truncated or corrupt file is skipped with its reason
+    in the warnings instead of stopping the run after the model loaded. Training images without a
+    caption (no caption file, or an empty one) train on their folder's class tokens: one warning per
+    folder says how many.
 
     ``config``'s resolution and bucket limits must be set (a dataset ``.toml`` may set them instead):
     :meth:`TrainConfig.for_family` fills them from the base model's family.
@@ -345,21 +395,36 @@ def load_dataset(config: TrainConfig) -> DatasetInfo:
     else:
         buckets = [resolution]
     items: list[Item] = []
+    skipped: list[str] = []
     for index, subset in enumerate(subsets):
         files = sorted(p for p in subset.image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             warnings.append(f"{subset.image_dir}: no images (.png, .jpg, .jpeg, .webp, .bmp)")
-        for path in files:
-            try:
-                size = _image_size(path)
-            except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
-                warnings.append(f"skipped {path}: cannot read it ({exc})")
+        uncaptioned: list[str] = []
+        for path, checked in zip(files, _check_images(files)):
+            if isinstance(checked, str):
+                skipped.append(f"skipped {path}: {checked}")
                 continue
-            items.append(Item(path, read_caption(path, subset), index, subset.is_reg, size, choose_bucket(size, buckets)))
+            caption = caption_from_file(path, subset)
+            if caption is None:
+                uncaptioned.append(path.name)
+            items.append(Item(path, subset.class_tokens if caption is None else caption, index, subset.is_reg, checked,
+                              choose_bucket(checked, buckets)))
+        if uncaptioned and not subset.is_reg:  # regularisation images normally train on the class alone
+            examples = ", ".join(uncaptioned[:3]) + (f" and {len(uncaptioned) - 3} more" if len(uncaptioned) > 3 else "")
+            tokens = f"the folder's tokens {subset.class_tokens!r}" if subset.class_tokens else "an EMPTY caption (the subset has no class_tokens)"
+            hint = ""
+            if subset.caption_extension != ".txt" and any((subset.image_dir / n).with_suffix(".txt").is_file() for n in uncaptioned):
+                hint = " (they have .txt files: set caption_extension = \".txt\" in the dataset config)"
+            warnings.append(f"{len(uncaptioned)} of {len(files)} image(s) in {subset.image_dir} have no caption "
+                            f"(no {subset.caption_extension or 'caption'} file beside them, or an empty one: {examples}); "
+                            f"they train on {tokens} alone{hint}")
+    warnings += skipped
     info = DatasetInfo(subsets, items, resolution, int(settings.get("batch_size", config.batch_size)), buckets, warnings, source,
                        enable_bucket)
     if not info.train_items:
-        raise ConfigError(f"no readable training image under {source}")
+        reasons = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        raise ConfigError(f"no readable training image under {source}" + (f": {reasons}" if reasons else ""))
     return info
 
 
