@@ -449,7 +449,7 @@ def test_cli_prepare_refuses_an_unwritable_out_before_any_work(tmp_path, capsys,
     assert main(_prepare_cli(photos, blocker / "dataset")) == 2
     assert f"{blocker} is a file, not a folder" in _unwrapped(capsys.readouterr().err)
     assert main(_prepare_cli(photos, blocker)) == 2
-    assert "is a file; choose a folder" in _unwrapped(capsys.readouterr().err)
+    assert f"--out {blocker} is a file, not a folder" in _unwrapped(capsys.readouterr().err)
     assert blocker.read_text() == "the user's file\n"
 
     read_only = tmp_path / "read-only"
@@ -457,7 +457,7 @@ def test_cli_prepare_refuses_an_unwritable_out_before_any_work(tmp_path, capsys,
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == read_only and mode & os.W_OK else real_access(path, mode, **kw))
     assert main(_prepare_cli(photos, read_only / "dataset")) == 2
-    assert f"(it would be created in {read_only}) is not writable" in _unwrapped(capsys.readouterr().err)
+    assert f"--out {read_only / 'dataset'}: cannot write there: {read_only} is not writable" in _unwrapped(capsys.readouterr().err)
     assert list(read_only.iterdir()) == []
 
 

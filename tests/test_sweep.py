@@ -234,6 +234,10 @@ def test_sweep_settings_are_checked(tiny, tmp_path):
         _config(tiny, tmp_path, loras=tmp_path / "nope").validate()
     with pytest.raises(SweepConfigError, match="repeats a seed"):
         _config(tiny, tmp_path, seeds=[1, 1]).validate()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    with pytest.raises(SweepConfigError, match="--out .* is a file, not a folder"):  # it used to generate, then fail to save
+        _config(tiny, blocker).validate()
     assert parse_seeds("1236,1237 1240-1242") == [1236, 1237, 1240, 1241, 1242]
     with pytest.raises(SweepConfigError, match="cannot read 'x'"):
         parse_seeds("1,x")

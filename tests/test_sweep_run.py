@@ -80,6 +80,9 @@ def test_run_checks_its_inputs(base, tmp_path):
         run_all(_config(base, tmp_path / "o", photos=tmp_path / "missing"))
     with pytest.raises(RunError, match="--trigger is required"):
         run_all(_config(base, tmp_path / "o", trigger=" "))
+    (tmp_path / "a-file").write_text("not a folder\n")
+    with pytest.raises(RunError, match="--out .*a-file/run: .*a-file is a file, not a folder"):
+        run_all(_config(base, tmp_path / "a-file" / "run"))
     # No usable photo: said after prepare, with the reasons, instead of a trainer error about an empty dataset.
     photos = tmp_path / "no-faces"
     photos.mkdir()

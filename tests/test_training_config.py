@@ -94,6 +94,22 @@ def test_validate_names_the_setting(tmp_path, changes, message):
         config.validate()
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    """It was a FileExistsError traceback (--out a file) or a PermissionError one (read-only)."""
+    from lora_likeness.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the user's file\n")
+    config = TrainConfig(base=tmp_path / "m.safetensors", data=tmp_path, out=blocker)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        config.validate()
+    with pytest.raises(ConfigError, match=f"run: {blocker} is a file, not a folder"):
+        config.replace(out=blocker / "run").validate()
+    assert main(["train", "--base", str(tmp_path / "m.safetensors"), "--data", str(tmp_path), "--out", str(blocker), "-q"]) == 2
+    assert f"--out {blocker} is a file, not a folder" in " ".join(capsys.readouterr().err.split())
+    assert blocker.read_text() == "the user's file\n"
+
+
 def test_text_encoder_lr_zero_means_unet_only():
     config = TrainConfig(lr=1e-4, text_encoder_lr=0.0)
     assert not config.train_text_encoder and config.effective_unet_lr == pytest.approx(1e-4)

@@ -207,7 +207,12 @@ class PrepareConfig:
         if not self.photos.is_dir():
             raise PrepareConfigError(f"--photos {self.photos} is not a folder")
         photos, out = self.photos.resolve(), self.out.resolve()
-        _check_writable(self.out)
+        from ..outputs import OutputError, check_output_folder
+
+        try:
+            check_output_folder(self.out)
+        except OutputError as exc:
+            raise PrepareConfigError(str(exc)) from None
         if out == photos:
             raise PrepareConfigError("--out must not be the photos folder itself (a sub-folder of it is fine)")
         for managed in ("img", "reg", "previous"):
@@ -275,23 +280,6 @@ class PrepareConfig:
             return value
 
         return plain(data)
-
-
-def _check_writable(out: Path) -> None:
-    """``out`` (or the folder it would be created in) must be a folder this process can write to:
-    found before any work, not as a traceback after minutes of face analysis."""
-    folder = Path(out)
-    while not folder.exists():  # the nearest existing ancestor is where mkdir would start
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    if folder.exists() and not folder.is_dir():
-        where = "is a file" if folder == Path(out) else f"cannot be created: {folder} is a file, not a folder"
-        raise PrepareConfigError(f"--out {out} {where}; choose a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        where = "" if folder == Path(out) else f" (it would be created in {folder})"
-        raise PrepareConfigError(f"--out {out}{where} is not writable (read-only folder or file system, or no permission); "
-                                 "choose a folder you can write to")
 
 
 def _check_has_photos(photos: Path, exclude: Path) -> None:

@@ -109,6 +109,12 @@ class SweepConfig:
         for name in ("base", "loras", "refs"):
             if not getattr(self, name).exists():
                 raise SweepConfigError(f"--{name} {getattr(self, name)} does not exist")
+        from ..outputs import OutputError, check_output_folder
+
+        try:
+            check_output_folder(self.out)
+        except OutputError as exc:
+            raise SweepConfigError(str(exc)) from None
         self.prompts = [p.strip() for p in self.prompts if p and p.strip()]
         if not self.prompts:
             raise SweepConfigError("--prompt is required: the text every image is generated from (e.g. 'photo of ohwx man')")

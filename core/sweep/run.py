@@ -179,6 +179,12 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
     family = detect_family(config.base, config.train_overrides.get("family", "auto"))
     resolution = config.resolution or family.defaults.resolution
     out = config.out
+    from ..outputs import OutputError, check_output_folder
+
+    try:
+        check_output_folder(out)
+    except OutputError as exc:
+        raise RunError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     progress = StageProgress(progress or Progress())
     record = _read_record(out)

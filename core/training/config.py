@@ -252,6 +252,13 @@ class TrainConfig:
             if base.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
                 raise ConfigError(f"base {base.name}: only .safetensors checkpoints or diffusers folders are loaded "
                                   "(.ckpt/.pt files need unpickling, which can run code; convert it to .safetensors)")
+        if self.out is not None and need_paths:
+            from ..outputs import OutputError, check_output_folder
+
+            try:
+                check_output_folder(Path(self.out))
+            except OutputError as exc:
+                raise ConfigError(str(exc)) from None
         if self.keep_best and self.score_refs is None:
             raise ConfigError("keep_best needs score_refs (reference photos to score the samples against)")
         if self.early_stop_patience and self.score_refs is None:
