@@ -41,6 +41,11 @@ TRAINING_STATE_SUFFIX = "-state.safetensors"
 #: every checkpoint: the folder around the file is what names it.
 FOLDER_LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
 
+#: LoRA files in Python's pickle format (old Kohya/A1111 ``.ckpt``/``.pt``/``.pth``, diffusers/PEFT ``.bin``).
+#: They are never loaded: unpickling a file can run any code it holds. A sweep names them instead.
+PICKLE_LORA_SUFFIXES = (".ckpt", ".pt", ".pth")
+PICKLE_FOLDER_LORA_FILES = ("pytorch_lora_weights.bin", "adapter_model.bin")
+
 #: Key layouts :func:`lora_format` tells apart.
 FORMATS = ("kohya", "diffusers", "peft", "unknown")
 
@@ -219,6 +224,35 @@ def _lora_files(root: Path) -> list[Path]:
     return files
 
 
+def pickle_lora_files(root: Path) -> list[Path]:
+    """LoRA-looking pickle files under ``root`` (see :data:`PICKLE_LORA_SUFFIXES`), in natural order;
+    hidden folders and the optimizer/state files of a training state are not among them."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.rglob("*")
+        if p.is_file()
+        and (p.suffix.lower() in PICKLE_LORA_SUFFIXES or p.name.lower() in PICKLE_FOLDER_LORA_FILES)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
+
+
+def no_lora_found_message(root: Path) -> str:
+    """Why a folder gives no LoRA to sweep: nothing at all, or only pickle files (named, with what to do)."""
+    root = Path(root)
+    message = f"no LoRA (.safetensors) file found in {root}"
+    pickles = pickle_lora_files(root)
+    if not pickles:
+        return message
+    shown = ", ".join(p.relative_to(root).as_posix() for p in pickles[:3])
+    more = f" and {len(pickles) - 3} more" if len(pickles) > 3 else ""
+    return (f"{message}; it holds {len(pickles)} pickle file(s) ({shown}{more}), which are never loaded because "
+            f"unpickling a file can run any code it holds. Convert them to .safetensors (where they were made, or, for files "
+            f"you trust, with torch.load(path, weights_only=True) and safetensors.torch.save_file) and run again")
+
+
 def scan_loras(root: Path) -> list[LoraCheckpoint]:
     """Every ``*.safetensors`` under ``root`` (recursively), in natural name order.
 
@@ -331,7 +365,8 @@ def sweep_checkpoints(root: Path, run: str | None = None, base: str | None = "sd
     root = Path(root)
     if root.is_file():
         if root.suffix.lower() != LORA_SUFFIX:
-            raise ValueError(f"{root} is not a .safetensors file (LoRAs are loaded from safetensors only)")
+            raise ValueError(f"{root} is not a .safetensors file: LoRAs are loaded from safetensors only (a pickle file "
+                             f"such as .ckpt/.pt/.bin is never loaded: unpickling can run any code it holds); convert it to .safetensors")
         # Scan from far enough up that a diffusers/PEFT folder name (exp_e10) still labels the file.
         scan_root = root.parent.parent if is_folder_lora(root) and root.parent != root.parent.parent else root.parent
         if is_folder_lora(root):
@@ -341,7 +376,7 @@ def sweep_checkpoints(root: Path, run: str | None = None, base: str | None = "sd
     elif root.is_dir():
         runs = list_runs(root)
         if not runs:
-            raise ValueError(f"no LoRA (.safetensors) file found in {root}")
+            raise ValueError(no_lora_found_message(root))
         if run is None:
             if len(runs) > 1:
                 listed = "; ".join(f"{key} ({len(items)} checkpoint{'s' if len(items) != 1 else ''}: "

@@ -230,3 +230,37 @@ def test_sweep_labels_are_unique_and_other_architectures_are_refused(tmp_path):
     (xl / "sdxl-000002.safetensors").write_bytes(b"\x80\x04pickle")
     with pytest.raises(ValueError, match="sdxl-000002.safetensors: not a safetensors file"):
         sweep_checkpoints(xl, base="sdxl")
+
+
+def test_a_folder_of_pickle_loras_names_them_and_says_to_convert(tmp_path, capsys):
+    """It said only "no LoRA (.safetensors) file found", as if the folder were empty."""
+    from lora_likeness.checkpoints import sweep_checkpoints
+    from lora_likeness.cli import main
+
+    loras = tmp_path / "loras"
+    for name in ("me-000001.ckpt", "me-000002.ckpt", "me-000003.pt", "old/me.pth", "exp_e10/pytorch_lora_weights.bin"):
+        (loras / name).parent.mkdir(parents=True, exist_ok=True)
+        (loras / name).write_bytes(b"\x80\x04pickle")  # never opened
+    state = loras / "me-state"  # an accelerate state: its optimizer.bin / random_states_0.pkl are no LoRAs
+    state.mkdir()
+    (state / "optimizer.bin").write_bytes(b"x")
+    (state / "random_states_0.pkl").write_bytes(b"x")
+    with pytest.raises(ValueError) as caught:
+        sweep_checkpoints(loras)
+    message = str(caught.value)
+    assert f"no LoRA (.safetensors) file found in {loras}; it holds 5 pickle file(s) " in message
+    assert "(exp_e10/pytorch_lora_weights.bin, me-000001.ckpt, me-000002.ckpt and 2 more)" in message
+    assert "never loaded because unpickling a file can run any code it holds. Convert them to .safetensors" in message
+    assert "optimizer.bin" not in message
+
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"")  # never opened: the LoRAs are looked for first
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    code = main(["sweep", "--base", str(base), "--loras", str(loras), "--refs", str(refs), "--out", str(tmp_path / "out"),
+                 "--prompt", "photo of ohwx man", "-q"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "it holds 5 pickle file(s)" in err and "Convert them to .safetensors" in err
+    code = main(["sweep", "--base", str(base), "--loras", str(loras / "me-000003.pt"), "--refs", str(refs), "--out", str(tmp_path / "out"),
+                 "--prompt", "photo of ohwx man", "-q"])
+    assert code == 2 and "convert it to .safetensors" in " ".join(capsys.readouterr().err.split())

@@ -128,7 +128,7 @@ def sweep_checkpoints(config: SweepConfig, family: str = "sd1") -> list[SweepChe
     except ValueError as exc:  # includes ArchitectureMismatch
         raise SweepConfigError(str(exc)) from exc
     if not found:
-        raise SweepConfigError(f"--loras {config.loras}: no LoRA (.safetensors) found")
+        raise SweepConfigError(f"--loras: {ckpt.no_lora_found_message(config.loras)}")
     out = []
     for order, item in enumerate(found):
         out.append(SweepCheckpoint(label=item.label, epoch=item.epoch, order=order, path=item.path,
