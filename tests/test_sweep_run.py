@@ -104,7 +104,8 @@ def test_cli_run(base, tmp_path, capsys):
             "--strengths", "1.0", "--steps", "1", "--width", "64", "--height", "64", "--device", "cpu", "--no-adherence", "-q"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "dataset: 4 photo(s) kept" in printed and "training: 0 checkpoint(s)" in printed
+    # One epoch: the final file is the one checkpoint the sweep uses (it used to say "0 checkpoint(s)").
+    assert "dataset: 4 photo(s) kept" in printed and f"training: 1 checkpoint (final) in {out / 'training'}" in printed
     assert "2 image(s) generated, 0 reused" in printed
     assert main(argv) == 0
     assert "already done, skipped: prepare, train" in capsys.readouterr().out

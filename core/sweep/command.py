@@ -136,6 +136,21 @@ def _print_result(sweep, console) -> None:
         console.print(f"wrote {path}", markup=False)
 
 
+def training_line(training) -> str:
+    """``training: 2 checkpoints (e1, final) in DIR``: every file the sweep goes on to use, the final one included."""
+    from ..labels import parse_kohya_name
+
+    labels = []
+    for path in training.checkpoints:
+        _, epoch, step = parse_kohya_name(Path(path).name)
+        labels.append(f"e{epoch}" if epoch is not None else f"step {step}" if step is not None else Path(path).stem)
+    if training.final:
+        labels.append("final")
+    if not labels:
+        return f"training: no checkpoint in {training.out}"
+    return f"training: {len(labels)} checkpoint{'s' if len(labels) != 1 else ''} ({', '.join(labels)}) in {training.out}"
+
+
 def command_sweep(args: argparse.Namespace) -> int:
     from ..cli import _console, _error
     from ..faces import FaceModelError, PackNotFoundError
@@ -216,6 +231,6 @@ def command_run(args: argparse.Namespace) -> int:
         out.print(f"note: {note}", markup=False)
     dataset = result.dataset
     out.print(f"dataset: {len(dataset.kept)} photo(s) kept, {len(dataset.rejected)} rejected -> {dataset.out}", markup=False)
-    out.print(f"training: {len(result.training.checkpoints)} checkpoint(s) in {result.training.out}", markup=False)
+    out.print(training_line(result.training), markup=False)
     _print_result(result.sweep, out)
     return 0

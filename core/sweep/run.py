@@ -105,6 +105,7 @@ class RunResult:
         return {"out": str(self.out), "skipped": self.skipped, "notes": self.notes,
                 "dataset": str(self.dataset.out) if self.dataset else None,
                 "checkpoints": [str(p) for p in self.training.checkpoints] if self.training else [],
+                "final": str(self.training.final) if self.training and self.training.final else None,
                 "sweep": self.sweep.as_dict() if self.sweep else None}
 
 
