@@ -269,6 +269,8 @@ def command_doctor(args: argparse.Namespace) -> int:
             console.print(f"  {name:<24} {version or 'NOT INSTALLED'}", markup=False)
     kind = dependencies.torch_kind()
     console.print(f"  torch build              {kind or 'no torch'}", markup=False)
+    gpus = dependencies.cuda_device_count()
+    console.print(f"  CUDA devices             {gpus or 'none usable'}", markup=False)
     variants, clash = dependencies.onnxruntime_variants(installed)
     problems = 0
     if not variants:
@@ -286,8 +288,8 @@ def command_doctor(args: argparse.Namespace) -> int:
         console.print(f"  onnxruntime providers    {', '.join(onnxruntime.get_available_providers())}", markup=False)
         chosen = resolve_providers("auto")
         console.print(f"  likeness would use       {chosen[0]}", markup=False)
-        if kind == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            console.print("  note: torch has CUDA but onnxruntime has no CUDA provider: face models run on CPU. "
+        if kind == "cuda" and gpus and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            console.print("  note: this machine has a CUDA GPU but onnxruntime has no CUDA provider: face models run on CPU. "
                           "Install onnxruntime-gpu instead of onnxruntime (python install.py does).", markup=False)
     except Exception as exc:  # noqa: BLE001 - any import failure is the finding to report
         problems += 1

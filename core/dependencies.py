@@ -388,8 +388,51 @@ def detect_torch(paths: Sequence[str] | None = None) -> tuple[str | None, str | 
 
 
 def torch_kind(paths: Sequence[str] | None = None) -> str | None:
-    """"cuda", "rocm", "cpu", "xpu", "unknown", or None when torch is absent."""
+    """"cuda", "rocm", "cpu", "xpu", "unknown", or None when torch is absent.
+
+    This is how torch was *built* (its ``+cu130`` label): a CUDA build runs on machines without any GPU.
+    Whether a GPU can be used now is :func:`cuda_device_count`."""
     return detect_torch(paths)[0]
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process can use now (0 without a GPU, a driver, or with CUDA_VISIBLE_DEVICES="").
+
+    When torch is already imported (ComfyUI, A1111, our training and sweeps) torch answers. Otherwise
+    torch is not imported for this (it takes seconds): the NVIDIA driver library is asked directly
+    (``cuInit`` + ``cuDeviceGetCount`` through ctypes, as torch itself does; no GPU memory or context is
+    taken). A machine without the driver answers at once: the library is not there.
+    """
+    import warnings
+
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "cuda"):
+        try:
+            with warnings.catch_warnings():  # "CUDA initialization: ..." on a broken driver: the answer is 0
+                warnings.simplefilter("ignore")
+                return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+        except Exception:  # noqa: BLE001 - any failure means no usable device
+            return 0
+    return _driver_device_count()
+
+
+def _driver_device_count() -> int:
+    import ctypes
+
+    names = {"win32": ("nvcuda.dll",), "darwin": ()}.get(sys.platform, ("libcuda.so.1", "libcuda.so"))
+    for name in names:
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            count = ctypes.c_int(0)
+            if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0  # e.g. CUDA_ERROR_NO_DEVICE, or a driver too old for the device
+            return max(0, count.value)
+        except (AttributeError, OSError):
+            return 0
+    return 0
 
 
 @dataclass(frozen=True)

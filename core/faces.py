@@ -501,14 +501,13 @@ class FaceEngine:
                 f"this onnxruntime build cannot use it (see `likeness doctor`)."
             )
         elif got == "CPUExecutionProvider":
-            try:
-                from .dependencies import torch_kind
-            except ImportError:  # pragma: no cover - dependencies module always ships
-                return
-            if torch_kind() == "cuda":
+            from . import dependencies
+
+            # torch's +cuXXX label only says how it was built; the note is for machines with a GPU to use.
+            if dependencies.torch_kind() == "cuda" and dependencies.cuda_device_count() > 0:
                 self.warnings.append(
-                    "face models run on CPU although torch has CUDA: install onnxruntime-gpu instead of "
-                    "onnxruntime (`python install.py` or `likeness doctor --fix-onnxruntime`)."
+                    "face models run on CPU although this machine has a CUDA GPU that torch can use: install "
+                    "onnxruntime-gpu instead of onnxruntime (`python install.py` or `likeness doctor --fix-onnxruntime`)."
                 )
         for message in self.warnings:
             log.warning(message)

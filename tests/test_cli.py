@@ -166,3 +166,16 @@ def test_doctor_reports_packs_and_providers(capsys, monkeypatch):
     assert "likeness_test: det_500m.onnx + mobilefacenet_128d.onnx" in stdout
     assert "CPUExecutionProvider" in stdout and "numpy" in stdout
     assert code == 0, stdout
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_doctor_notes_a_cpu_onnxruntime_only_where_a_gpu_is_usable(capsys, monkeypatch, gpus):
+    """A +cu130 torch build says nothing about the machine: the note was printed on machines without a GPU."""
+    from lora_likeness import dependencies
+
+    monkeypatch.setenv("LIKENESS_MODELS_DIR", str(PACK_DIR.parent))
+    monkeypatch.setattr(dependencies, "torch_kind", lambda paths=None: "cuda")
+    monkeypatch.setattr(dependencies, "cuda_device_count", lambda: gpus)
+    code, stdout, _ = run_cli(["doctor", "--pack", "likeness_test"], capsys)
+    assert f"CUDA devices             {gpus or 'none usable'}" in stdout
+    assert ("onnxruntime has no CUDA provider: face models run on CPU" in stdout) == bool(gpus)

@@ -105,6 +105,55 @@ def test_providers_and_fallback_warning():
     assert engine.describe()["providers"] == ["cpu"]
 
 
+@pytest.mark.parametrize("gpus, noted", [(0, False), (1, True)])
+def test_the_gpu_note_needs_a_usable_gpu_not_a_cuda_build_label(monkeypatch, gpus, noted):
+    """A +cu130 torch on a machine without a GPU was told "face models run on CPU although torch has CUDA"."""
+    from lora_likeness import dependencies
+
+    monkeypatch.setattr(dependencies, "torch_kind", lambda paths=None: "cuda")  # torch 2.x+cu130
+    monkeypatch.setattr(dependencies, "cuda_device_count", lambda: gpus)
+    engine = FaceEngine.load(PACK_DIR, providers="cpu")
+    assert any("face models run on CPU although this machine has a CUDA GPU" in w for w in engine.warnings) == noted
+
+
+def test_cuda_device_count_asks_torch_if_imported_else_the_driver(monkeypatch):
+    import ctypes
+    import sys
+    from types import SimpleNamespace
+
+    from lora_likeness import dependencies
+
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: False, device_count=lambda: 2))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    assert dependencies.cuda_device_count() == 0  # a CUDA build without a usable device
+    fake_torch.cuda.is_available = lambda: True
+    assert dependencies.cuda_device_count() == 2
+
+    monkeypatch.delitem(sys.modules, "torch")  # not imported: the driver library answers, torch stays unimported
+
+    def no_library(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert dependencies.cuda_device_count() == 0 and "torch" not in sys.modules
+
+    class Driver:
+        def __init__(self, init_result):
+            self.init_result = init_result
+
+        def cuInit(self, flags):
+            return self.init_result
+
+        def cuDeviceGetCount(self, pointer):
+            pointer._obj.value = 3
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: Driver(0))
+    assert dependencies.cuda_device_count() == 3
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: Driver(100))  # CUDA_ERROR_NO_DEVICE
+    assert dependencies.cuda_device_count() == 0
+
+
 def test_fingerprint_depends_on_detection_settings(engine):
     other = FaceEngine.load(PACK_DIR, providers="cpu", det_thresh=0.6)
     assert engine.fingerprint != other.fingerprint
