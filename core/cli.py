@@ -64,7 +64,8 @@ class RichProgress(Progress):
         self.bar.update(self.task, detail="")
 
     def close(self) -> None:
-        self.bar.stop()
+        if self.task is not None:  # stopping a bar that never started prints an empty line
+            self.bar.stop()
 
 
 def _error(console, message: str) -> None:
@@ -122,18 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .quiet import quiet_third_party
+
     try:
         args = build_parser().parse_args(argv)  # imports every command's module: a second or two
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    handler = getattr(args, "handler", None)
-    if handler is not None:
+    handler = getattr(args, "handler", None) or (command_score if args.command == "score" else command_doctor)
+    with quiet_third_party():  # our progress and messages only, not the libraries' (see lora_likeness.quiet)
         return handler(args)
-    if args.command == "score":
-        return command_score(args)
-    return command_doctor(args)
 
 
 # --------------------------------------------------------------------------------------------

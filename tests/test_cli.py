@@ -4,6 +4,7 @@ cache, and nothing ever overwritten."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -179,3 +180,47 @@ def test_doctor_notes_a_cpu_onnxruntime_only_where_a_gpu_is_usable(capsys, monke
     code, stdout, _ = run_cli(["doctor", "--pack", "likeness_test"], capsys)
     assert f"CUDA devices             {gpus or 'none usable'}" in stdout
     assert ("onnxruntime has no CUDA provider: face models run on CPU" in stdout) == bool(gpus)
+
+
+def _python(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); it prints one JSON line."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY") and k not in ("PYTHONWARNINGS", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_quiet_third_party_lets_errors_through_and_restores_everything():
+    """The CLI's quieting (lora_likeness.quiet): libraries imported inside it are turned down at import, their
+    errors and unknown warnings still show, and on leaving it everything is as before."""
+    result = _python("""if True:
+        import json, logging, sys, warnings
+        from lora_likeness.quiet import quiet_third_party
+        with quiet_third_party():
+            import importlib.util
+            importlib.util.find_spec("transformers")  # an "is it installed?" check must not use the hook up
+            import transformers
+            from transformers.utils import logging as tlog
+            log = logging.getLogger("transformers.models.clip")
+            inside = [log.isEnabledFor(logging.WARNING), log.isEnabledFor(logging.ERROR), tlog.is_progress_bar_enabled()]
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.warn("Specified provider 'CUDAExecutionProvider' is not in available provider names.", UserWarning)
+                warnings.warn("something real", UserWarning)
+        after = [log.isEnabledFor(logging.WARNING), tlog.is_progress_bar_enabled(), all(type(f).__name__ != "_AfterImport" for f in sys.meta_path)]
+        print(json.dumps({"inside": inside, "shown": [str(w.message) for w in seen], "after": after}))
+    """)
+    assert result["inside"] == [False, True, False]
+    assert result["shown"] == ["something real"]
+    assert result["after"] == [True, True, True]
+
+
+def test_importing_likeness_leaves_a_hosts_libraries_alone():
+    """ComfyUI / A1111 import lora_likeness (and our CLI module): their transformers stays as loud as they set it."""
+    result = _python("""if True:
+        import json, logging, sys
+        import lora_likeness, lora_likeness.cli, lora_likeness.quiet
+        import transformers
+        from transformers.utils import logging as tlog
+        print(json.dumps({"level": logging.getLogger("transformers").getEffectiveLevel(), "bars": tlog.is_progress_bar_enabled()}))
+    """)
+    assert result == {"level": logging.WARNING, "bars": True}

@@ -220,6 +220,39 @@ def test_single_file_base_loads_offline(tiny, tmp_path, monkeypatch):
         load_base(checkpoint, tokenizer=tmp_path)
 
 
+#: What transformers / diffusers printed into `likeness train` (issue 12): nothing a user can act on.
+THIRD_PARTY_NOISE = ("requires torchvision", "should be kept in float32", "Loading pipeline components", "Loading weights",
+                     "it/s]", "s/it]")
+
+
+def test_cli_train_prints_our_messages_and_no_third_party_noise(tiny, tmp_path):
+    """A real ``likeness`` process: a single-file base (diffusers' "Loading pipeline components" bar,
+    transformers' "Loading weights" bar and its torchvision notice) cast to bf16 (diffusers' "should be kept in
+    float32" for every model). Only our own lines may reach the terminal; an error of ours still does."""
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = _tiny_single_file(tmp_path)
+    config_dir = tmp_path / "config"
+    for rel in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"):
+        (config_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tiny[0] / rel, config_dir / rel)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY") and k not in ("PYTHONWARNINGS", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env["HF_HUB_OFFLINE"] = "1"
+    entry_point = "import sys; from lora_likeness.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", entry_point, "train", "--base", str(checkpoint), "--base-config", str(config_dir), "--tokenizer",
+            str(TOKENIZER), "--data", str(tiny[1]), "--out", str(tmp_path / "out"), "--name", "quiet", "--epochs", "1", "--rank", "2",
+            "--alpha", "1", "--resolution", "32", "--mixed-precision", "bf16", "--device", "cpu", "--batch-size", "4", "--no-buckets"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert f"final      {tmp_path / 'out' / 'quiet.safetensors'}" in done.stdout
+    for noise in THIRD_PARTY_NOISE:
+        assert noise not in done.stdout + done.stderr, noise
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 2 and "error: " in again.stderr and "already holds checkpoints" in again.stderr
+
+
 def test_samples_are_scored_and_keep_best_picks_the_best_epoch(tiny, tmp_path, monkeypatch):
     from lora_likeness.training import samples
 
