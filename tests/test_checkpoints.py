@@ -253,8 +253,10 @@ def test_a_folder_of_pickle_loras_names_them_and_says_to_convert(tmp_path, capsy
     assert "never loaded because unpickling a file can run any code it holds. Convert them to .safetensors" in message
     assert "optimizer.bin" not in message
 
-    base = tmp_path / "base.safetensors"
-    base.write_bytes(b"")  # never opened: the LoRAs are looked for first
+    base = tmp_path / "base"  # an SD1 diffusers folder: its configs say the family; no weight is loaded before the LoRAs are found
+    (base / "unet").mkdir(parents=True)
+    (base / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (base / "unet" / "config.json").write_text('{"cross_attention_dim": 768, "in_channels": 4}')
     refs = tmp_path / "refs"
     refs.mkdir()
     code = main(["sweep", "--base", str(base), "--loras", str(loras), "--refs", str(refs), "--out", str(tmp_path / "out"),

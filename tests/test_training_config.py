@@ -172,7 +172,7 @@ def test_broken_images_are_found_before_training_and_missing_captions_are_named(
     for name in ("c.png", "d.png", "e.png"):
         _image(train / name)
     (train / "d.txt").write_text("   \n", encoding="utf-8")  # an empty caption file counts as none
-    info = tdata.load_dataset(TrainConfig(data=root))
+    info = tdata.load_dataset(TrainConfig(data=root).for_family(SD1))
     assert sorted(i.path.name for i in info.train_items) == ["a.png", "b.jpg", "c.png", "d.png", "e.png"]
     assert any(w.startswith(f"skipped {train / 'cut.jpg'}: corrupt or truncated image (image file is truncated") for w in info.warnings)
     assert any(w.startswith(f"skipped {train / 'empty.png'}: ") for w in info.warnings)
@@ -182,7 +182,7 @@ def test_broken_images_are_found_before_training_and_missing_captions_are_named(
     for name in ("a.png", "b.jpg", "c.png", "d.png", "e.png"):
         (train / name).write_bytes(data[: len(data) // 2])
     with pytest.raises(ConfigError, match=r"no readable training image under .*: skipped .*a\.png: corrupt or truncated .*; and 4 more"):
-        tdata.load_dataset(TrainConfig(data=root))
+        tdata.load_dataset(TrainConfig(data=root).for_family(SD1))
 
 
 def test_sd_scripts_dataset_toml_inheritance(tmp_path):
