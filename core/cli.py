@@ -295,6 +295,8 @@ def command_doctor(args: argparse.Namespace) -> int:
         problems += 1
         console.print(f"  onnxruntime import FAILED: {exc}", markup=False)
 
+    problems += _doctor_training_stack(console, installed)
+
     console.print("\nFace-model packs (searched in this order):", markup=False)
     found_requested = False
     for label, folder in pack_search_dirs():
@@ -324,6 +326,34 @@ def command_doctor(args: argparse.Namespace) -> int:
         return _fix_onnxruntime(console)
     console.print("\nall good" if not problems else f"\n{problems} problem(s) found", markup=False)
     return 0 if not problems else 1
+
+
+def _doctor_training_stack(console, installed: dict[str, str]) -> int:
+    """The ``train`` extra's packages against their tested ranges, and whether they import.
+    Returns the number of problems (a stack that is installed but does not import)."""
+    from . import dependencies
+
+    console.print("\nTraining stack (likeness train / sweep; tested ranges of lora-likeness[train]):", markup=False)
+    for _, requirement in dependencies.extra_requirements("train"):
+        version = installed.get(requirement.key)
+        state = "not installed" if version is None else ("ok" if dependencies.satisfies(version, requirement.specifier) else "OUTSIDE the tested range")
+        console.print(f"  {requirement.name:<24} {version or '-':<12} {requirement.specifier:<14} {state}", markup=False)
+    if not any(name in installed for name in dependencies.TRAINING_STACK):
+        console.print('  not installed: scoring works without it; `pip install -e ".[train]"` adds training and sweeps', markup=False)
+        return 0
+    from .training.stack import import_failure
+
+    failure = import_failure()
+    if failure is not None:
+        console.print(f"  PROBLEM: {dependencies.training_stack_conflict(failure)}", markup=False)
+        return 1
+    outside = dependencies.extra_findings(("train",), installed, include_missing=False)
+    if outside:
+        console.print("  note: it imports, but " + "; ".join(f.message() for f in outside)
+                      + ". Untested: if training or a sweep fails, install the tested ranges.", markup=False)
+    else:
+        console.print("  imports: ok", markup=False)
+    return 0
 
 
 def _fix_onnxruntime(console) -> int:

@@ -27,21 +27,50 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 # --- what Likeness needs (keep in step with pyproject.toml; tests/test_install.py checks) --------
 
 #: pyproject's ``requires-python``.
 REQUIRES_PYTHON = ">=3.10,<3.13"
 
-#: pyproject's ``dependencies``. onnxruntime is not listed: see :func:`want_onnxruntime`.
+#: This project's distribution name (what ``pip install -e .`` registers).
+DISTRIBUTION = "lora-likeness"
+
+#: pyproject's ``dependencies``. onnxruntime is not listed: see :func:`want_onnxruntime`. Lower bounds
+#: are what ``.ci/oldest_pins.sh`` runs the core tests on; upper bounds stop below the next major.
 REQUIREMENTS: tuple[str, ...] = (
     "numpy>=1.26,<3",
-    "Pillow>=9.5",
-    "insightface>=0.7.3",
-    "matplotlib>=3.7",
-    "rich>=13",
+    "Pillow>=9.5,<14",
+    "insightface>=0.7.3,<3",
+    "matplotlib>=3.7,<4",
+    "rich>=13,<16",
 )
+
+#: pyproject's ``train`` extra: the training stack in the ranges the tests run on. Lowest versions:
+#: ``.ci/oldest_training.sh``; highest: what pip resolves today. diffusers stops below its next
+#: minor (it removes deprecated APIs in minor releases), the others below their next major.
+TRAIN_REQUIREMENTS: tuple[str, ...] = (
+    "diffusers>=0.27,<0.43",
+    "transformers>=4.30,<6",
+    "peft>=0.7,<1",
+    "safetensors>=0.4,<1",
+    "tomli>=1.1,<3; python_version < '3.11'",
+)
+
+#: pyproject's ``test`` extra: the test tools plus the whole ``train`` extra.
+TEST_REQUIREMENTS: tuple[str, ...] = (
+    "pytest>=7.4,<10",
+    "jsonschema>=4.17,<5",
+    "safetensors>=0.4,<1",
+    f"{DISTRIBUTION}[train]",
+)
+
+#: pyproject's ``optional-dependencies`` that :func:`extra_findings` checks.
+EXTRAS: dict[str, tuple[str, ...]] = {"train": TRAIN_REQUIREMENTS, "test": TEST_REQUIREMENTS}
+
+#: The packages whose failure to import means "the training stack is broken" (torch is the host's).
+TRAINING_STACK: tuple[str, ...] = ("diffusers", "transformers", "peft")
 
 #: pyproject's ``gpu`` extra: the floor for a freshly installed onnxruntime-gpu.
 GPU_REQUIREMENT = "onnxruntime-gpu>=1.17"
@@ -304,6 +333,161 @@ def installed_distributions(paths: Sequence[str] | None = None) -> dict[str, str
 def installed_version(name: str, paths: Sequence[str] | None = None) -> str | None:
     """The installed version of distribution ``name``, or None."""
     return installed_distributions(paths).get(canonical_name(name))
+
+
+# --- the extras' tested ranges -------------------------------------------------------------------
+
+_PYTHON_MARKER_RE = re.compile(r"""^\s*python_(?:full_)?version\s*(==|!=|<=|>=|<|>)\s*['"]([^'"]+)['"]\s*$""")
+
+
+def marker_applies(marker: str | None, python: Sequence[int] | None = None) -> bool:
+    """Whether a requirement's environment marker holds for ``python`` (default: this interpreter).
+
+    Only ``python_version`` comparisons joined by ``and`` are evaluated (all our pyproject uses);
+    any other marker counts as holding, so its requirement is checked rather than ignored."""
+    if not marker:
+        return True
+    version = ".".join(str(part) for part in (python or sys.version_info[:3]))
+    for clause in re.split(r"\s+and\s+", marker.strip()):
+        match = _PYTHON_MARKER_RE.match(clause)
+        if match is not None and not satisfies(version, f"{match[1]}{match[2]}"):
+            return False
+    return True
+
+
+def extra_requirements(extra: str, python: Sequence[int] | None = None) -> list[tuple[str, Requirement]]:
+    """(extra that declares it, requirement) for every requirement of ``extra`` that applies to
+    ``python``, with ``lora-likeness[other]`` expanded (the ``test`` extra includes ``train``)."""
+    found: list[tuple[str, Requirement]] = []
+    seen: set[str] = set()
+
+    def walk(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        for text in EXTRAS[name]:
+            requirement = parse_requirement(text)
+            if requirement.key == DISTRIBUTION:
+                for inner in re.findall(r"[A-Za-z0-9_-]+", text[text.index("[") + 1:text.index("]")]):
+                    walk(inner)
+                continue
+            if marker_applies(requirement.marker, python) and all(req.key != requirement.key for _, req in found):
+                found.append((name, requirement))
+
+    walk(extra)
+    return found
+
+
+@dataclass(frozen=True)
+class RangeFinding:
+    """An installed (or missing) package outside the range an extra of Likeness is tested with."""
+
+    name: str
+    installed: str | None  # None: not installed
+    specifier: str
+    extra: str
+
+    @property
+    def missing(self) -> bool:
+        return self.installed is None
+
+    def message(self) -> str:
+        if self.installed is None:
+            return f"{self.name} is not installed ({DISTRIBUTION}[{self.extra}] needs {self.name}{self.specifier})"
+        return f"{self.name} {self.installed} is outside the tested range {self.specifier} of {DISTRIBUTION}[{self.extra}]"
+
+
+def extra_findings(
+    extras: Iterable[str] = ("train",),
+    installed: Mapping[str, str] | None = None,
+    python: Sequence[int] | None = None,
+    *,
+    include_missing: bool = True,
+) -> list[RangeFinding]:
+    """The packages of ``extras`` that are installed outside their tested range (and, with
+    ``include_missing``, those not installed at all), in declaration order. ``installed``
+    defaults to this environment's distributions."""
+    canon = installed_distributions() if installed is None else {canonical_name(k): v for k, v in installed.items()}
+    findings: list[RangeFinding] = []
+    seen: set[str] = set()
+    for extra in extras:
+        for declared_by, requirement in extra_requirements(extra, python):
+            if requirement.key in seen:
+                continue
+            seen.add(requirement.key)
+            have = canon.get(requirement.key)
+            if have is None:
+                if include_missing:
+                    findings.append(RangeFinding(requirement.name, None, requirement.specifier, declared_by))
+            elif not satisfies(have, requirement.specifier):
+                findings.append(RangeFinding(requirement.name, have, requirement.specifier, declared_by))
+    return findings
+
+
+def stack_versions(installed: Mapping[str, str] | None = None, python: Sequence[int] | None = None) -> list[str]:
+    """``name version`` (or ``name not installed``) for each package of the ``train`` extra, plus torch."""
+    canon = installed_distributions() if installed is None else {canonical_name(k): v for k, v in installed.items()}
+    names = ["torch", *(requirement.name for _, requirement in extra_requirements("train", python))]
+    return [f"{name} {canon.get(canonical_name(name)) or 'not installed'}" for name in names]
+
+
+def stack_requirement_conflicts(
+    installed: Mapping[str, str] | None = None,
+    requires_of: Callable[[str], Iterable[str]] | None = None,
+) -> list[str]:
+    """What the installed training-stack packages themselves declare and this environment does
+    not meet (pip check's view of them), e.g. ``peft 0.7.0 needs accelerate>=0.21.0 (have 0.20.3)``.
+
+    ``requires_of(name)`` gives a distribution's ``Requires-Dist`` lines; by default they are read
+    from this environment's metadata, and not at all when ``installed`` is a made-up environment."""
+    if installed is None:
+        canon = installed_distributions()
+        requires_of = requires_of or _declared_requirements
+    else:
+        canon = {canonical_name(k): v for k, v in installed.items()}
+        requires_of = requires_of or (lambda name: ())
+    conflicts = []
+    for name in TRAINING_STACK:
+        version = canon.get(name)
+        if version is None:
+            continue
+        for unmet in unmet_declared_requirements(requires_of(name), canon):
+            conflicts.append(f"{name} {version} needs {unmet}")
+    return conflicts
+
+
+def _declared_requirements(name: str) -> list[str]:
+    try:
+        return importlib.metadata.requires(name) or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+
+
+def training_stack_conflict(
+    error: str | None = None,
+    installed: Mapping[str, str] | None = None,
+    python: Sequence[int] | None = None,
+    requires_of: Callable[[str], Iterable[str]] | None = None,
+) -> str:
+    """One message naming why the training stack does not work: ``error`` (what failed to import,
+    if known), every package of the ``train`` extra outside its tested range or missing, and what
+    the installed packages declare and do not get; then the command that installs tested versions."""
+    findings = extra_findings(("train",), installed, python)
+    conflicts = stack_requirement_conflicts(installed, requires_of)
+    if error:
+        parts = [f"The training stack (diffusers, transformers, peft) failed to import: {error}"]
+    else:
+        parts = ["The training stack (diffusers, transformers, peft) is outside the tested ranges"]
+    if findings:
+        parts.append("; ".join(finding.message() for finding in findings))
+    if conflicts:
+        parts.append("Installed packages disagree: " + "; ".join(conflicts))
+    if not findings and not conflicts:
+        parts.append("Every version is inside the tested ranges (" + ", ".join(stack_versions(installed, python))
+                     + "): this combination is untested, please report it")
+    wanted = " ".join(f'"{requirement.text.split(";")[0].strip()}"' for _, requirement in extra_requirements("train", python))
+    parts.append(f"Install tested versions with: pip install {wanted} (torch stays your own)")
+    return ". ".join(parts) + "."
 
 
 def onnxruntime_variants(installed: Mapping[str, str] | None = None) -> tuple[dict[str, str], bool]:
@@ -596,6 +780,11 @@ class Action:
         return f"note: {self.reason}"
 
 
+def _lower_bounds(specifier: str) -> str:
+    """The ``>=`` / ``>`` clauses of a specifier (``">=9.5,<14"`` -> ``">=9.5"``)."""
+    return ",".join(clause for clause in specifier.split(",") if clause.strip().startswith(">"))
+
+
 def _missing_text(requirement: Requirement, have: str | None) -> str:
     return f"{requirement.text} (have {have})" if have else f"{requirement.text} (not installed)"
 
@@ -618,6 +807,16 @@ def plan(facts: Facts, *, prefer: str | None = None, fix_onnxruntime: bool = Fal
         requirement = parse_requirement(text)
         have = facts.version(requirement.name)
         if have is not None and satisfies(have, requirement.specifier):
+            continue
+        if have is not None and satisfies(have, _lower_bounds(requirement.specifier)):
+            # Newer than tested: downgrading could break the host or another extension that wanted it, so it stays.
+            notes.append(
+                Action(
+                    NOTE,
+                    f"{requirement.name} {have} is newer than Likeness is tested with ({requirement.text}); install.py "
+                    f"leaves it as it is. If scoring fails, please report it with the output of `likeness doctor`.",
+                )
+            )
             continue
         if requirement.key in pinned:
             blocked.append(

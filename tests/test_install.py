@@ -72,6 +72,9 @@ def test_requirements_match_pyproject():
     assert list(deps.REQUIREMENTS) == project["dependencies"]
     assert deps.REQUIRES_PYTHON == project["requires-python"]
     assert project["optional-dependencies"]["gpu"] == [deps.GPU_REQUIREMENT]
+    assert {name: project["optional-dependencies"][name] for name in deps.EXTRAS} == {
+        name: list(requirements) for name, requirements in deps.EXTRAS.items()
+    }
     # onnxruntime is chosen by install.py, never listed (see pyproject's comment).
     listed = {deps.parse_requirement(text).key for text in project["dependencies"]}
     assert not listed & set(deps.ONNXRUNTIME_VARIANTS)
@@ -204,7 +207,7 @@ def test_opencv_headless_host_gets_insightface_with_no_deps_and_no_opencv_python
     actions = deps.plan(facts(installed))
     (only,) = installs(actions)
     assert only.no_deps is True
-    assert only.packages == ("insightface>=0.7.3",)
+    assert only.packages == ("insightface>=0.7.3,<3",)
     assert "opencv-python" in only.exclude
     assert "opencv-python-headless==4.10.0.84" in only.constraints
     assert "opencv-python" not in install_names(actions)
@@ -218,7 +221,7 @@ def test_opencv_python_host_installs_insightface_normally_under_its_pin():
     del installed["insightface"]
     (install,) = installs(deps.plan(facts(installed)))
     assert install.no_deps is False
-    assert install.packages == ("insightface>=0.7.3",)
+    assert install.packages == ("insightface>=0.7.3,<3",)
     assert "opencv-python==4.11.0.86" in install.constraints
     assert "opencv-python<=4.11.0.86" not in install.constraints
 
@@ -427,7 +430,7 @@ def test_install_dry_run_reports_the_clash_and_plans_the_repair(tmp_path):
     assert lines.index(uninstall[0]) < lines.index(install[0])
     assert "onnxruntime-gpu==1.0" in install[0]
     # ...and insightface cannot bring the CPU onnxruntime back: --no-deps, leaving it out.
-    assert any("insightface>=0.7.3 with --no-deps" in line and "leaving out onnxruntime" in line for line in install)
+    assert any("insightface>=0.7.3,<3 with --no-deps" in line and "leaving out onnxruntime" in line for line in install)
     # What the actions work on (before the reason) never names torch.
     assert not any("torch" in line.split(": ", 1)[0] for line in install + uninstall)
     assert _dists(site) == before  # a dry run changes nothing
@@ -647,3 +650,143 @@ def test_install_under_a1111_on_python311_refuses_before_pip_and_changes_nothing
     assert "protobuf is 3.20.0" in result.stderr and "nothing was changed" in result.stderr
     assert [c for c in _calls(log) if c["call"] in ("run_pip", "run")] == []  # pip never ran
     assert _dists(site) == before
+
+
+def test_newer_than_tested_is_noted_and_left_alone_never_downgraded():
+    # A host (or another extension) with a newer release than Likeness is tested with keeps it: install.py
+    # says so and still installs what is missing, instead of refusing everything or downgrading.
+    newer = deps.plan(facts({**SATISFIED, "Pillow": "14.0.0", "insightface": "3.0.1"}, drop=["rich"]))
+    assert [a.kind for a in newer] == ["note", "note", "install"]
+    assert "Pillow 14.0.0 is newer than Likeness is tested with (Pillow>=9.5,<14)" in newer[0].reason
+    assert "insightface 3.0.1" in newer[1].reason
+    assert install_names(newer) == ["rich"]
+
+
+# --- the extras' tested ranges ------------------------------------------------------------------------
+
+# 2026-12-06: a fresh `pip install -e ".[test]"` resolved these (the README's first command).
+FRESH_TRAINING_STACK = {**SATISFIED, "torch": "2.13.0+cpu", "diffusers": "0.42.1", "transformers": "5.25.0",
+                        "peft": "0.21.2", "safetensors": "0.8.0", "pytest": "9.2.0", "jsonschema": "4.26.0"}
+
+
+def test_the_fresh_install_of_today_is_inside_the_tested_ranges():
+    assert deps.extra_findings(("train", "test"), FRESH_TRAINING_STACK, python=(3, 11, 7)) == []
+
+
+def test_a_package_outside_the_tested_range_is_named_with_the_range_and_the_extra():
+    stack = {**FRESH_TRAINING_STACK, "peft": "1.0.0", "transformers": "4.29.2"}
+    findings = deps.extra_findings(("train", "test"), stack, python=(3, 11, 7))
+    assert [f.message() for f in findings] == [
+        "transformers 4.29.2 is outside the tested range >=4.30,<6 of lora-likeness[train]",
+        "peft 1.0.0 is outside the tested range >=0.7,<1 of lora-likeness[train]",
+    ]
+    no_pytest = {k: v for k, v in FRESH_TRAINING_STACK.items() if k != "pytest"}
+    (finding,) = deps.extra_findings(("test",), no_pytest, python=(3, 11, 7))
+    assert finding.missing and finding.message() == "pytest is not installed (lora-likeness[test] needs pytest>=7.4,<10)"
+    assert deps.extra_findings(("test",), no_pytest, python=(3, 11, 7), include_missing=False) == []
+
+
+def test_tomli_is_required_only_below_python_311():
+    assert [f.name for f in deps.extra_findings(("train",), FRESH_TRAINING_STACK, python=(3, 10, 14))] == ["tomli"]
+    assert deps.extra_findings(("train",), FRESH_TRAINING_STACK, python=(3, 11, 0)) == []
+    assert deps.marker_applies("python_version < '3.11'", (3, 10, 14)) is True
+    assert deps.marker_applies("python_version < '3.11'", (3, 12, 1)) is False
+    assert deps.marker_applies("python_version >= '3.10' and python_version < '3.11'", (3, 10, 0)) is True
+    assert deps.marker_applies('sys_platform == "win32"', (3, 11, 0)) is True  # not evaluated: checked, not ignored
+
+
+def test_the_test_extra_includes_the_train_extra_once():
+    names = [(extra, req.key) for extra, req in deps.extra_requirements("test", python=(3, 10, 0))]
+    assert names == [("test", "pytest"), ("test", "jsonschema"), ("test", "safetensors"), ("train", "diffusers"),
+                     ("train", "transformers"), ("train", "peft"), ("train", "tomli")]
+
+
+def test_the_conflict_message_names_the_import_error_the_packages_outside_and_the_fix():
+    stack = {**FRESH_TRAINING_STACK, "peft": "1.2.0"}
+    message = deps.training_stack_conflict("ImportError: cannot import name 'X' from 'transformers'", stack, (3, 11, 7))
+    assert message.startswith("The training stack (diffusers, transformers, peft) failed to import: ImportError: cannot import name 'X'")
+    assert "peft 1.2.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in message
+    assert 'pip install "diffusers>=0.27,<0.43" "transformers>=4.30,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
+    inside = deps.training_stack_conflict("ImportError: boom", FRESH_TRAINING_STACK, (3, 11, 7))
+    assert "Every version is inside the tested ranges (torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.25.0, peft 0.21.2" in inside
+    # What the installed packages declare and do not get is named too (pip check's view).
+    requires = {"peft": ["transformers", "accelerate>=0.21.0", 'pytest; extra == "test"'], "diffusers": ["huggingface-hub>=0.20.2"]}
+    disagree = deps.training_stack_conflict(
+        "ImportError: boom", {**FRESH_TRAINING_STACK, "accelerate": "0.20.3", "huggingface-hub": "0.25.2"}, (3, 11, 7),
+        requires_of=lambda name: requires.get(name, []),
+    )
+    assert "Installed packages disagree: peft 0.21.2 needs accelerate>=0.21.0 (have 0.20.3)." in disagree
+
+
+# --- the CLI names a broken training stack instead of an ImportError traceback ---------------------------
+
+@pytest.fixture()
+def broken_peft(monkeypatch):
+    """peft fails to import the way a release that transformers refuses would (None in sys.modules makes
+    `import peft` raise ImportError); only peft is probed, so the test does not import diffusers."""
+    from lora_likeness.training import stack
+
+    monkeypatch.setattr(stack, "ENTRY_POINTS", (("peft", ("LoraConfig", "inject_adapter_in_model")),))
+    monkeypatch.setitem(sys.modules, "peft", None)
+    return stack
+
+
+def _cli(capsys, *argv):
+    from lora_likeness.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, " ".join((captured.out + captured.err).split())  # rich wraps long lines
+
+
+def test_likeness_train_names_the_broken_training_stack(broken_peft, capsys, tmp_path):
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"not a model: the stack must be checked before the base is read")
+    (tmp_path / "data").mkdir()
+    code, text = _cli(capsys, "train", "--base", str(base), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "-q")
+    assert code == 2
+    assert ("The training stack (diffusers, transformers, peft) failed to import: from peft import LoraConfig, "
+            "inject_adapter_in_model: ModuleNotFoundError: import of peft halted") in text
+    assert 'pip install "diffusers>=0.27,<0.43"' in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_likeness_sweep_and_run_name_the_broken_training_stack_before_any_work(broken_peft, capsys, tmp_path):
+    for name in ("base.safetensors", "loras", "refs", "photos"):
+        (tmp_path / name).mkdir()
+    code, text = _cli(capsys, "sweep", "--base", str(tmp_path / "base.safetensors"), "--loras", str(tmp_path / "loras"),
+                      "--refs", str(tmp_path / "refs"), "--prompt", "photo of ohwx man", "--out", str(tmp_path / "sweep"), "-q")
+    assert code == 2 and "failed to import: from peft import" in text and "Install tested versions" in text
+    assert not (tmp_path / "sweep").exists()
+    code, text = _cli(capsys, "run", "--photos", str(tmp_path / "photos"), "--trigger", "ohwx", "--class", "man",
+                      "--base", str(tmp_path / "base.safetensors"), "--out", str(tmp_path / "run"), "-q")
+    assert code == 2 and "failed to import: from peft import" in text and "Install tested versions" in text
+    assert not (tmp_path / "run").exists()  # the dataset was not prepared first
+
+
+def test_an_import_error_deep_in_training_is_named_too(monkeypatch, capsys, tmp_path):
+    from lora_likeness.training import stack, trainer
+
+    def train_lora(*args, **kwargs):
+        raise ImportError("cannot import name 'FancyAttnProcessor' from 'diffusers.models.attention_processor'")
+
+    monkeypatch.setattr(stack, "ENTRY_POINTS", ())
+    monkeypatch.setattr(trainer, "train_lora", train_lora)
+    (tmp_path / "data").mkdir()
+    code, text = _cli(capsys, "train", "--base", str(tmp_path / "b.safetensors"), "--data", str(tmp_path / "data"),
+                      "--out", str(tmp_path / "out"), "-q")
+    assert code == 2
+    assert "failed to import: ImportError: cannot import name 'FancyAttnProcessor'" in text and "Traceback" not in text
+
+
+def test_doctor_reports_the_training_stack_against_its_tested_ranges(broken_peft, capsys, monkeypatch):
+    from lora_likeness import dependencies
+
+    installed = {**FRESH_TRAINING_STACK, "peft": "1.3.0"}
+    monkeypatch.setattr(dependencies, "installed_distributions", lambda paths=None: dict(installed))
+    code, text = _cli(capsys, "doctor", "--pack", "no-such-pack")
+    assert code == 1
+    assert "peft 1.3.0 >=0.7,<1 OUTSIDE the tested range" in text
+    assert "diffusers 0.42.1 >=0.27,<0.43 ok" in text
+    assert "PROBLEM: The training stack (diffusers, transformers, peft) failed to import: from peft import" in text
+    assert "peft 1.3.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in text

@@ -4,7 +4,7 @@
                    [--strengths 0.6,0.8,1.0] [--steps N] [--cfg X] [--width W] [--height H] [--pack NAME|PATH] --out DIR
     likeness run --photos DIR --trigger T --class C --base MODEL --out DIR
 
-Exit codes: 0 done, 2 a setting to fix, 130 cancelled (re-running continues where it stopped).
+Exit codes: 0 done, 2 a setting or the installation to fix (the message says which), 130 cancelled (re-running continues where it stopped).
 """
 
 from __future__ import annotations
@@ -151,6 +151,17 @@ def training_line(training) -> str:
     return f"training: {len(labels)} checkpoint{'s' if len(labels) != 1 else ''} ({', '.join(labels)}) in {training.out}"
 
 
+def _training_stack_problem() -> str | None:
+    """The conflict message when diffusers / transformers / peft cannot be imported, else None."""
+    from ..training.stack import TrainingStackError, require_training_stack
+
+    try:
+        require_training_stack()
+    except TrainingStackError as exc:
+        return str(exc)
+    return None
+
+
 def command_sweep(args: argparse.Namespace) -> int:
     from ..cli import _console, _error
     from ..faces import FaceModelError, PackNotFoundError
@@ -159,6 +170,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     from ..references import NoReferencesError
     from .config import SweepConfig, SweepConfigError
     from .engine import run_sweep
+    from ..training.stack import describe_import_error
     from .loras import LoraLoadError
 
     err = _console(stderr=True)
@@ -170,10 +182,16 @@ def command_sweep(args: argparse.Namespace) -> int:
     except SweepConfigError as exc:
         _error(err, str(exc))
         return EXIT_USAGE
+    if (message := _training_stack_problem()) is not None:
+        _error(err, message)
+        return EXIT_USAGE
     try:
         result = _with_progress(err, args.quiet, lambda progress: run_sweep(config, progress))
     except (SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError, ModelLoadError, LoraLoadError) as exc:
         _error(err, str(exc))
+        return EXIT_USAGE
+    except ImportError as exc:  # a part of the stack that the check up front does not import
+        _error(err, describe_import_error(exc))
         return EXIT_USAGE
     except (Cancelled, KeyboardInterrupt):
         err.print("cancelled: every image saved so far is reused when you run the same command again", markup=False)
@@ -192,6 +210,7 @@ def command_run(args: argparse.Namespace) -> int:
     from ..training.config import ConfigError, load_config_file
     from ..training.trainer import TrainingCancelled
     from .config import SweepConfigError
+    from ..training.stack import describe_import_error
     from .loras import LoraLoadError
     from .run import RunConfig, RunError, run_all
 
@@ -213,11 +232,17 @@ def command_run(args: argparse.Namespace) -> int:
     except (ConfigError, SweepConfigError) as exc:
         _error(err, str(exc))
         return EXIT_USAGE
+    if (message := _training_stack_problem()) is not None:  # before the dataset is prepared, not after
+        _error(err, message)
+        return EXIT_USAGE
     try:
         result = _with_progress(err, args.quiet, lambda progress: run_all(config, progress))
     except (RunError, PrepareConfigError, ConfigError, SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError,
             ModelLoadError, LoraLoadError) as exc:
         _error(err, str(exc))
+        return EXIT_USAGE
+    except ImportError as exc:  # a part of the stack that the check up front does not import
+        _error(err, describe_import_error(exc))
         return EXIT_USAGE
     except TrainingCancelled as exc:
         err.print(f"cancelled during training: {exc}; run the same command again to continue", markup=False)

@@ -6,7 +6,7 @@
 
 Settings are layered: built-in defaults, then ``--config FILE.toml`` (keys named like the fields of
 :class:`~lora_likeness.training.config.TrainConfig`), then flags given on the command line.
-Exit codes: 0 done, 2 a setting to fix, 130 cancelled (state saved; ``--resume`` continues).
+Exit codes: 0 done, 2 a setting or the installation to fix (the message says which), 130 cancelled (state saved; ``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -150,6 +150,15 @@ def command_train(args: argparse.Namespace) -> int:
         sys.stdout.write(shlex.join(command) + "\n")
         return 0
 
+    from .stack import TrainingStackError, describe_import_error, require_training_stack
+
+    if config.backend != "sd-scripts":  # sd-scripts trains in its own venv
+        try:
+            require_training_stack()
+        except TrainingStackError as exc:
+            _error(err, str(exc))
+            return EXIT_USAGE
+
     from .trainer import TrainingCancelled, train_lora
 
     json_to_stdout = args.json is not None and str(args.json) == "-"
@@ -164,6 +173,9 @@ def command_train(args: argparse.Namespace) -> int:
                 signal.signal(signal.SIGINT, previous)
     except (ConfigError, ModelLoadError) as exc:
         _error(err, str(exc))
+        return EXIT_USAGE
+    except ImportError as exc:  # a part of the stack that the check up front does not import
+        _error(err, describe_import_error(exc))
         return EXIT_USAGE
     except TrainingCancelled as exc:
         err.print(f"cancelled: {exc}", markup=False)
