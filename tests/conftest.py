@@ -19,6 +19,42 @@ def pytest_configure(config):
         )
 
 
+# The installed versions against the ranges pyproject's `train` and `test` extras are tested with.
+# Merely outside a range is a warning, at the start and again under the results: the suite itself is
+# what shows whether that release works (and lets the range grow). A stack that does not import
+# stops the session when a test module that needs it is collected (tests/training_stack.py): every
+# such test would fail, and one message naming the conflict says more than their tracebacks.
+
+def _untested_versions() -> str | None:
+    from lora_likeness import dependencies  # standard library only: cheap at start-up
+
+    outside = dependencies.extra_findings(("train", "test"), include_missing=False)
+    if not outside:
+        return None
+    return ("WARNING: untested versions, failures may come from them: "
+            + "; ".join(finding.message() for finding in outside)
+            + ' (pip install -e ".[test]" installs tested ones)')
+
+
+def pytest_report_header(config):
+    from lora_likeness import dependencies
+
+    return "training stack: " + ", ".join(dependencies.stack_versions())
+
+
+def pytest_sessionstart(session):
+    warning = _untested_versions()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if warning and reporter is not None:
+        reporter.write_line(warning, yellow=True, bold=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    warning = _untested_versions()
+    if warning:
+        terminalreporter.write_line(warning, yellow=True, bold=True)
+
+
 @pytest.fixture(scope="session")
 def engine():
     from lora_likeness.faces import FaceEngine

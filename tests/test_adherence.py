@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+from training_stack import require_training_stack
+
+torch = require_training_stack()  # the `train` extra; CI installs it through `test`
 
 from lora_likeness.sweep.adherence import (
     ClipModelError,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("peft")
+from training_stack import require_training_stack
+
+torch = require_training_stack()  # the `train` extra; CI installs it through `test`
 
 from lora_likeness.checkpoints import list_runs
 from lora_likeness.sweep.convert import ConversionError, convert_to_kohya, kohya_module_key, split_key

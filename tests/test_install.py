@@ -790,3 +790,38 @@ def test_doctor_reports_the_training_stack_against_its_tested_ranges(broken_peft
     assert "diffusers 0.42.1 >=0.27,<0.43 ok" in text
     assert "PROBLEM: The training stack (diffusers, transformers, peft) failed to import: from peft import" in text
     assert "peft 1.3.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in text
+
+
+# --- the test session: untested versions warn, a stack that does not import stops it --------------------
+
+def _pytest_with(tmp_path, site: Path, *args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_test_session_warns_about_untested_versions_at_the_start_and_under_the_results(tmp_path):
+    site = tmp_path / "site"
+    _fake_dist(site, "peft", "9.0.0")  # first on sys.path: what importlib.metadata reports
+    result = _pytest_with(tmp_path, site, "tests/test_labels.py", "-k", "kohya")
+    lines = result.stdout.splitlines()
+    warnings = [i for i, line in enumerate(lines) if line.startswith("WARNING: untested versions")]
+    assert result.returncode == 0, result.stdout + result.stderr
+    # first line of the session, and again after the tests ran (next to the results)
+    assert len(warnings) == 2 and warnings[0] == 0 and "[100%]" in " ".join(lines[warnings[0]:warnings[1]]), result.stdout
+    assert "peft 9.0.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in lines[0]
+
+
+def test_a_training_stack_that_does_not_import_stops_the_session_with_the_conflict(tmp_path):
+    # A torch that is installed but broken (a CUDA build without its libraries): importorskip used to
+    # skip every training test and let the session pass.
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text('raise ImportError("libtorch_cuda.so: cannot open shared object file")\n')
+    result = _pytest_with(tmp_path, site, "tests/test_sweep_run.py", "tests/test_labels.py", "-k", "kohya or run")
+    out = " ".join(result.stdout.split())
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert ("The training stack (diffusers, transformers, peft) failed to import: import torch: ImportError: "
+            "libtorch_cuda.so: cannot open shared object file") in out
+    assert "Install tested versions with: pip install" in out
+    assert "Interrupted: 1 error during collection" in out and " passed" not in out

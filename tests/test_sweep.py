@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")  # the `train` extra; CI installs it through `test`
+from training_stack import require_training_stack
+
+torch = require_training_stack()  # the `train` extra; CI installs it through `test`
 
 from lora_likeness.progress import Cancelled, Progress
 from lora_likeness.sweep.config import SweepConfig, SweepConfigError, parse_seeds

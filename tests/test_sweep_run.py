@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("torch")  # the `train` extra; CI installs it through `test`
+from training_stack import require_training_stack
+
+require_training_stack()  # the `train` extra; CI installs it through `test`
 
 from lora_likeness.sweep.run import RunConfig, RunError, run_all
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")  # the `train` extra; CI installs it through `test`
+from training_stack import require_training_stack
+
+torch = require_training_stack()  # the `train` extra; CI installs it through `test`
 
 from lora_likeness.progress import Progress
 from lora_likeness.training import kohya_format as kf
