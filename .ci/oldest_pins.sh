@@ -6,7 +6,8 @@
 # VENV (default .venv-oldest, relative to the repository root) is created afresh. The oldest
 # supported numpy and Pillow are what A1111 1.10 ships (numpy 1.26.2) and our own lower bound
 # (Pillow 9.5); opencv-python must then be <= 4.11 because 4.12+ requires numpy 2; insightface
-# 0.7.3 (built from its sdist) is what A1111 face extensions such as ReActor still carry. Those are
+# 0.7.3 (built from its sdist) is what A1111 face extensions such as ReActor still carry;
+# matplotlib 3.7 and rich 13 are pyproject's lower bounds (tested here, not merely declared). Those are
 # pinned through a constraints file so that `pip install -e .` cannot lift them; everything
 # else resolves to the newest release compatible with them. torch is not installed: the hosts own
 # it and the core must not need it (so the test tools are installed by name, not through the
@@ -30,26 +31,18 @@ numpy==1.26.2
 Pillow==9.5.0
 opencv-python==4.11.0.86
 insightface==0.7.3
+matplotlib==3.7.5
+rich==13.0.0
 EOF
 
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@"; }
-pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86 insightface==0.7.3
+pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86 insightface==0.7.3 matplotlib==3.7.5 rich==13.0.0
 # What a host user runs: install.py adds what is missing (insightface 0.7.3 brings no
 # onnxruntime) without moving the pins above.
 "$py" install.py
 pip_install -e . "pytest>=7.4" "jsonschema>=4.17" "safetensors>=0.4"
 
-echo "== oldest pins: versions in $venv"
-"$py" - <<'EOF'
-import importlib.metadata as md, platform
-print(f"python {platform.python_version()}")
-for name in ("numpy", "Pillow", "opencv-python", "insightface", "onnxruntime", "matplotlib",
-             "rich", "scikit-image", "pytest", "lora-likeness", "torch"):
-    try:
-        print(f"{name} {md.version(name)}")
-    except md.PackageNotFoundError:
-        print(f"{name} (not installed)")
-EOF
+"$py" .ci/versions.py "oldest pins, $venv"
 echo "== install took $((SECONDS - start)) s"
 
 # The dependencies themselves must import on these pins (a wheel built against numpy 2 fails here
