@@ -9,14 +9,12 @@ Fairness: the peer embeds its reference photos inside every call (it has no refe
 does that once in Reference Faces, whose output ComfyUI keeps between runs. Both figures are shown:
 Score Images alone, and Reference Faces + Score Images from a cold face cache.
 
-The peer's code is not part of this repository: ``--peer`` takes a checkout of
-github.com/cubiq/ComfyUI_FaceAnalysis or the git directory that the search tool's ``fetch`` leaves
-(``/work/.mirror/cubiq+ComfyUI_FaceAnalysis/repo``); it is loaded at run time from a temporary copy.
-Run with ComfyUI's interpreter, ComfyUI's folder given (the peer imports ``folder_paths`` and
-``comfy.utils``):
+The peer's code is not part of this repository: ``--peer`` (required) takes a checkout of
+github.com/cubiq/ComfyUI_FaceAnalysis or a bare git directory of it (HEAD is read); it is loaded at
+run time from a temporary copy. Run with ComfyUI's interpreter, ComfyUI's folder given (the peer
+imports ``folder_paths`` and ``comfy.utils``):
 
-    /work/hosts/comfy-venv/bin/python bench/comfy_peer.py --comfyui /work/hosts/ComfyUI \
-        --peer /work/.mirror/cubiq+ComfyUI_FaceAnalysis/repo
+    "$COMFYUI_PYTHON" bench/comfy_peer.py --comfyui "$COMFYUI_DIR" --peer "$FACEANALYSIS_DIR"
 """
 
 from __future__ import annotations
@@ -99,7 +97,7 @@ def median_time(fn, repeat: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI checkout (default $COMFYUI_DIR)")
-    parser.add_argument("--peer", type=Path, default=Path("/work/.mirror/cubiq+ComfyUI_FaceAnalysis/repo"))
+    parser.add_argument("--peer", type=Path, help="checkout (or bare git directory) of github.com/cubiq/ComfyUI_FaceAnalysis")
     parser.add_argument("--pack", type=Path, default=SHARED / "models" / "insightface" / "models" / "likeness_test")
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--size", type=int, default=512)
@@ -107,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.comfyui:
         parser.error("give --comfyui (or set COMFYUI_DIR)")
+    if args.peer is None:
+        parser.error("give --peer: a checkout of github.com/cubiq/ComfyUI_FaceAnalysis (or a bare git directory of it); "
+                     "the peer's code is not part of this repository")
+    if not args.peer.is_dir():
+        parser.error(f"--peer {args.peer} is not a folder: give a checkout of github.com/cubiq/ComfyUI_FaceAnalysis")
     sys.path.insert(0, str(Path(args.comfyui).resolve()))
     import comfy.cli_args
 
