@@ -52,7 +52,7 @@ REQUIREMENTS: tuple[str, ...] = (
 #: minor (it removes deprecated APIs in minor releases), the others below their next major.
 TRAIN_REQUIREMENTS: tuple[str, ...] = (
     "diffusers>=0.27,<0.43",
-    "transformers>=4.30,<6",
+    "transformers>=4.34,<6",
     "peft>=0.7,<1",
     "safetensors>=0.4,<1",
     "tomli>=1.1,<3; python_version < '3.11'",
@@ -424,10 +424,16 @@ def extra_findings(
     return findings
 
 
+#: Not declared by Likeness (it imports neither), but diffusers and peft do: named beside the stack
+#: because a release of them that is too old is a common cause of "cannot import name" failures.
+STACK_CONTEXT: tuple[str, ...] = ("accelerate", "huggingface-hub")
+
+
 def stack_versions(installed: Mapping[str, str] | None = None, python: Sequence[int] | None = None) -> list[str]:
-    """``name version`` (or ``name not installed``) for each package of the ``train`` extra, plus torch."""
+    """``name version`` (or ``name not installed``) for torch, each package of the ``train`` extra,
+    and :data:`STACK_CONTEXT`."""
     canon = installed_distributions() if installed is None else {canonical_name(k): v for k, v in installed.items()}
-    names = ["torch", *(requirement.name for _, requirement in extra_requirements("train", python))]
+    names = ["torch", *(requirement.name for _, requirement in extra_requirements("train", python)), *STACK_CONTEXT]
     return [f"{name} {canon.get(canonical_name(name)) or 'not installed'}" for name in names]
 
 
@@ -482,9 +488,9 @@ def training_stack_conflict(
         parts.append("; ".join(finding.message() for finding in findings))
     if conflicts:
         parts.append("Installed packages disagree: " + "; ".join(conflicts))
+    parts.append("Installed: " + ", ".join(stack_versions(installed, python)))
     if not findings and not conflicts:
-        parts.append("Every version is inside the tested ranges (" + ", ".join(stack_versions(installed, python))
-                     + "): this combination is untested, please report it")
+        parts.append("Every version of lora-likeness[train] is inside the tested ranges: this combination is untested, please report it")
     wanted = " ".join(f'"{requirement.text.split(";")[0].strip()}"' for _, requirement in extra_requirements("train", python))
     parts.append(f"Install tested versions with: pip install {wanted} (torch stays your own)")
     return ". ".join(parts) + "."

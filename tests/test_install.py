@@ -674,10 +674,10 @@ def test_the_fresh_install_of_today_is_inside_the_tested_ranges():
 
 
 def test_a_package_outside_the_tested_range_is_named_with_the_range_and_the_extra():
-    stack = {**FRESH_TRAINING_STACK, "peft": "1.0.0", "transformers": "4.29.2"}
+    stack = {**FRESH_TRAINING_STACK, "peft": "1.0.0", "transformers": "4.30.2"}  # A1111 1.10 pins transformers 4.30.2
     findings = deps.extra_findings(("train", "test"), stack, python=(3, 11, 7))
     assert [f.message() for f in findings] == [
-        "transformers 4.29.2 is outside the tested range >=4.30,<6 of lora-likeness[train]",
+        "transformers 4.30.2 is outside the tested range >=4.34,<6 of lora-likeness[train]",
         "peft 1.0.0 is outside the tested range >=0.7,<1 of lora-likeness[train]",
     ]
     no_pytest = {k: v for k, v in FRESH_TRAINING_STACK.items() if k != "pytest"}
@@ -706,9 +706,10 @@ def test_the_conflict_message_names_the_import_error_the_packages_outside_and_th
     message = deps.training_stack_conflict("ImportError: cannot import name 'X' from 'transformers'", stack, (3, 11, 7))
     assert message.startswith("The training stack (diffusers, transformers, peft) failed to import: ImportError: cannot import name 'X'")
     assert "peft 1.2.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in message
-    assert 'pip install "diffusers>=0.27,<0.43" "transformers>=4.30,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
+    assert 'pip install "diffusers>=0.27,<0.43" "transformers>=4.34,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
     inside = deps.training_stack_conflict("ImportError: boom", FRESH_TRAINING_STACK, (3, 11, 7))
-    assert "Every version is inside the tested ranges (torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.25.0, peft 0.21.2" in inside
+    assert "Installed: torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.25.0, peft 0.21.2, safetensors 0.8.0" in inside
+    assert "Every version of lora-likeness[train] is inside the tested ranges: this combination is untested" in inside
     # What the installed packages declare and do not get is named too (pip check's view).
     requires = {"peft": ["transformers", "accelerate>=0.21.0", 'pytest; extra == "test"'], "diffusers": ["huggingface-hub>=0.20.2"]}
     disagree = deps.training_stack_conflict(
@@ -825,3 +826,22 @@ def test_a_training_stack_that_does_not_import_stops_the_session_with_the_confli
             "libtorch_cuda.so: cannot open shared object file") in out
     assert "Install tested versions with: pip install" in out
     assert "Interrupted: 1 error during collection" in out and " passed" not in out
+
+
+def test_the_import_failure_names_the_real_error_under_a_wrapper(tmp_path, monkeypatch):
+    # diffusers 0.37.1 + peft 0.21.2 beside A1111's accelerate 0.21.0: diffusers' lazy import wraps the
+    # ImportError in "RuntimeError: Failed to import diffusers.loaders.peft ... (look up to see its traceback)".
+    from lora_likeness.training import stack
+
+    (tmp_path / "likeness_fake_diffusers.py").write_text(textwrap.dedent("""
+        try:
+            from likeness_no_such_module import clear_device_cache
+        except ImportError as error:
+            raise RuntimeError("Failed to import diffusers.loaders.peft because of the following error "
+                               "(look up to see its traceback):\\nno clear_device_cache") from error
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(stack, "ENTRY_POINTS", (("likeness_fake_diffusers", ("AutoencoderKL",)),))
+    assert stack.import_failure() == (
+        "from likeness_fake_diffusers import AutoencoderKL: ModuleNotFoundError: No module named 'likeness_no_such_module'"
+    )

@@ -42,9 +42,22 @@ def import_failure() -> str | None:
         except Exception as exc:  # noqa: BLE001 - any failure here is the finding (ImportError, RuntimeError, AttributeError, …)
             if module_name == "torch" and isinstance(exc, ModuleNotFoundError) and exc.name == "torch":
                 return "torch is not installed (install the torch build for your machine first; Likeness never installs torch)"
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            return f"{statement}: {type(exc).__name__}: {text}".rstrip(": ")
+            # diffusers and transformers wrap the real ImportError in "Failed to import …, look up to see its traceback"
+            return f"{statement}: {_first_line(_root_cause(exc))}"
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
 
 
 def require_training_stack() -> None:
