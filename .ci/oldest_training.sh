@@ -5,14 +5,15 @@
 #   .ci/oldest_training.sh [VENV] [TEST_FILE ...]
 #
 # VENV (default .venv-oldest-training, relative to the repository root) is created afresh. The pins
-# are the lower bounds of pyproject's extras (diffusers 0.27, transformers 4.34, peft 0.7, safetensors
+# are the lower bounds of pyproject's extras (diffusers 0.27, transformers 4.35.2, peft 0.7, safetensors
 # 0.4, pytest 7.4, jsonschema 4.17) plus what those old releases need from their own dependencies,
 # which they do not bound themselves:
 #   numpy 1.26.2       A1111's numpy; wheels of that era are built against numpy 1.x
 #   huggingface-hub<0.26  diffusers 0.27 imports `cached_download`, removed in huggingface-hub 0.26
-# transformers 4.34 is the floor because diffusers loads LoRAs (its PEFT backend, which the tests use
-# as the independent reference) only from transformers 4.34 on; A1111 1.10's transformers 4.30.2 is
-# below it (see the README, "Tested versions").
+# Why transformers 4.35.2: diffusers loads LoRAs (its PEFT backend, which the tests use as the
+# independent reference) only from transformers 4.34 on, and 4.34.x / 4.35.0-4.35.1 need tokenizers
+# 0.14, which caps huggingface-hub below 0.18 while diffusers 0.27 needs 0.20.2 or later (pip finds no
+# solution). A1111 1.10's transformers 4.30.2 is below the floor (see the README, "Tested versions").
 # They go through a constraints file so that `pip install -e .[test]` cannot lift them. torch is
 # installed first as torch==2.13.0 (the CPU build on this machine; the hosts own torch).
 # Without TEST_FILEs it runs tests/test_training.py tests/test_sweep.py tests/test_convert.py
@@ -35,7 +36,7 @@ constraints="$venv/oldest-training-constraints.txt"
 cat > "$constraints" <<'EOF'
 torch==2.13.0
 diffusers==0.27.0
-transformers==4.34.1
+transformers==4.35.2
 peft==0.7.0
 safetensors==0.4.0
 pytest==7.4.0

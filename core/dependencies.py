@@ -52,7 +52,7 @@ REQUIREMENTS: tuple[str, ...] = (
 #: minor (it removes deprecated APIs in minor releases), the others below their next major.
 TRAIN_REQUIREMENTS: tuple[str, ...] = (
     "diffusers>=0.27,<0.43",
-    "transformers>=4.34,<6",
+    "transformers>=4.35.2,<6",
     "peft>=0.7,<1",
     "safetensors>=0.4,<1",
     "tomli>=1.1,<3; python_version < '3.11'",

@@ -677,7 +677,7 @@ def test_a_package_outside_the_tested_range_is_named_with_the_range_and_the_extr
     stack = {**FRESH_TRAINING_STACK, "peft": "1.0.0", "transformers": "4.30.2"}  # A1111 1.10 pins transformers 4.30.2
     findings = deps.extra_findings(("train", "test"), stack, python=(3, 11, 7))
     assert [f.message() for f in findings] == [
-        "transformers 4.30.2 is outside the tested range >=4.34,<6 of lora-likeness[train]",
+        "transformers 4.30.2 is outside the tested range >=4.35.2,<6 of lora-likeness[train]",
         "peft 1.0.0 is outside the tested range >=0.7,<1 of lora-likeness[train]",
     ]
     no_pytest = {k: v for k, v in FRESH_TRAINING_STACK.items() if k != "pytest"}
@@ -706,7 +706,7 @@ def test_the_conflict_message_names_the_import_error_the_packages_outside_and_th
     message = deps.training_stack_conflict("ImportError: cannot import name 'X' from 'transformers'", stack, (3, 11, 7))
     assert message.startswith("The training stack (diffusers, transformers, peft) failed to import: ImportError: cannot import name 'X'")
     assert "peft 1.2.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in message
-    assert 'pip install "diffusers>=0.27,<0.43" "transformers>=4.34,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
+    assert 'pip install "diffusers>=0.27,<0.43" "transformers>=4.35.2,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
     inside = deps.training_stack_conflict("ImportError: boom", FRESH_TRAINING_STACK, (3, 11, 7))
     assert "Installed: torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.25.0, peft 0.21.2, safetensors 0.8.0" in inside
     assert "Every version of lora-likeness[train] is inside the tested ranges: this combination is untested" in inside
