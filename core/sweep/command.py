@@ -168,9 +168,9 @@ def command_sweep(args: argparse.Namespace) -> int:
     from ..families import ModelLoadError
     from ..progress import Cancelled
     from ..references import NoReferencesError
+    from ..training.stack import describe_import_error
     from .config import SweepConfig, SweepConfigError
     from .engine import run_sweep
-    from ..training.stack import describe_import_error
     from .loras import LoraLoadError
 
     err = _console(stderr=True)
@@ -208,9 +208,9 @@ def command_run(args: argparse.Namespace) -> int:
     from ..progress import Cancelled
     from ..references import NoReferencesError
     from ..training.config import ConfigError, load_config_file
+    from ..training.stack import describe_import_error
     from ..training.trainer import TrainingCancelled
     from .config import SweepConfigError
-    from ..training.stack import describe_import_error
     from .loras import LoraLoadError
     from .run import RunConfig, RunError, run_all
 
