@@ -14,13 +14,15 @@ import importlib
 
 from .. import dependencies
 
-#: (module, names) that the built-in trainer, the sweep and the CLIP adherence score import.
+#: (module, names) that the built-in trainer, the model families (SD1, SDXL), the sweep and the CLIP
+#: adherence score import.
 ENTRY_POINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("torch", ()),
     ("safetensors.torch", ("load_file", "save")),
     ("huggingface_hub", ("snapshot_download",)),
-    ("transformers", ("CLIPModel", "CLIPTextModel", "CLIPTokenizer")),
-    ("diffusers", ("AutoencoderKL", "DDPMScheduler", "EulerDiscreteScheduler", "StableDiffusionPipeline", "UNet2DConditionModel")),
+    ("transformers", ("CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer")),
+    ("diffusers", ("AutoencoderKL", "DDPMScheduler", "EulerDiscreteScheduler", "StableDiffusionPipeline",
+                   "StableDiffusionXLPipeline", "UNet2DConditionModel")),
     ("diffusers.optimization", ("get_scheduler",)),
     ("diffusers.models.attention_processor", ("AttnProcessor",)),
     ("peft", ("LoraConfig", "inject_adapter_in_model")),
