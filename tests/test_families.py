@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")  # the `train` extra; CI installs it through `test`
+from training_stack import require_training_stack
+
+torch = require_training_stack()  # the `train` extra; CI installs it through `test`
 
 from lora_likeness.families import FAMILIES, ImageGeometry, ModelLoadError, detect, detect_family, get_family, load_base
 from lora_likeness.safetensors_header import HeaderError, read_header
