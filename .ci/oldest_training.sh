@@ -5,14 +5,16 @@
 #   .ci/oldest_training.sh [VENV] [TEST_FILE ...]
 #
 # VENV (default .venv-oldest-training, relative to the repository root) is created afresh. The pins
-# are the lower bounds of pyproject's extras (diffusers 0.27, transformers 4.35.2, peft 0.7, safetensors
+# are the lower bounds of pyproject's extras (diffusers 0.28, transformers 4.35.2, peft 0.7, safetensors
 # 0.4, pytest 7.4, jsonschema 4.17) plus what those old releases need from their own dependencies,
 # which they do not bound themselves:
 #   numpy 1.26.2       A1111's numpy; wheels of that era are built against numpy 1.x
-#   huggingface-hub<0.26  diffusers 0.27 imports `cached_download`, removed in huggingface-hub 0.26
+#   huggingface-hub<0.26  diffusers 0.28 imports `cached_download`, removed in huggingface-hub 0.26
+# Why diffusers 0.28: a single-file base (what `likeness run --base x.safetensors` loads) needs
+# from_single_file(config=<local folder>); diffusers 0.27 fetches the original config from GitHub.
 # Why transformers 4.35.2: diffusers loads LoRAs (its PEFT backend, which the tests use as the
 # independent reference) only from transformers 4.34 on, and 4.34.x / 4.35.0-4.35.1 need tokenizers
-# 0.14, which caps huggingface-hub below 0.18 while diffusers 0.27 needs 0.20.2 or later (pip finds no
+# 0.14, which caps huggingface-hub below 0.18 while diffusers 0.28 needs 0.20.2 or later (pip finds no
 # solution). A1111 1.10's transformers 4.30.2 is below the floor (see the README, "Tested versions").
 # They go through a constraints file so that `pip install -e .[test]` cannot lift them. torch is
 # installed first as torch==2.13.0 (the CPU build on this machine; the hosts own torch).
@@ -35,7 +37,7 @@ py="$venv/bin/python"
 constraints="$venv/oldest-training-constraints.txt"
 cat > "$constraints" <<'EOF'
 torch==2.13.0
-diffusers==0.27.0
+diffusers==0.28.0
 transformers==4.35.2
 peft==0.7.0
 safetensors==0.4.0

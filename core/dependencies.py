@@ -51,7 +51,7 @@ REQUIREMENTS: tuple[str, ...] = (
 #: ``.ci/oldest_training.sh``; highest: what pip resolves today. diffusers stops below its next
 #: minor (it removes deprecated APIs in minor releases), the others below their next major.
 TRAIN_REQUIREMENTS: tuple[str, ...] = (
-    "diffusers>=0.27,<0.43",
+    "diffusers>=0.28,<0.43",
     "transformers>=4.35.2,<6",
     "peft>=0.7,<1",
     "safetensors>=0.4,<1",

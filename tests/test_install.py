@@ -706,7 +706,7 @@ def test_the_conflict_message_names_the_import_error_the_packages_outside_and_th
     message = deps.training_stack_conflict("ImportError: cannot import name 'X' from 'transformers'", stack, (3, 11, 7))
     assert message.startswith("The training stack (diffusers, transformers, peft) failed to import: ImportError: cannot import name 'X'")
     assert "peft 1.2.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in message
-    assert 'pip install "diffusers>=0.27,<0.43" "transformers>=4.35.2,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
+    assert 'pip install "diffusers>=0.28,<0.43" "transformers>=4.35.2,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
     inside = deps.training_stack_conflict("ImportError: boom", FRESH_TRAINING_STACK, (3, 11, 7))
     assert "Installed: torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.25.0, peft 0.21.2, safetensors 0.8.0" in inside
     assert "Every version of lora-likeness[train] is inside the tested ranges: this combination is untested" in inside
@@ -748,7 +748,7 @@ def test_likeness_train_names_the_broken_training_stack(broken_peft, capsys, tmp
     assert code == 2
     assert ("The training stack (diffusers, transformers, peft) failed to import: from peft import LoraConfig, "
             "inject_adapter_in_model: ModuleNotFoundError: import of peft halted") in text
-    assert 'pip install "diffusers>=0.27,<0.43"' in text and "Traceback" not in text
+    assert 'pip install "diffusers>=0.28,<0.43"' in text and "Traceback" not in text
     assert not (tmp_path / "out").exists()
 
 
@@ -788,7 +788,7 @@ def test_doctor_reports_the_training_stack_against_its_tested_ranges(broken_peft
     code, text = _cli(capsys, "doctor", "--pack", "no-such-pack")
     assert code == 1
     assert "peft 1.3.0 >=0.7,<1 OUTSIDE the tested range" in text
-    assert "diffusers 0.42.1 >=0.27,<0.43 ok" in text
+    assert "diffusers 0.42.1 >=0.28,<0.43 ok" in text
     assert "PROBLEM: The training stack (diffusers, transformers, peft) failed to import: from peft import" in text
     assert "peft 1.3.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in text
 
