@@ -53,7 +53,7 @@ REQUIREMENTS: tuple[str, ...] = (
 TRAIN_REQUIREMENTS: tuple[str, ...] = (
     "diffusers>=0.28,<0.43",
     "transformers>=4.35.2,<6",
-    "peft>=0.7,<1",
+    "peft>=0.13,<1",
     "safetensors>=0.4,<1",
     "tomli>=1.1,<3; python_version < '3.11'",
 )

@@ -678,7 +678,7 @@ def test_a_package_outside_the_tested_range_is_named_with_the_range_and_the_extr
     findings = deps.extra_findings(("train", "test"), stack, python=(3, 11, 7))
     assert [f.message() for f in findings] == [
         "transformers 4.30.2 is outside the tested range >=4.35.2,<6 of lora-likeness[train]",
-        "peft 1.0.0 is outside the tested range >=0.7,<1 of lora-likeness[train]",
+        "peft 1.0.0 is outside the tested range >=0.13,<1 of lora-likeness[train]",
     ]
     no_pytest = {k: v for k, v in FRESH_TRAINING_STACK.items() if k != "pytest"}
     (finding,) = deps.extra_findings(("test",), no_pytest, python=(3, 11, 7))
@@ -705,8 +705,8 @@ def test_the_conflict_message_names_the_import_error_the_packages_outside_and_th
     stack = {**FRESH_TRAINING_STACK, "peft": "1.2.0"}
     message = deps.training_stack_conflict("ImportError: cannot import name 'X' from 'transformers'", stack, (3, 11, 7))
     assert message.startswith("The training stack (diffusers, transformers, peft) failed to import: ImportError: cannot import name 'X'")
-    assert "peft 1.2.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in message
-    assert 'pip install "diffusers>=0.28,<0.43" "transformers>=4.35.2,<6" "peft>=0.7,<1" "safetensors>=0.4,<1"' in message
+    assert "peft 1.2.0 is outside the tested range >=0.13,<1 of lora-likeness[train]" in message
+    assert 'pip install "diffusers>=0.28,<0.43" "transformers>=4.35.2,<6" "peft>=0.13,<1" "safetensors>=0.4,<1"' in message
     inside = deps.training_stack_conflict("ImportError: boom", FRESH_TRAINING_STACK, (3, 11, 7))
     assert "Installed: torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.25.0, peft 0.21.2, safetensors 0.8.0" in inside
     assert "Every version of lora-likeness[train] is inside the tested ranges: this combination is untested" in inside
@@ -787,10 +787,10 @@ def test_doctor_reports_the_training_stack_against_its_tested_ranges(broken_peft
     monkeypatch.setattr(dependencies, "installed_distributions", lambda paths=None: dict(installed))
     code, text = _cli(capsys, "doctor", "--pack", "no-such-pack")
     assert code == 1
-    assert "peft 1.3.0 >=0.7,<1 OUTSIDE the tested range" in text
+    assert "peft 1.3.0 >=0.13,<1 OUTSIDE the tested range" in text
     assert "diffusers 0.42.1 >=0.28,<0.43 ok" in text
     assert "PROBLEM: The training stack (diffusers, transformers, peft) failed to import: from peft import" in text
-    assert "peft 1.3.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in text
+    assert "peft 1.3.0 is outside the tested range >=0.13,<1 of lora-likeness[train]" in text
 
 
 # --- the test session: untested versions warn, a stack that does not import stops it --------------------
@@ -810,7 +810,7 @@ def test_the_test_session_warns_about_untested_versions_at_the_start_and_under_t
     assert result.returncode == 0, result.stdout + result.stderr
     # first line of the session, and again after the tests ran (next to the results)
     assert len(warnings) == 2 and warnings[0] == 0 and "[100%]" in " ".join(lines[warnings[0]:warnings[1]]), result.stdout
-    assert "peft 9.0.0 is outside the tested range >=0.7,<1 of lora-likeness[train]" in lines[0]
+    assert "peft 9.0.0 is outside the tested range >=0.13,<1 of lora-likeness[train]" in lines[0]
 
 
 def test_a_training_stack_that_does_not_import_stops_the_session_with_the_conflict(tmp_path):
