@@ -162,6 +162,19 @@ def _training_stack_problem() -> str | None:
     return None
 
 
+def _loras_problem(config) -> str | None:
+    """Why ``--loras`` holds nothing to sweep (no LoRA, only pickles, several runs and no ``--run``), else None.
+
+    Read from names and safetensors headers only, so it is said before the training stack is needed or loaded."""
+    from .. import checkpoints as ckpt
+
+    try:
+        found = ckpt.sweep_checkpoints(config.loras, run=config.run, base=None)
+    except ValueError as exc:
+        return str(exc)
+    return None if found else f"--loras: {ckpt.no_lora_found_message(config.loras)}"
+
+
 def command_sweep(args: argparse.Namespace) -> int:
     from ..cli import _console, _error
     from ..faces import FaceModelError, PackNotFoundError
@@ -182,7 +195,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     except SweepConfigError as exc:
         _error(err, str(exc))
         return EXIT_USAGE
-    if (message := _training_stack_problem()) is not None:
+    if (message := _loras_problem(config) or _training_stack_problem()) is not None:
         _error(err, message)
         return EXIT_USAGE
     try:
