@@ -452,3 +452,144 @@ def test_print_command_without_a_checkout(tmp_path, monkeypatch, capsys):
     line = captured.out.strip().splitlines()[-1]
     assert line.startswith("accelerate launch ") and "train_network.py" in line and "--network_dim=8" in line
     assert "placeholder" in captured.err and (tmp_path / "o" / "me-dataset.toml").is_file()
+
+
+# -- sd-scripts backend on an SDXL base ----------------------------------------------------------------
+
+
+def _sdxl_file(path: Path) -> Path:
+    """A file with an SDXL checkpoint's header: its UNet, CLIP-L and OpenCLIP-bigG key names."""
+    from safetensors.numpy import save_file
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
+               "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": np.zeros(4, np.float16),
+               "conditioner.embedders.1.model.ln_final.weight": np.zeros(4, np.float16)}, str(path))
+    return path
+
+
+def _sd_scripts_command(tmp_path: Path, base: Path, data: Path | None = None, **settings) -> tuple[list[str], dict, Path]:
+    from lora_likeness.training.sd_scripts import prepare
+
+    checkout = tmp_path / "sd-scripts"
+    if not checkout.exists():
+        checkout, _ = _fake_checkout(tmp_path)
+    out = tmp_path / "out"
+    config = TrainConfig(base=base, data=data or _layout(tmp_path / "ds"), out=out, name="me", backend="sd-scripts", sd_scripts=checkout,
+                         **{"tokenizer": TOKENIZER, **settings})
+    command, _, info = prepare(config.validate(), write=True)
+    return command, info, out
+
+
+def test_sd_scripts_trains_an_sdxl_base_with_sdxl_train_network(tmp_path):
+    from lora_likeness.training.config import read_toml
+    from transformers import CLIPTokenizer
+
+    base = _sdxl_file(tmp_path / "sdxl.safetensors")
+    command, info, out = _sd_scripts_command(tmp_path, base, text_encoder_lr=0)
+    script = command.index(str(tmp_path / "sd-scripts" / "sdxl_train_network.py"))
+    args = command[script + 1:]
+    assert info["family"] == "sdxl" and f"--pretrained_model_name_or_path={base.resolve()}" in args
+    for expected in ("--network_train_unet_only", "--cache_text_encoder_outputs", "--no_half_vae", "--cache_latents", "--save_state"):
+        assert expected in args
+    assert not any(a.startswith(("--clip_skip", "--v2", "--v_parameterization", "--text_encoder_lr")) for a in args)
+    # the dataset: SDXL's resolution and buckets
+    written = read_toml(out / "me-dataset.toml")["datasets"][0]
+    assert (written["resolution"], written["min_bucket_reso"], written["max_bucket_reso"], written["bucket_reso_steps"]) == (1024, 512, 2048, 64)
+    # both tokenizers where strategy_sdxl looks for them, so sd-scripts never goes to the Hub
+    cache = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--tokenizer_cache_dir=")))
+    first = CLIPTokenizer.from_pretrained(cache / "openai_clip-vit-large-patch14")
+    second = CLIPTokenizer.from_pretrained(cache / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k")
+    assert first.pad_token == "<|endoftext|>" and second.pad_token == "!" and second.pad_token_id == 0
+    assert first.model_max_length == second.model_max_length == 77 and first.get_vocab() == second.get_vocab()
+    assert len(second("ohwx woman", padding="max_length", max_length=second.model_max_length).input_ids) == 77
+
+
+def test_sd_scripts_sdxl_flags_follow_the_settings(tmp_path):
+    base = _sdxl_file(tmp_path / "sdxl.safetensors")
+    # trained text encoders: one rate for both, and their outputs cannot be cached
+    command, _, _ = _sd_scripts_command(tmp_path / "a", base, text_encoder_lr=5e-5)
+    assert "--text_encoder_lr=5e-05" in command and "--cache_text_encoder_outputs" not in command
+    assert "--network_train_unet_only" not in command
+    # shuffled captions (sd-scripts refuses to cache their encodings) and bf16 (no VAE overflow to avoid)
+    command, _, _ = _sd_scripts_command(tmp_path / "b", base, text_encoder_lr=0, shuffle_caption=True, mixed_precision="bf16")
+    assert "--network_train_unet_only" in command and "--cache_text_encoder_outputs" not in command and "--no_half_vae" not in command
+    # a dataset .toml whose subset shuffles its captions counts too
+    ds = _layout(tmp_path / "c" / "ds")
+    toml = tmp_path / "c" / "dataset.toml"
+    toml.write_text(textwrap.dedent(f"""\
+        [[datasets]]
+        resolution = 768
+        batch_size = 2
+          [[datasets.subsets]]
+          image_dir = "{(ds / 'img' / '3_ohwx woman').as_posix()}"
+          num_repeats = 3
+          shuffle_caption = true
+          keep_tokens = 1
+        """))
+    command, _, out = _sd_scripts_command(tmp_path / "c", base, data=toml, text_encoder_lr=0)
+    assert "--cache_text_encoder_outputs" not in command
+    from lora_likeness.training.config import read_toml
+
+    written = read_toml(out / "me-dataset.toml")["datasets"][0]
+    # what the .toml sets is what the built-in trainer trains with, so sd-scripts gets it too
+    assert (written["resolution"], written["batch_size"], written["min_bucket_reso"]) == (768, 2, 512)
+    assert tdata.load_dataset(TrainConfig(data=toml).for_family(FAMILIES["sdxl"])).resolution == (768, 768)
+
+
+def test_sd_scripts_refuses_what_sdxl_train_network_cannot_do_as_the_builtin_trainer(tmp_path):
+    base = _sdxl_file(tmp_path / "sdxl.safetensors")
+    with pytest.raises(ConfigError, match="clip_skip 2: sd-scripts' SDXL trainer always conditions on the penultimate layer"):
+        _sd_scripts_command(tmp_path / "a", base, clip_skip=2)
+    with pytest.raises(ConfigError, match=r"bucket_reso_steps 48: sd-scripts' sdxl_train_network.py needs a multiple of 32 for SDXL"):
+        _sd_scripts_command(tmp_path / "b", base, bucket_reso_steps=48)
+    command, _, _ = _sd_scripts_command(tmp_path / "c", base, bucket_reso_steps=96)  # fine for SDXL ...
+    assert "--cache_text_encoder_outputs" not in command  # (the text encoders are trained by default)
+    with pytest.raises(ConfigError, match="multiple of 64 for SD1.x"):  # ... not for SD1.x
+        _sd_scripts_command(tmp_path / "d", _sd1_file(tmp_path / "sd15.safetensors"), bucket_reso_steps=96)
+    command, info, _ = _sd_scripts_command(tmp_path / "e", base, buckets=False, bucket_reso_steps=48, sample_every_n_epochs=1, keep_best=False)
+    assert any("sample images and identity scores" in w for w in info["warnings"])
+
+
+def test_sd_scripts_sd1_tokenizer_cache_and_clip_skip(tmp_path):
+    """SD1.x keeps --clip_skip; a tokenizer that declares more positions than CLIP's 77 (ComfyUI's bundled one
+    says 8192) is handed over with 77, or sd-scripts would pad every caption to 8192 tokens."""
+    from lora_likeness.training.sd_scripts import prepare
+
+    comfy_like = tmp_path / "sd1_tokenizer"
+    comfy_like.mkdir()
+    for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+        (comfy_like / name).write_bytes((TOKENIZER / name).read_bytes())
+    settings = json.loads((TOKENIZER / "tokenizer_config.json").read_text())
+    (comfy_like / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 8192}))
+    checkout, _ = _fake_checkout(tmp_path)
+    config = TrainConfig(base=_sd1_file(tmp_path / "sd15.safetensors"), data=_layout(tmp_path / "ds"), out=tmp_path / "out",
+                         backend="sd-scripts", sd_scripts=checkout, tokenizer=comfy_like, clip_skip=2).validate()
+    command, _, info = prepare(config)
+    assert str(checkout / "train_network.py") in command and "--clip_skip=2" in command
+    assert "--no_half_vae" not in command and "--cache_text_encoder_outputs" not in command
+    cache = Path(next(a.split("=", 1)[1] for a in command if a.startswith("--tokenizer_cache_dir=")))
+    assert sorted(p.name for p in cache.iterdir()) == ["openai_clip-vit-large-patch14"]
+    written = json.loads((cache / "openai_clip-vit-large-patch14" / "tokenizer_config.json").read_text())
+    assert written["model_max_length"] == 77 and written["pad_token"] == settings["pad_token"]
+
+
+def test_sd_scripts_sdxl_diffusers_folder_with_v_prediction(tmp_path):
+    """A diffusers SDXL folder: its own tokenizer folders are handed over, and a v-prediction scheduler (which the
+    built-in trainer trains with) becomes --v_parameterization."""
+    from lora_likeness.families.sdxl import MODEL_INDEX, SCHEDULER, UNET
+
+    base = tmp_path / "sdxl-vpred"
+    for rel, content in (("model_index.json", MODEL_INDEX), ("unet/config.json", UNET),
+                         ("scheduler/scheduler_config.json", {**SCHEDULER, "prediction_type": "v_prediction"})):
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_text(json.dumps(content))
+    for sub in ("tokenizer", "tokenizer_2"):
+        (base / sub).mkdir()
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            (base / sub / name).write_bytes((TOKENIZER / name).read_bytes())
+    command, info, _ = _sd_scripts_command(tmp_path, base, tokenizer=None)
+    assert str(tmp_path / "sd-scripts" / "sdxl_train_network.py") in command and "--v_parameterization" in command
+    assert info["tokenizer_dirs"] == {"tokenizer": base / "tokenizer", "tokenizer_2": base / "tokenizer_2"}
+    cache = Path(next(a.split("=", 1)[1] for a in command if a.startswith("--tokenizer_cache_dir=")))
+    second = json.loads((cache / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k" / "special_tokens_map.json").read_text())
+    assert second["pad_token"] == "!"

@@ -212,6 +212,11 @@ class ModelFamily:
     modelspec_implementation: ClassVar[str]
     sd_scripts_script: ClassVar[str]
     """sd-scripts' LoRA training script for this family."""
+    sd_scripts_tokenizers: ClassVar[dict[str, str]] = {}
+    """The Hub id sd-scripts loads each tokenizer from, by pipeline attribute (``tokenizer`` …). Its
+    ``--tokenizer_cache_dir`` is looked in first, at ``<dir>/<id with / as _>/``; what is not there is downloaded."""
+    sd_scripts_bucket_multiple: ClassVar[int] = 64
+    """sd-scripts' script refuses a ``bucket_reso_steps`` that is not a multiple of this (``assert_extra_args``)."""
     unet_target_classes: ClassVar[tuple[str, ...]] = ("Transformer2DModel",)
     text_encoder_target_classes: ClassVar[tuple[str, ...]] = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
 
@@ -399,8 +404,18 @@ class ModelFamily:
 
     # -- sd-scripts ------------------------------------------------------------------------------
 
-    def sd_scripts_arguments(self, train_text_encoder: bool, cache_latents: bool) -> list[str]:
-        """Arguments this family's sd-scripts script needs beyond the shared ones."""
+    def sd_scripts_arguments(self, config, fixed_captions: bool) -> list[str]:
+        """Arguments this family's sd-scripts script needs beyond the shared ones, so that it trains what the
+        built-in trainer trains for ``config``.
+
+        Args:
+            config: the :class:`~lora_likeness.training.config.TrainConfig`, filled for this family.
+            fixed_captions: every image keeps one caption in every epoch (no subset shuffles its tags).
+
+        Raises:
+            ConfigError: a setting the family's script cannot do as the built-in trainer does (the message says
+                which and what to do).
+        """
         return []
 
     def __repr__(self) -> str:

@@ -82,6 +82,7 @@ class SD1(ModelFamily):
     modelspec_architecture = "stable-diffusion-v1/lora"
     modelspec_implementation = "diffusers"
     sd_scripts_script = "train_network.py"
+    sd_scripts_tokenizers = {"tokenizer": "openai/clip-vit-large-patch14"}  # strategy_sd.TOKENIZER_ID
 
     def detect_checkpoint(self, header: Header) -> Detection | None:
         if not header.has_prefix(CLIP_L_KEY) or header.has_prefix("conditioner."):
@@ -118,3 +119,7 @@ class SD1(ModelFamily):
 
     def single_file_kwargs(self) -> dict:
         return {"safety_checker": None, "requires_safety_checker": False}
+
+    def sd_scripts_arguments(self, config, fixed_captions: bool) -> list[str]:
+        # train_network.py reads the clip_skip-th last layer, final-layer-normed, as encode_prompts does.
+        return [f"--clip_skip={config.clip_skip}"]

@@ -129,6 +129,9 @@ class SDXL(ModelFamily):
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
     modelspec_implementation = "https://github.com/Stability-AI/generative-models"
     sd_scripts_script = "sdxl_train_network.py"
+    # library/strategy_sdxl.py: TOKENIZER1_PATH, TOKENIZER2_PATH (it sets the second's pad token id to 0, "!")
+    sd_scripts_tokenizers = {"tokenizer": "openai/clip-vit-large-patch14", "tokenizer_2": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"}
+    sd_scripts_bucket_multiple = 32  # SdxlNetworkTrainer.assert_extra_args: verify_bucket_reso_steps(32)
 
     def detect_checkpoint(self, header: Header) -> Detection | None:
         if header.has_prefix(REFINER_BIG_G_KEY) and not header.has_prefix(CLIP_L_KEY):
@@ -194,9 +197,28 @@ class SDXL(ModelFamily):
     def single_file_kwargs(self) -> dict:
         return {"add_watermarker": False}
 
-    def sd_scripts_arguments(self, train_text_encoder: bool, cache_latents: bool) -> list[str]:
-        # The original VAE overflows in fp16; frozen encoders' outputs are cached like the latents.
-        args = ["--no_half_vae"]
-        if not train_text_encoder and cache_latents:
+    def sd_scripts_arguments(self, config, fixed_captions: bool) -> list[str]:
+        """sdxl_train_network.py's own arguments (checked against sd-scripts' code):
+
+        * no ``--clip_skip``: its SDXL text encoding always takes the penultimate layer of both encoders
+          (``strategy_sdxl``: ``hidden_states[11]`` and ``[-2]``) and only warns about the flag; that is
+          ``clip_skip`` 1 here, any other value is refused;
+        * ``--no_half_vae`` under fp16: SDXL's VAE overflows in fp16, and the built-in trainer runs it in
+          float32 then (:meth:`vae_dtype`; a diffusers folder whose VAE says ``force_upcast: false`` stays fp16
+          there, sd-scripts still encodes in float32, which only rounds less); under bf16 both keep it in bf16;
+        * ``--cache_text_encoder_outputs`` when the encoders are frozen and no caption is shuffled: frozen
+          encoders give the same states for the same caption (the built-in trainer caches them too), and
+          sd-scripts refuses the cache with trained encoders or shuffled captions.
+        """
+        from ..training.config import ConfigError
+
+        if config.clip_skip != 1:
+            raise ConfigError(f"clip_skip {config.clip_skip}: sd-scripts' SDXL trainer always conditions on the penultimate "
+                              "layer of both text encoders (clip_skip 1 here, SDXL's own) and ignores --clip_skip; "
+                              "use clip_skip 1, or the built-in backend for another layer")
+        args = []
+        if config.mixed_precision == "fp16":
+            args.append("--no_half_vae")
+        if not config.train_text_encoder and fixed_captions:
             args.append("--cache_text_encoder_outputs")
         return args

@@ -139,7 +139,7 @@ def command_train(args: argparse.Namespace) -> int:
 
         try:
             command, toml_path, info = prepare(config, resume=args.resume, write=True, strict=False)
-        except ConfigError as exc:
+        except (ConfigError, ModelLoadError) as exc:
             _error(err, str(exc))
             return EXIT_USAGE
         if info.get("placeholders"):

@@ -1,11 +1,16 @@
-"""The sd-scripts backend: the same :class:`TrainConfig` run by kohya-ss/sd-scripts' ``train_network.py``.
+"""The sd-scripts backend: the same :class:`TrainConfig` run by kohya-ss/sd-scripts' ``train_network.py``
+(SD1.x) or ``sdxl_train_network.py`` (SDXL), whichever the base model's family names.
 
 Given a checkout (``config.sd_scripts`` or ``$SD_SCRIPTS_DIR``) it writes ``<out>/<name>-dataset.toml``
-(sd-scripts' dataset-config format), builds the ``accelerate launch train_network.py …`` command,
+(sd-scripts' dataset-config format) and a tokenizer cache (``<out>/.tokenizer-cache``: every tokenizer the
+script would fetch from the Hub, from our offline folders), builds the ``accelerate launch <script> …`` command,
 runs it in the checkout, follows its progress (tqdm's ``n/total`` on stderr, ``epoch i/n`` and
 ``saving checkpoint: FILE`` lines) and collects the checkpoints it wrote. Every line of its output
 is kept in ``<out>/<name>-sd-scripts.log``. States are saved each time a checkpoint is (``--save_state``),
 so ``resume`` continues from the newest ``<name>-NNNNNN-state`` folder.
+
+What the built-in trainer does and sd-scripts cannot is refused (:class:`ConfigError`) or named in a warning
+(samples, identity scoring, early stopping, ``keep_best``); see :func:`prepare`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ RATE_RE = re.compile(r"([\d.]+)\s*(it/s|s/it)")
 LOSS_RE = re.compile(r"avr_loss=([\d.eE+-]+)")
 EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)")
 SAVING_RE = re.compile(r"saving checkpoint: (.+\.safetensors)\s*$")
-TOKENIZER_CACHE_NAME = "openai_clip-vit-large-patch14"  # sd-scripts' cache folder name for TOKENIZER_ID
+#: CLIP's 77 positions: sd-scripts pads every caption to its tokenizer's ``model_max_length`` (ComfyUI's
+#: bundled sd1_tokenizer declares 8192, which the text encoders' position embeddings reject).
+CLIP_POSITIONS = 77
+#: Dataset settings a dataset .toml may set; like the built-in trainer, its values win over the config's.
+DATASET_SETTINGS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
 
 class SdScriptsError(ConfigError):
@@ -80,12 +89,25 @@ def _toml_value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
 
 
-def dataset_toml_text(config: TrainConfig, subsets) -> str:
-    """sd-scripts' dataset config for ``subsets`` (DreamBooth method; absolute ``image_dir``s)."""
+def dataset_settings(config: TrainConfig, from_toml: dict | None = None) -> dict:
+    """The ``[[datasets]]`` values the built-in trainer trains with (:func:`.data.load_dataset`): those of the
+    dataset .toml given as ``data`` where it sets them, else ``config``'s (filled for the family)."""
+    from_toml = from_toml or {}
+    own = {"resolution": config.resolution, "batch_size": config.batch_size, "enable_bucket": config.buckets,
+           "min_bucket_reso": config.min_bucket_reso, "max_bucket_reso": config.max_bucket_reso,
+           "bucket_reso_steps": config.bucket_reso_steps}
+    merged = {name: from_toml.get(name, own[name]) for name in DATASET_SETTINGS}
+    if not merged["enable_bucket"]:
+        for name in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
+            merged.pop(name)
+    return merged
+
+
+def dataset_toml_text(config: TrainConfig, subsets, settings: dict | None = None) -> str:
+    """sd-scripts' dataset config for ``subsets`` (DreamBooth method; absolute ``image_dir``s); ``settings``:
+    the ``[[datasets]]`` values (default :func:`dataset_settings` of ``config``)."""
     general = {"caption_extension": config.caption_extension, "shuffle_caption": config.shuffle_caption, "keep_tokens": config.keep_tokens}
-    dataset = {"resolution": config.resolution, "batch_size": config.batch_size, "enable_bucket": config.buckets}
-    if config.buckets:
-        dataset.update(min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso, bucket_reso_steps=config.bucket_reso_steps)
+    dataset = dict(settings if settings is not None else dataset_settings(config))
     lines = ["# written by `likeness train` for kohya-ss/sd-scripts (--dataset_config)", "[general]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in general.items()]
     lines += ["", "[[datasets]]"] + [f"{k} = {_toml_value(v)}" for k, v in dataset.items()]
@@ -116,9 +138,16 @@ def _number(value: float) -> str:
 
 def build_command(config: TrainConfig, checkout: Path | None = None, accelerate: Path | str = "accelerate",
                   dataset_toml: Path | None = None, tokenizer_cache: Path | None = None, resume_from: Path | None = None,
-                  family=None) -> list[str]:
+                  family=None, fixed_captions: bool = True, v_prediction: bool = False) -> list[str]:
     """The ``accelerate launch <family's script> …`` arguments equivalent to ``config`` (``train_network.py`` for
-    SD1.x, ``sdxl_train_network.py`` for SDXL; ``family`` default: SD1.x)."""
+    SD1.x, ``sdxl_train_network.py`` for SDXL; ``family`` default: SD1.x).
+
+    ``fixed_captions``: no subset shuffles its captions (frozen encoders' outputs may then be cached);
+    ``v_prediction``: the base predicts v (the built-in trainer reads it from the base's scheduler config).
+
+    Raises:
+        ConfigError: a setting the family's script cannot do as the built-in trainer does.
+    """
     from ..families import get_family
 
     family = family or get_family("sd1")
@@ -133,15 +162,17 @@ def build_command(config: TrainConfig, checkout: Path | None = None, accelerate:
                "--network_module=networks.lora", f"--network_dim={config.rank}", f"--network_alpha={_number(config.effective_alpha)}",
                f"--learning_rate={config.lr}", f"--unet_lr={config.effective_unet_lr}"]
     if config.train_text_encoder:
-        command.append(f"--text_encoder_lr={config.effective_text_encoder_lr}")
+        command.append(f"--text_encoder_lr={config.effective_text_encoder_lr}")  # one rate for every encoder, as here
     else:
         command.append("--network_train_unet_only")
     command += [f"--optimizer_type={config.optimizer}", f"--lr_scheduler={config.scheduler}", f"--lr_warmup_steps={config.warmup_steps}",
                 f"--max_train_epochs={config.epochs}", f"--save_every_n_epochs={config.save_every_n_epochs}",
                 f"--gradient_accumulation_steps={config.gradient_accumulation}", f"--mixed_precision={mixed}",
                 f"--save_precision={config.save_precision}", f"--seed={config.seed}", f"--max_grad_norm={config.max_grad_norm}",
-                f"--clip_skip={config.clip_skip}", f"--prior_loss_weight={config.prior_loss_weight}", "--save_state"]
-    command += family.sd_scripts_arguments(config.train_text_encoder, config.cache_latents)
+                f"--prior_loss_weight={config.prior_loss_weight}", "--save_state"]
+    command += family.sd_scripts_arguments(config, fixed_captions)
+    if v_prediction:
+        command.append("--v_parameterization")
     if config.gradient_checkpointing:
         command.append("--gradient_checkpointing")
     if config.cache_latents:
@@ -159,20 +190,107 @@ def build_command(config: TrainConfig, checkout: Path | None = None, accelerate:
     return command
 
 
+def predicts_v(config: TrainConfig, family) -> bool:
+    """Whether the base predicts v, read where the built-in trainer reads it: a diffusers folder's
+    ``scheduler/scheduler_config.json``, else ``base_config``'s, else the family's built-in config."""
+    base = Path(config.base) if config.base else None
+    if base is not None and base.is_dir():
+        scheduler = _read_json_object(base / "scheduler" / "scheduler_config.json") or family.configs["scheduler/scheduler_config.json"]
+    elif config.base_config is not None:
+        scheduler = _read_json_object(Path(config.base_config) / "scheduler" / "scheduler_config.json")
+    else:
+        scheduler = family.configs["scheduler/scheduler_config.json"]
+    return scheduler.get("prediction_type") == "v_prediction"
+
+
+def sd_scripts_tokenizer_folder(cache: Path, hub_id: str) -> Path:
+    """Where sd-scripts' ``TokenizeStrategy._load_tokenizer`` looks for ``hub_id`` under ``--tokenizer_cache_dir``."""
+    return Path(cache) / hub_id.replace("/", "_")
+
+
+def write_tokenizer_cache(cache: Path, family, tokenizer_dirs: dict[str, Path]) -> list[str]:
+    """Put each tokenizer the family's script loads where its ``--tokenizer_cache_dir`` finds it, so it never goes
+    to the Hub: vocabulary and merges from our offline folder, ``model_max_length`` 77 and the slot's pad token
+    (SDXL's second: ``!``) in its configs. Returns warnings (a folder sd-scripts' slow tokenizer cannot read)."""
+    warnings = []
+    for slot in family.text_encoder_slots:
+        hub_id = family.sd_scripts_tokenizers.get(slot.tokenizer)
+        source = tokenizer_dirs.get(slot.tokenizer)
+        if hub_id is None or source is None:
+            continue
+        source = Path(source)
+        if not ((source / "vocab.json").is_file() and (source / "merges.txt").is_file()):
+            warnings.append(f"tokenizer {source} has no vocab.json + merges.txt, which sd-scripts' CLIPTokenizer reads: "
+                            f"sd-scripts will download {hub_id}")
+            continue
+        target = sd_scripts_tokenizer_folder(cache, hub_id)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(source / name, target / name)
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            values = _read_json_object(source / name)
+            if name == "tokenizer_config.json":
+                values["model_max_length"] = CLIP_POSITIONS
+                values.pop("tokenizer_file", None)
+            if slot.pad_token:
+                values["pad_token"] = slot.pad_token
+            _write_json(target / name, values)
+        (target / "tokenizer.json").unlink(missing_ok=True)  # a stale fast tokenizer would disagree with the pad token
+    return warnings
+
+
+def _read_json_object(path: Path) -> dict:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_json(path: Path, values: dict) -> None:
+    import json
+
+    from ..images import write_text_atomic
+
+    write_text_atomic(path, json.dumps(values, indent=2, ensure_ascii=False) + "\n")
+
+
+def unsupported_warnings(config: TrainConfig) -> list[str]:
+    """Settings of the built-in trainer that the sd-scripts backend does not carry out (it still trains)."""
+    warnings = []
+    if config.sample_every_n_epochs or config.score_refs is not None:
+        warnings.append("sample images and identity scores per epoch are made by the built-in trainer only; sd-scripts "
+                        "trains without them (score its checkpoints afterwards with likeness sweep)")
+    if config.early_stop_patience:
+        warnings.append("early_stop_patience is not applied with sd-scripts: it trains every epoch")
+    if config.keep_best:
+        warnings.append("keep_best is not applied with sd-scripts: the final file is the last epoch")
+    if config.device not in ("auto", "cuda", "cuda:0"):
+        warnings.append(f"device {config.device!r} is not passed to sd-scripts: accelerate picks the device")
+    return warnings
+
+
 def prepare(config: TrainConfig, resume: bool = False, write: bool = True, strict: bool = True) -> tuple[list[str], Path, dict]:
-    """Resolve the checkout, accelerate, dataset and tokenizer; write the dataset config; return the command.
+    """Resolve the checkout, accelerate, dataset and tokenizers; write the dataset config; return the command.
 
     ``write``: write ``<out>/<name>-dataset.toml`` and the tokenizer cache the command refers to.
     ``strict=False``: a missing checkout or accelerate falls back to plain names (``--print-command``
     on a machine without sd-scripts; ``info["placeholders"]`` then says why).
+
+    Raises:
+        ConfigError: settings the family's script cannot carry out as the built-in trainer would (SDXL:
+            ``clip_skip`` other than 1; a ``bucket_reso_steps`` the script refuses), nothing to resume;
+            :class:`SdScriptsError` (strict) for a missing checkout or accelerate.
+        ModelLoadError: the base is not a usable SD1.x/SDXL model.
     """
     from ..families import ModelLoadError, detect_family
-    from ..families.tokenizers import resolve_tokenizer_dir
     from .data import resolve_subsets
 
     family = detect_family(config.base, config.family)
     config = config.for_family(family)
-    info: dict = {"warnings": [], "family": family.name}
+    info: dict = {"warnings": unsupported_warnings(config), "family": family.name, "script": family.sd_scripts_script}
     try:
         checkout = find_checkout(config)
         accelerate = find_accelerate(config, checkout)
@@ -184,36 +302,42 @@ def prepare(config: TrainConfig, resume: bool = False, write: bool = True, stric
         accelerate = config.accelerate or "accelerate"
         if not (checkout / "train_network.py").is_file():
             checkout = None
-    subsets, _, warnings, _ = resolve_subsets(config)
+    subsets, from_toml, warnings, _ = resolve_subsets(config)
     info["warnings"] += warnings
+    settings = dataset_settings(config, from_toml)
+    multiple = family.sd_scripts_bucket_multiple
+    if settings["enable_bucket"] and int(settings["bucket_reso_steps"]) % multiple:
+        raise ConfigError(f"bucket_reso_steps {settings['bucket_reso_steps']}: sd-scripts' {family.sd_scripts_script} needs a "
+                          f"multiple of {multiple} for {family.title} (e.g. 64)")
+    fixed_captions = not any(subset.shuffle_caption for subset in subsets)
     toml_path = dataset_toml_path(config)
-    # sd-scripts fetches the CLIP tokenizer from the Hub unless --tokenizer_cache_dir holds it: give it ours.
-    tokenizer_cache = None
+    # sd-scripts fetches its tokenizers from the Hub unless --tokenizer_cache_dir holds them: give it ours.
+    base = Path(config.base) if config.base else None
     try:
-        tokenizer_dir = resolve_tokenizer_dir(config.tokenizer, Path(config.base) if config.base else None)
+        tokenizer_dirs = family.resolve_tokenizers({"tokenizer": config.tokenizer, "tokenizer_2": config.tokenizer_2},
+                                                   base if base is not None and base.is_dir() else None)
         tokenizer_cache = Path(config.out).resolve() / ".tokenizer-cache"
-    except ModelLoadError:
-        tokenizer_dir = None
-        info["warnings"].append("no local CLIP tokenizer found: sd-scripts will download openai/clip-vit-large-patch14")
+    except ModelLoadError as exc:
+        tokenizer_dirs, tokenizer_cache = {}, None
+        info["warnings"].append(f"{exc}; sd-scripts will download " + " and ".join(family.sd_scripts_tokenizers.values()))
     resume_from = None
     if resume:
         resume_from = latest_state_dir(Path(config.out), config.name)
         if resume_from is None:
             raise ConfigError(f"nothing to resume: no {config.name}-NNNNNN-state folder in {config.out} (sd-scripts saves one per saved epoch)")
-    command = build_command(config, checkout, accelerate, toml_path.resolve(), tokenizer_cache, resume_from, family)
+    command = build_command(config, checkout, accelerate, toml_path.resolve(), tokenizer_cache, resume_from, family,
+                            fixed_captions=fixed_captions, v_prediction=predicts_v(config, family))
     if write:
         from ..images import write_text_atomic
         from ..report import preserve_file
 
-        text = dataset_toml_text(config, subsets)
+        text = dataset_toml_text(config, subsets, settings)
         if toml_path.is_file() and toml_path.read_text(encoding="utf-8") != text:
             preserve_file(toml_path)  # an earlier, different (perhaps hand-edited) config is kept beside
         write_text_atomic(toml_path, text)
-        if tokenizer_dir is not None and tokenizer_cache is not None:
-            from ..families.base import copy_tokenizer_files
-
-            copy_tokenizer_files(tokenizer_dir, tokenizer_cache / TOKENIZER_CACHE_NAME)
-    info.update(checkout=checkout, accelerate=accelerate, dataset_toml=toml_path)
+        if tokenizer_cache is not None:
+            info["warnings"] += write_tokenizer_cache(tokenizer_cache, family, tokenizer_dirs)
+    info.update(checkout=checkout, accelerate=accelerate, dataset_toml=toml_path, tokenizer_dirs=tokenizer_dirs)
     return command, toml_path, info
 
 
