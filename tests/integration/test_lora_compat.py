@@ -268,6 +268,103 @@ def test_sd_scripts_accepts_the_command_and_dataset_config(tmp_path, capsys):
     assert result["subsets"] == [[train_dir, 5, "ohwx person", False, ".txt"], [reg_dir, 1, "person", True, ".txt"]]
 
 
+SDXL_CHECK = r"""
+import json, logging, sys
+sys.path.insert(0, sys.argv[1])
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            records.append(record.getMessage())
+import sdxl_train_network
+from library import config_util, strategy_base, train_util
+logging.getLogger().addHandler(Keep())
+# what sdxl_train_network.py's __main__ and NetworkTrainer.train() do before loading the model
+parser = sdxl_train_network.setup_parser()
+args = parser.parse_args(json.loads(sys.argv[2]))
+train_util.verify_command_line_training_args(args)
+args = train_util.read_config_from_file(args, parser)
+train_util.verify_training_args(args)
+train_util.prepare_dataset_args(args, True)
+trainer = sdxl_train_network.SdxlNetworkTrainer()
+tokenize_strategy = trainer.get_tokenize_strategy(args)
+strategy_base.TokenizeStrategy.set_strategy(tokenize_strategy)
+strategy_base.LatentsCachingStrategy.set_strategy(trainer.get_latents_caching_strategy(args))
+blueprint = config_util.BlueprintGenerator(config_util.ConfigSanitizer(True, True, args.masked_loss, True)).generate(
+    config_util.load_user_config(args.dataset_config), args)
+group, val_group = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
+assert len(group) > 0
+if args.cache_latents:
+    assert group.is_latent_cacheable()
+trainer.assert_extra_args(args, group, val_group)  # verify_sdxl_training_args, text-encoder caching, bucket steps
+ids1, ids2 = tokenize_strategy.tokenize("ohwx person, close-up")
+t1, t2 = tokenize_strategy.tokenizer1, tokenize_strategy.tokenizer2
+dataset = group.datasets[0]
+print("LIKENESS_RESULT " + json.dumps({
+    "unet_only": args.network_train_unet_only, "cache_te": args.cache_text_encoder_outputs, "no_half_vae": args.no_half_vae,
+    "clip_skip": args.clip_skip, "v2": args.v2, "v_parameterization": args.v_parameterization, "cache_latents": args.cache_latents,
+    "network_dim": args.network_dim, "text_encoder_lr": args.text_encoder_lr, "sdpa": args.sdpa, "save_state": args.save_state,
+    "tokenizers": [[t.name_or_path, t.pad_token, t.pad_token_id, t.model_max_length] for t in (t1, t2)],
+    "ids": [list(ids1.shape), list(ids2.shape), int(ids2.flatten()[-1]), int(ids1.flatten()[-1])],
+    "resolution": [dataset.width, dataset.height], "buckets": [dataset.enable_bucket, dataset.min_bucket_reso, dataset.max_bucket_reso,
+                                                            dataset.bucket_reso_steps],
+    "te_cacheable": group.is_text_encoder_output_cacheable(), "warnings": records,
+}))
+"""
+
+
+def _sdxl_header_file(path: Path) -> Path:
+    """Enough of an SDXL checkpoint for ``likeness train --print-command``: its key names (the family is read from them)."""
+    from safetensors.numpy import save_file
+
+    import numpy as np
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
+               "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": np.zeros(4, np.float16),
+               "conditioner.embedders.1.model.ln_final.weight": np.zeros(4, np.float16)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("text_encoder_lr", ["0", "5e-5"])
+def test_sd_scripts_sdxl_accepts_our_command_and_tokenizers(tmp_path, capsys, text_encoder_lr):
+    """Our SDXL command line goes through sdxl_train_network.py's own parser and checks (argument names, the
+    SDXL rules on cached text-encoder outputs and bucket steps, the dataset config), and its SDXL tokenize
+    strategy loads both tokenizers from our --tokenizer_cache_dir with the Hub switched off."""
+    sd_dir = _checkout("SD_SCRIPTS_DIR")
+    import shlex
+
+    from lora_likeness.cli import main
+    from lora_likeness.training.config import TrainConfig
+    from lora_likeness.training.sd_scripts import find_accelerate, python_of
+    from lora_likeness.training.tiny import write_training_folder
+
+    data = write_training_folder(tmp_path / "data", n_images=2, repeats=5, reg=1)
+    accelerate = os.environ.get("SD_SCRIPTS_ACCELERATE")
+    code = main(["train", "--base", str(_sdxl_header_file(tmp_path / "sdxl.safetensors")), "--data", str(data), "--out",
+                 str(tmp_path / "out"), "--name", "me", "--rank", "8", "--text-encoder-lr", text_encoder_lr, "--tokenizer", str(TOKENIZER),
+                 "--sd-scripts", str(sd_dir), "--print-command", *(["--accelerate", accelerate] if accelerate else [])])
+    assert code == 0
+    argv = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    script = argv.index(str(sd_dir / "sdxl_train_network.py"))
+    python = os.environ.get("SD_SCRIPTS_PYTHON") or python_of(Path(accelerate) if accelerate else find_accelerate(TrainConfig(), sd_dir))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    run = subprocess.run([python, "-c", SDXL_CHECK, str(sd_dir), json.dumps(argv[script + 1:])], cwd=sd_dir, capture_output=True,
+                         text=True, env=env, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = _result(run.stdout)
+    frozen = text_encoder_lr == "0"
+    assert result["unet_only"] is frozen and result["cache_te"] is frozen and result["te_cacheable"]
+    assert result["text_encoder_lr"] == (None if frozen else [5e-5])
+    assert result["no_half_vae"] and result["cache_latents"] and result["sdpa"] and result["save_state"] and result["network_dim"] == 8
+    assert result["clip_skip"] is None and not result["v2"] and not result["v_parameterization"]
+    cache = tmp_path / "out" / ".tokenizer-cache"
+    assert result["tokenizers"] == [[str(cache / "openai_clip-vit-large-patch14"), "<|endoftext|>", 49407, 77],
+                                    [str(cache / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"), "!", 0, 77]]
+    assert result["ids"] == [[1, 1, 77], [1, 1, 77], 0, 49407]  # the second tokenizer pads with "!" (id 0), the first with its end token
+    assert result["resolution"] == [1024, 1024] and result["buckets"] == [True, 512, 2048, 64]
+    assert not [w for w in result["warnings"] if "clip_skip" in w or "download" in w.lower()], result["warnings"]
+
+
 def test_sd_scripts_trains_with_our_command_and_names_modules_as_we_do(tmp_path):
     """A real (CPU, 64 px, 2 steps) sd-scripts run through ``--backend sd-scripts`` on a random full-size SD1.5:
     progress is followed, checkpoints collected, and sd-scripts' own module names equal ours."""
