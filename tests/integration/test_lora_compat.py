@@ -205,6 +205,22 @@ def test_a1111_name_conversion_accepts_every_key():
 # -- sd-scripts -------------------------------------------------------------------------------------
 
 
+SD1_HEADER = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 1, 1),
+              "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,)}
+SDXL_HEADER = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 1, 1),
+               "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": (4,),
+               "conditioner.embedders.1.model.ln_final.weight": (4,)}
+
+
+def _header_file(path: Path, keys: dict[str, tuple]) -> Path:
+    """Enough of a checkpoint for ``likeness train --print-command``: its key names (the family is read from them)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({key: np.zeros(shape, np.float16) for key, shape in keys.items()}, str(path))
+    return path
+
+
 SD_SCRIPTS_CHECK = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -236,13 +252,7 @@ def test_sd_scripts_accepts_the_command_and_dataset_config(tmp_path, capsys):
 
     data = write_training_folder(tmp_path / "data", n_images=2, repeats=5, reg=1)
     accelerate = os.environ.get("SD_SCRIPTS_ACCELERATE")
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    base = tmp_path / "sd15.safetensors"  # an SD1.x checkpoint's header: the family is read from its key names
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
-               "cond_stage_model.transformer.text_model.final_layer_norm.weight": np.zeros(4, np.float16)}, str(base))
-    code = main(["train", "--base", str(base), "--data", str(data), "--out", str(tmp_path / "out"),
+    code = main(["train", "--base", str(_header_file(tmp_path / "sd15.safetensors", SD1_HEADER)), "--data", str(data), "--out", str(tmp_path / "out"),
                  "--name", "me", "--rank", "8", "--alpha", "4", "--epochs", "12", "--save-every", "2", "--text-encoder-lr", "0",
                  "--gradient-checkpointing", "--optimizer", "AdamW8bit", "--tokenizer", str(TOKENIZER), "--sd-scripts", str(sd_dir),
                  "--print-command", *(["--accelerate", accelerate] if accelerate else [])])
@@ -313,18 +323,6 @@ print("LIKENESS_RESULT " + json.dumps({
 """
 
 
-def _sdxl_header_file(path: Path) -> Path:
-    """Enough of an SDXL checkpoint for ``likeness train --print-command``: its key names (the family is read from them)."""
-    from safetensors.numpy import save_file
-
-    import numpy as np
-
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
-               "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": np.zeros(4, np.float16),
-               "conditioner.embedders.1.model.ln_final.weight": np.zeros(4, np.float16)}, str(path))
-    return path
-
-
 @pytest.mark.parametrize("text_encoder_lr", ["0", "5e-5"])
 def test_sd_scripts_sdxl_accepts_our_command_and_tokenizers(tmp_path, capsys, text_encoder_lr):
     """Our SDXL command line goes through sdxl_train_network.py's own parser and checks (argument names, the
@@ -340,7 +338,7 @@ def test_sd_scripts_sdxl_accepts_our_command_and_tokenizers(tmp_path, capsys, te
 
     data = write_training_folder(tmp_path / "data", n_images=2, repeats=5, reg=1)
     accelerate = os.environ.get("SD_SCRIPTS_ACCELERATE")
-    code = main(["train", "--base", str(_sdxl_header_file(tmp_path / "sdxl.safetensors")), "--data", str(data), "--out",
+    code = main(["train", "--base", str(_header_file(tmp_path / "sdxl.safetensors", SDXL_HEADER)), "--data", str(data), "--out",
                  str(tmp_path / "out"), "--name", "me", "--rank", "8", "--text-encoder-lr", text_encoder_lr, "--tokenizer", str(TOKENIZER),
                  "--sd-scripts", str(sd_dir), "--print-command", *(["--accelerate", accelerate] if accelerate else [])])
     assert code == 0
