@@ -371,6 +371,33 @@ def test_cli_prepare(tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "o3"), "--trigger", "ohwx", "--subject", str(FACES / "others" / "biden_02.jpg")]) == 1
 
 
+@pytest.mark.parametrize(("options", "size", "buckets", "title"), [
+    (["--family", "sdxl"], 1024, (512, 2048), "SDXL"),
+    ([], 512, (256, 1024), "SD1.x"),  # no --family or --base: SD1.x
+])
+def test_cli_prepare_for_the_models_family(tmp_path, capsys, options, size, buckets, title):
+    """An SDXL dataset: 1024 px crops and SDXL's resolution and bucket limits in dataset.toml (what
+    TrainConfig.for_family gives an SDXL base, so both trainers read the same); SD1.x keeps 512 px, 256-1024."""
+    from lora_likeness.cli import main
+    from lora_likeness.families import FAMILIES
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PEOPLE / "obama" / "obama_01_official_portrait.jpg", photos / "a.jpg")
+    out = tmp_path / "out"
+    assert main(["prepare", "--photos", str(photos), "--out", str(out), "--trigger", "ohwx", "--class", "man", "--pack", str(PACK_DIR),
+                 "--providers", "cpu", "-q", "--no-cache", "--framings", "close-up", *options]) == 0
+    assert f"for {title}: {size} px crops, dataset.toml resolution {size}, buckets {buckets[0]}-{buckets[1]}" in capsys.readouterr().out
+    (crop,) = sorted((out / "img").glob("*/*.png"))
+    with Image.open(crop) as image:
+        assert image.size == (size, size)
+    (dataset,) = tomllib.loads((out / "dataset.toml").read_text(encoding="utf-8"))["datasets"]
+    assert (dataset["resolution"], dataset["min_bucket_reso"], dataset["max_bucket_reso"], dataset["bucket_reso_steps"]) == (size, *buckets, 64)
+    family = FAMILIES["sdxl" if options else "sd1"].defaults
+    assert (family.resolution, family.min_bucket_reso, family.max_bucket_reso) == (size, *buckets)
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]["family"] == ("sdxl" if options else "sd1")
+
+
 def test_hosts_can_pass_plain_values(engine, tmp_path):
     """What the ComfyUI node / A1111 tab do: strings and dicts in, a result with plain data out."""
     photos = tmp_path / "photos"

@@ -254,6 +254,93 @@ def test_dataset_toml_parses_with_the_expected_values(tmp_path):
     assert text.startswith('# from "C:\\photos"\n# second line\n')
 
 
+def _checkpoint_header(path, keys):
+    """A .safetensors file with a checkpoint's key names and shapes (all a model family is told by)."""
+    from safetensors.numpy import save_file
+
+    save_file({key: np.zeros(shape, np.float16) for key, shape in keys.items()}, str(path))
+    return path
+
+
+SD1_HEADER = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 1, 1), "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,)}
+SDXL_HEADER = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 1, 1),
+               "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": (4,),
+               "conditioner.embedders.1.model.ln_final.weight": (4,)}
+
+
+def test_the_family_sets_crop_size_and_buckets(tmp_path):
+    from lora_likeness.dataset.kohya import bucket_limits
+    from lora_likeness.families import FAMILIES
+
+    sd1, sdxl = FAMILIES["sd1"], FAMILIES["sdxl"]
+    # the family's own limits at its own size (what its trainer defaults to) ...
+    assert bucket_limits(512, sd1) == (sd1.defaults.min_bucket_reso, sd1.defaults.max_bucket_reso) == (256, 1024)
+    assert bucket_limits(1024, sdxl) == (sdxl.defaults.min_bucket_reso, sdxl.defaults.max_bucket_reso) == (512, 2048)
+    # ... widened for other crop sizes (SD1.x at 768/1024: the 256 .. 2 x size prepare always wrote)
+    assert bucket_limits(768, sd1) == (256, 1536) and bucket_limits(1024, sd1) == (256, 2048) and bucket_limits(512, sdxl) == (256, 2048)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 64)).save(photos / "a.png")
+    ok = {"photos": photos, "out": tmp_path / "out", "trigger": "ohwx", "class_word": "man"}
+    assert PrepareConfig(**ok).size == 512 and PrepareConfig(**ok).family == "sd1"
+    assert PrepareConfig(**ok, family="sdxl").size == 1024 and PrepareConfig(**ok, family="sdxl", size=768).size == 768
+    with pytest.raises(PrepareConfigError, match="--family must be one of sd1, sdxl, not 'flux'"):
+        PrepareConfig(**ok, family="flux").validate()
+    text = dataset_toml([Subset(tmp_path / "img" / "5_ohwx man", 5, "ohwx man")], resolution=1024, min_bucket_reso=512, max_bucket_reso=2048)
+    dataset = tomllib.loads(text)["datasets"][0]
+    assert (dataset["resolution"], dataset["min_bucket_reso"], dataset["max_bucket_reso"], dataset["bucket_reso_steps"]) == (1024, 512, 2048, 64)
+
+
+def test_prepare_reads_the_family_from_family_or_base(tmp_path):
+    from lora_likeness.cli import build_parser
+    from lora_likeness.dataset.command import build_config
+
+    sdxl = _checkpoint_header(tmp_path / "sdxl.safetensors", SDXL_HEADER)
+    sd1 = _checkpoint_header(tmp_path / "sd15.safetensors", SD1_HEADER)
+    parser = build_parser()
+    common = ["prepare", "--photos", str(tmp_path), "--out", str(tmp_path / "o"), "--trigger", "ohwx"]
+
+    def config(*extra):
+        return build_config(parser.parse_args([*common, *extra]))
+
+    assert (config().family, config().size) == ("sd1", 512)
+    assert (config("--family", "sdxl").family, config("--family", "sdxl").size) == ("sdxl", 1024)
+    assert (config("--base", str(sdxl)).family, config("--base", str(sdxl)).size) == ("sdxl", 1024)
+    assert (config("--base", str(sd1), "--size", "768").family, config("--base", str(sd1), "--size", "768").size) == ("sd1", 768)
+    with pytest.raises(PrepareConfigError, match="--base: base sdxl.safetensors is an SDXL model, not SD1.x as asked"):
+        config("--base", str(sdxl), "--family", "sd1")
+    with pytest.raises(PrepareConfigError, match="--base: base model .*missing.safetensors does not exist"):
+        config("--base", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(SystemExit):
+        parser.parse_args([*common, "--family", "flux"])
+
+
+def test_run_prepares_the_dataset_for_the_bases_family(tmp_path, monkeypatch):
+    """``likeness run`` reads the base's family and hands it to prepare (crop size and dataset.toml buckets)."""
+    from lora_likeness.dataset import prepare as prepare_module
+    from lora_likeness.sweep.run import RunConfig, run_all
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_prepare(engine, config, progress=None, cache=None):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(prepare_module, "prepare_dataset", fake_prepare)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 64)).save(photos / "a.png")
+    for name, keys in (("sdxl", SDXL_HEADER), ("sd1", SD1_HEADER)):
+        base = _checkpoint_header(tmp_path / f"{name}.safetensors", keys)
+        with pytest.raises(Stop):
+            run_all(RunConfig(photos=photos, trigger="ohwx", class_word="man", base=base, out=tmp_path / f"run-{name}"), engine=object(),
+                    cache=object())
+    assert [(c.family, c.size) for c in seen] == [("sdxl", 1024), ("sd1", 512)]
+
+
 # ---- face boxes -------------------------------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ EPILOG = """\
 examples:
   likeness prepare --photos ~/Pictures/alice --trigger ohwx --class woman --out alice-dataset
   likeness prepare --photos library/ --subject refs/alice --trigger ohwx --class woman --size 512 --out ds
+  likeness prepare --photos ~/Pictures/alice --trigger ohwx --class woman --family sdxl --out alice-sdxl
+  likeness prepare --photos ~/Pictures/alice --trigger ohwx --class woman --base sd_xl_base_1.0.safetensors --out alice-sdxl
   likeness prepare --photos family/ --identity ohwxdad:man=refs/dad --identity ohwxmum:woman=refs/mum --out ds
 
 Writes img/<repeats>_<trigger> <class>/ (images + .txt captions), reg/ (with --reg), dataset.toml
@@ -40,6 +42,7 @@ def _framings(text: str) -> tuple[str, ...]:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``prepare`` sub-command to the CLI."""
     from ..cli import _add_engine_arguments
+    from ..families import FAMILIES
 
     parser = commands.add_parser(
         "prepare", help="turn a folder of real photos into a Kohya training dataset",
@@ -51,7 +54,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", required=True, type=Path, help="output folder")
     parser.add_argument("--trigger", metavar="WORD", help="rare trigger word of the person, e.g. ohwx (not needed with --identity)")
     parser.add_argument("--class", metavar="WORD", dest="class_word", default="person", help="class word: man, woman, person, ... (default: person)")
-    parser.add_argument("--size", type=int, choices=(512, 768, 1024), default=1024, help="crop size in pixels (default: 1024)")
+    parser.add_argument("--family", choices=tuple(FAMILIES), help="model family the dataset is for: sets the crop size and the "
+                        "dataset.toml's bucket limits (sd1: 512 px, buckets 256-1024; sdxl: 1024 px, buckets 512-2048; default: "
+                        "--base's family, else sd1)")
+    parser.add_argument("--base", metavar="MODEL", type=Path, help="the base model you will train on (.safetensors or diffusers folder): "
+                        "its family is read from it (only the header is read)")
+    parser.add_argument("--size", type=int, choices=(512, 768, 1024), help="crop size in pixels (default: the family's, 512 sd1, 1024 sdxl)")
     parser.add_argument("--keep-aspect", action="store_true", help="keep each photo's aspect ratio (about size x size pixels) for bucketing instead of squares")
     parser.add_argument("--framings", metavar="LIST", type=_framings, default=("close-up", "head-and-shoulders", "half-body"),
                         help="comma-separated: close-up, head-and-shoulders, half-body (default: all three, kept in a spread)")
@@ -83,12 +91,34 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=command_prepare)
 
 
+def family_of(args: argparse.Namespace) -> str:
+    """``--family``, checked against ``--base``'s family when both are given; ``--base``'s alone; else ``sd1``.
+
+    Raises:
+        PrepareConfigError: ``--base`` cannot be read or is not a supported base model, or is of another family.
+    """
+    from .config import PrepareConfigError
+
+    if getattr(args, "base", None) is None:
+        return getattr(args, "family", None) or "sd1"
+    from ..families import ModelLoadError, detect_family
+
+    try:
+        return detect_family(args.base, args.family).name
+    except ModelLoadError as exc:
+        raise PrepareConfigError(f"--base: {exc}") from None
+
+
 def build_config(args: argparse.Namespace):
-    """The :class:`PrepareConfig` the arguments describe."""
+    """The :class:`PrepareConfig` the arguments describe.
+
+    Raises:
+        PrepareConfigError: see :func:`family_of`.
+    """
     from .config import PrepareConfig, QualityThresholds, SelectionSettings, parse_identity
 
     return PrepareConfig(
-        photos=args.photos, out=args.out, trigger=args.trigger, class_word=args.class_word, size=args.size,
+        photos=args.photos, out=args.out, trigger=args.trigger, class_word=args.class_word, family=family_of(args), size=args.size,
         keep_aspect=args.keep_aspect, framings=args.framings, max_images=args.max_images, target_steps=args.target_steps,
         repeats=args.repeats, batch_size=args.batch_size, subject_refs=args.subject,
         identities=[parse_identity(text) for text in args.identity], face_boxes=args.face_boxes, reg_dir=args.reg,
@@ -145,6 +175,8 @@ def print_result(result, console) -> None:
     counts = result.counts()
     console.print(f"{len(result.kept)} kept, {len(result.rejected)} rejected of {result.n_photos} photos "
                   f"({result.timings.get('photos_per_s', 0):.1f} photos/s)", markup=False)
+    if result.kept:
+        console.print(for_family_line(result.settings), markup=False)
     if counts:
         table = Table(title="rejected", title_justify="left")
         table.add_column("reason")
@@ -177,3 +209,14 @@ def print_result(result, console) -> None:
                 console.print(f"wrote {result.files[name]}", markup=False)
     if result.kept:
         console.print(f"train with: --dataset_config {os.fspath(result.out / 'dataset.toml')}", markup=False)
+
+
+def for_family_line(settings: dict) -> str:
+    """``for SDXL: 1024 px crops, dataset.toml resolution 1024, buckets 512-2048`` from a result's settings."""
+    from ..families import get_family
+    from .kohya import bucket_limits
+
+    family = get_family(settings.get("family", "sd1"))
+    size = int(settings["size"])
+    low, high = bucket_limits(size, family)
+    return f"for {family.title}: {size} px crops, dataset.toml resolution {size}, buckets {low}-{high} (--family or --base choose the family)"

@@ -132,8 +132,10 @@ class PrepareConfig:
         out: output folder (Kohya ``img/``, ``reg/``, ``dataset.toml``, ``report.*``).
         trigger: the rare trigger word of a single-person dataset (``ohwx``); unused with identities.
         class_word: class word (``man``, ``woman``, ``person``, ...).
+        family: the model family the dataset is for (``sd1``, ``sdxl``; see :mod:`lora_likeness.families`):
+            it sets the default ``size`` and the bucket limits written to ``dataset.toml``.
         size: side of the square crops in pixels (512, 768 or 1024), or the target area's side
-            when ``keep_aspect`` is set.
+            when ``keep_aspect`` is set; default (``None``): the family's (512 SD1.x, 1024 SDXL).
         keep_aspect: keep each photo's aspect ratio (area ``size**2``) for sd-scripts' bucketing
             instead of square crops.
         framings: which framings to produce, a spread across them is kept.
@@ -158,7 +160,8 @@ class PrepareConfig:
     out: Path
     trigger: str | None = None
     class_word: str = "person"
-    size: int = 1024
+    family: str = "sd1"
+    size: int | None = None
     keep_aspect: bool = False
     framings: tuple[str, ...] = FRAMINGS
     max_images: int = 50
@@ -181,6 +184,11 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         self.photos = Path(self.photos)
         self.out = Path(self.out)
+        if self.size is None:
+            from ..families import FAMILIES
+
+            if self.family in FAMILIES:  # an unknown family is reported by validate()
+                self.size = FAMILIES[self.family].defaults.prepare_size
         self.framings = tuple(self.framings)
         # Hosts may pass plain dicts (from JSON or a UI) for the nested settings.
         self.identities = [
@@ -221,6 +229,10 @@ class PrepareConfig:
                     f"--photos {self.photos} lies inside {out / managed}, which a re-run moves away; "
                     f"choose another --out"
                 )
+        from ..families import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise PrepareConfigError(f"--family must be one of {', '.join(FAMILIES)}, not {self.family!r}")
         if self.size not in SIZES:
             raise PrepareConfigError(f"--size must be one of {', '.join(map(str, SIZES))}, not {self.size}")
         unknown = [f for f in self.framings if f not in FRAMINGS]

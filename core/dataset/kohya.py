@@ -22,7 +22,6 @@ CAPTION_EXTENSION = ".txt"
 #: sd-scripts' globbing (train_util.IMAGE_EXTENSIONS): files it will train on.
 KOHYA_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BUCKET_STEP = 64
-MIN_BUCKET_RESO = 256
 
 
 def repeats_for(n_images: int, target_steps: int, batch_size: int = 1) -> int:
@@ -77,6 +76,15 @@ def _value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
+def bucket_limits(resolution: int, family) -> tuple[int, int]:
+    """``(min_bucket_reso, max_bucket_reso)`` in pixels for crops of side ``resolution`` trained on ``family``:
+    the family's own limits (SD1.x 256–1024, SDXL 512–2048: what its trainer defaults to), widened for crops
+    smaller or larger than the family's resolution so that every aspect ratio keeps a bucket of their area
+    (smallest side at most half the crop side, largest at least twice it)."""
+    defaults = family.defaults
+    return min(defaults.min_bucket_reso, resolution // 2), max(defaults.max_bucket_reso, 2 * resolution)
+
+
 def dataset_toml(
     subsets: Sequence[Subset],
     resolution: int,
@@ -85,11 +93,14 @@ def dataset_toml(
     shuffle_caption: bool = True,
     keep_tokens: int = 1,
     comment: str = "",
+    min_bucket_reso: int = 256,
+    max_bucket_reso: int | None = None,
 ) -> str:
     """``dataset.toml`` for sd-scripts' ``--dataset_config`` (and the built-in trainer).
 
     ``image_dir`` is written as an absolute path: sd-scripts resolves it against its working
-    directory, not the TOML's folder. Buckets span ``256 .. 2 * resolution`` in steps of 64.
+    directory, not the TOML's folder. Buckets span ``min_bucket_reso .. max_bucket_reso`` (default
+    ``2 * resolution``; :func:`bucket_limits` gives a family's) in steps of 64.
     """
     lines = [f"# {line}" for line in comment.splitlines()] + [
         "",
@@ -102,8 +113,8 @@ def dataset_toml(
         f"resolution = {_value(int(resolution))}",
         f"batch_size = {_value(int(batch_size))}",
         f"enable_bucket = {_value(enable_bucket)}",
-        f"min_bucket_reso = {_value(MIN_BUCKET_RESO)}",
-        f"max_bucket_reso = {_value(2 * int(resolution))}",
+        f"min_bucket_reso = {_value(int(min_bucket_reso))}",
+        f"max_bucket_reso = {_value(int(max_bucket_reso or 2 * int(resolution)))}",
         f"bucket_reso_steps = {_value(BUCKET_STEP)}",
     ]
     for subset in subsets:

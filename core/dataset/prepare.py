@@ -39,6 +39,7 @@ import numpy as np
 
 from ..cache import FaceCache
 from ..faces import FaceEngine
+from ..families import get_family
 from ..images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, decode_image, list_images, write_bytes_atomic, write_text_atomic
 from ..progress import Progress
 from ..scoring import normalize
@@ -660,9 +661,10 @@ def prepare_dataset(
             if config.repeats is None else f"Written by likeness prepare from {config.photos}; repeats {repeats} as given."
         )
         if kept:  # a dataset.toml without subsets would only fail later, in the trainer
+            min_bucket, max_bucket = kohya.bucket_limits(config.size, get_family(config.family))
             write_text_atomic(staging / "dataset.toml", kohya.dataset_toml(
                 subsets, resolution=config.size, batch_size=config.batch_size, enable_bucket=True,
-                keep_tokens=1, comment=toml_comment,
+                keep_tokens=1, comment=toml_comment, min_bucket_reso=min_bucket, max_bucket_reso=max_bucket,
             ))
         from .report import write_reports
 

@@ -196,7 +196,7 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
     # 1. the dataset
     progress.stage = "1/3 prepare"
     prepare = PrepareConfig(photos=config.photos, out=out / "dataset", trigger=config.trigger, class_word=config.class_word,
-                            size=resolution if resolution in (512, 768, 1024) else family.defaults.prepare_size,
+                            family=family.name, size=resolution if resolution in (512, 768, 1024) else family.defaults.prepare_size,
                             max_images=config.max_images)
     result.dataset = prepare_dataset(engine, prepare, progress, cache=cache)
     if result.dataset.nothing_kept:
