@@ -543,7 +543,7 @@ def test_sd_scripts_refuses_what_sdxl_train_network_cannot_do_as_the_builtin_tra
     with pytest.raises(ConfigError, match=r"bucket_reso_steps 48: sd-scripts' sdxl_train_network.py needs a multiple of 32 for SDXL"):
         _sd_scripts_command(tmp_path / "b", base, bucket_reso_steps=48)
     command, _, _ = _sd_scripts_command(tmp_path / "c", base, bucket_reso_steps=96)  # fine for SDXL ...
-    assert "--cache_text_encoder_outputs" not in command  # (the text encoders are trained by default)
+    assert "--network_train_unet_only" in command and "--cache_text_encoder_outputs" in command  # (SDXL's default: UNet only)
     with pytest.raises(ConfigError, match="multiple of 64 for SD1.x"):  # ... not for SD1.x
         _sd_scripts_command(tmp_path / "d", _sd1_file(tmp_path / "sd15.safetensors"), bucket_reso_steps=96)
     command, info, _ = _sd_scripts_command(tmp_path / "e", base, buckets=False, bucket_reso_steps=48, sample_every_n_epochs=1, keep_best=False)
