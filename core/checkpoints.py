@@ -217,7 +217,7 @@ def _lora_files(root: Path) -> list[Path]:
         p
         for p in root.rglob(f"*{LORA_SUFFIX}")
         if p.is_file()
-        and not p.name.endswith(TRAINING_STATE_SUFFIX)  # the trainer's resumable state, not a LoRA
+        and not p.name.endswith(TRAINING_STATE_SUFFIX)  # an earlier version's training state, not a LoRA
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))

@@ -138,7 +138,7 @@ def test_cancel_and_resume_equal_an_uninterrupted_run(tiny, tmp_path):
     out = tmp_path / "parts"
     with pytest.raises(TrainingCancelled) as cancelled:
         train_lora(_config(tiny, out, epochs=2), CancelAfter(2))  # mid epoch 1
-    assert cancelled.value.result.state == out / "me-state.safetensors" and cancelled.value.result.steps == 2
+    assert cancelled.value.result.state == out / "me.likeness-state" and cancelled.value.result.steps == 2
     assert not (out / "me-000001.safetensors").exists()
     with pytest.raises(TrainingCancelled):
         train_lora(_config(tiny, out, epochs=2), CancelAfter(6), resume=True)  # mid epoch 2, after epoch 1 was saved
@@ -158,6 +158,32 @@ def test_cancel_and_resume_equal_an_uninterrupted_run(tiny, tmp_path):
         train_lora(_config(tiny, out, epochs=2), resume=True)
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train_lora(_config(tiny, out, epochs=2))  # never overwrites an earlier run
+
+
+# What the hosts' LoRA lists take, by extension: ComfyUI's folder_paths.supported_pt_extensions and A1111's
+# Lora lister (extensions-builtin/Lora/networks.py); the ComfyUI node tests check the real list too.
+LORA_LISTER_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+
+
+def test_state_is_no_lora_file_and_an_earlier_versions_state_resumes(tiny, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingCancelled) as cancelled:
+        train_lora(_config(tiny, out, epochs=2), CancelAfter(6))  # mid epoch 2: epoch 1's LoRA is saved
+    state = cancelled.value.result.state
+    assert state.is_file() and state.suffix not in LORA_LISTER_EXTENSIONS
+    listed = sorted(p.name for p in out.iterdir() if p.suffix.lower() in LORA_LISTER_EXTENSIONS)
+    assert listed == ["me-000001.safetensors"], listed  # a LoRA loader in this folder offers the LoRA, not the state
+
+    # A run interrupted by an earlier version saved <name>-state.safetensors: it still resumes, and the
+    # state it leaves is the new file (the old one, which loaders list, is gone).
+    legacy = out / "me-state.safetensors"
+    state.rename(legacy)
+    with pytest.raises(ConfigError, match="already holds checkpoints or a training state named 'me' .*me-000001"):
+        train_lora(_config(tiny, out, epochs=2))
+    resumed = train_lora(_config(tiny, out, epochs=2), resume=True)
+    assert resumed.steps == 8 and (out / "me.safetensors").is_file()
+    assert not legacy.exists() and resumed.state == out / "me.likeness-state" and resumed.state.is_file()
+    assert sorted(p.name for p in out.iterdir() if p.suffix.lower() in LORA_LISTER_EXTENSIONS) == ["me-000001.safetensors", "me.safetensors"]
 
 
 def test_resume_refuses_changed_settings(tiny, tmp_path):

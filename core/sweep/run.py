@@ -164,7 +164,7 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
     from ..dataset.prepare import prepare_dataset
     from ..faces import DEFAULT_PACK, FaceEngine
     from ..report import preserve_file
-    from ..training.state import state_path
+    from ..training.state import find_state
     from ..training.trainer import train_lora
     from .engine import run_sweep
 
@@ -214,7 +214,7 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
     settings = _plain(train.to_dict())
     training_dir = out / "training"
     final = training_dir / f"{config.name}.safetensors"
-    has_state = state_path(training_dir, config.name).exists()
+    has_state = find_state(training_dir, config.name) is not None
     same = record.get("train") == settings and not dataset_changed
     if training_dir.exists() and any(training_dir.iterdir()) and not same:
         moved = preserve_file(training_dir)

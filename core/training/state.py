@@ -1,10 +1,16 @@
 """Resumable training state in one safetensors file: tensors + a JSON document, never pickle.
 
-``<out>/<name>-state.safetensors`` holds the LoRA weights (float32), the optimizer's tensors
+``<out>/<name>.likeness-state`` holds the LoRA weights (float32), the optimizer's tensors
 (``optimizer.<param index>.<name>``) and, in its metadata under ``likeness_state``, everything else
 as JSON: position (epoch, batch, step), optimizer hyper-parameters and scalar state, learning-rate
 scheduler and gradient-scaler state, the loss log and sample scores. One file written atomically, so
 a crash leaves the previous state, never half of one.
+
+The file is a safetensors file, but not named ``.safetensors``: the run's folder is usually a host's
+``loras`` folder, and every loader there lists files by extension — ComfyUI's ``folder_paths`` (``.safetensors``,
+``.ckpt``, ``.pt``, ``.pt2``, ``.pth``, ``.bin``, ``.pkl``, ``.sft``, hidden folders included) and A1111's Lora
+lister (``.safetensors``, ``.ckpt``, ``.pt``) — so a ``-state.safetensors`` file was offered as a LoRA. Earlier
+versions wrote ``<name>-state.safetensors``; :func:`find_state` still finds that name, so their runs resume.
 
 Random numbers need no saved state: every step draws from a generator seeded by ``(seed, step)``
 and every epoch's order from ``(seed, epoch)``, so a resumed run repeats an uninterrupted one exactly.
@@ -20,8 +26,28 @@ STATE_KEY = "likeness_state"
 STATE_VERSION = 1
 
 
+#: Extension of the state file: a safetensors file that no LoRA loader lists.
+STATE_SUFFIX = ".likeness-state"
+#: What earlier versions called the state file: read on resume (then replaced by :func:`state_path`), never written.
+LEGACY_STATE_SUFFIX = "-state.safetensors"
+
+
 def state_path(out: Path, name: str) -> Path:
-    return Path(out) / f"{name}-state.safetensors"
+    """Where run ``name`` saves its state: ``<out>/<name>.likeness-state``."""
+    return Path(out) / f"{name}{STATE_SUFFIX}"
+
+
+def legacy_state_path(out: Path, name: str) -> Path:
+    """Where earlier versions saved it: ``<out>/<name>-state.safetensors``."""
+    return Path(out) / f"{name}{LEGACY_STATE_SUFFIX}"
+
+
+def find_state(out: Path, name: str) -> Path | None:
+    """The saved state of run ``name`` in ``out``: the current name, else the earlier one; ``None`` without one."""
+    for path in (state_path(out, name), legacy_state_path(out, name)):
+        if path.is_file():
+            return path
+    return None
 
 
 def _to_json(value: Any) -> Any:

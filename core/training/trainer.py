@@ -30,7 +30,7 @@ from ..progress import Cancelled, Progress
 from .config import ConfigError, TrainConfig
 from .data import DatasetInfo, epoch_batches, load_dataset, load_training_image
 from .kohya_format import NETWORK_MODULE, epoch_file_name, file_sha256, final_file_name, legacy_model_hash, save_lora_file
-from .state import load_state, optimizer_from_parts, optimizer_to_parts, save_state, state_path
+from .state import find_state, legacy_state_path, load_state, optimizer_from_parts, optimizer_to_parts, save_state, state_path
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +245,13 @@ class _Trainer:
         """Never overwrite checkpoints of an earlier run unless it is being resumed."""
         out, name = Path(self.config.out), self.config.name
         existing = sorted(out.glob(f"{name}-[0-9][0-9][0-9][0-9][0-9][0-9].safetensors")) + [p for p in [out / final_file_name(name)] if p.exists()]
+        saved = find_state(out, name)  # also the name earlier versions gave it
         if self.resume:
-            if not state_path(out, name).is_file():
+            if saved is None:
                 raise ConfigError(f"nothing to resume: {state_path(out, name)} does not exist")
             return
-        if existing or state_path(out, name).exists():
-            raise ConfigError(f"{out} already holds checkpoints or a training state named {name!r} ({(existing or [state_path(out, name)])[0].name}); "
+        if existing or saved is not None:
+            raise ConfigError(f"{out} already holds checkpoints or a training state named {name!r} ({(existing or [saved])[0].name}); "
                               "pass --resume to continue that run, or choose another --name or --out")
 
     def _hash_base(self) -> dict:
@@ -534,9 +535,11 @@ class _Trainer:
             "samples": {str(k): [str(p) for p in v] for k, v in self.result.samples.items()},
         }
         self.result.state = save_state(state_path(self.config.out, self.config.name), tensors, document)
+        # A state saved under the earlier name (which LoRA loaders list) is superseded now.
+        legacy_state_path(self.config.out, self.config.name).unlink(missing_ok=True)
 
     def _load_state(self) -> None:
-        path = state_path(self.config.out, self.config.name)
+        path = find_state(self.config.out, self.config.name) or state_path(self.config.out, self.config.name)
         tensors, document = load_state(path)
         if document.get("finished"):
             raise ConfigError(f"{path.name}: that run already finished ({document['global_step']} steps); nothing to resume")
@@ -599,7 +602,7 @@ def train_lora(config: TrainConfig, progress: Progress | None = None, resume: bo
         config: the run's settings (validated here).
         progress: receives ``start``/``advance``/``finish``; its ``check()`` is called between optimizer
             steps and raises :class:`Cancelled` when the user cancelled.
-        resume: continue the run saved in ``<out>/<name>-state.safetensors``.
+        resume: continue the run saved in ``<out>/<name>.likeness-state`` (or an earlier version's ``<name>-state.safetensors``).
         base_model: an already loaded :class:`~lora_likeness.families.LoadedModel` (hosts that hold one); default: load ``config.base``.
 
     Returns:
