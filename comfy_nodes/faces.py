@@ -24,9 +24,24 @@ log = logging.getLogger("lora_likeness.comfyui")
 PROVIDERS = ("auto", "cpu", "cuda", "rocm", "directml", "coreml", "openvino")
 THUMBNAIL = 192  # px, side of each reference face in the preview
 
+#: A missing pack, said in ComfyUI's terms: its models folder and the node's pack_path input.
+PACK_ADVICE = faces.PackAdvice(
+    install=f"ComfyUI/models/{host.INSIGHTFACE_FOLDER}/models/{{pack}}/ (or a folder named '{{pack}}' in one of the places "
+            f"above: extra_model_paths.yaml's '{host.INSIGHTFACE_FOLDER}:' entries count) and refresh the page",
+    point_to_folder="or type the pack's folder in Face Model's pack_path input",
+    folder_missing="pack_path must be a folder that holds the pack's .onnx files (e.g. "
+                   f"ComfyUI/models/{host.INSIGHTFACE_FOLDER}/models/buffalo_l); clear it to use the pack chosen in 'pack'.",
+    download="Public packs (buffalo_l, buffalo_s, antelopev2) are on insightface's release page (non-commercial licence); "
+             "ReActor, IPAdapter FaceID and InstantID users often have buffalo_l or antelopev2 there already.",
+)
+
+
 def load_engine(pack: str, provider: str) -> faces.FaceEngine:
     """One engine per (pack folder, provider) for the whole process (the core keeps them)."""
-    return faces.shared_engine(pack, provider)
+    try:
+        return faces.shared_engine(pack, provider)
+    except faces.PackNotFoundError as exc:
+        raise exc.phrased(PACK_ADVICE) from exc
 
 
 class FaceModel(io.ComfyNode):

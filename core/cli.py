@@ -68,10 +68,30 @@ class RichProgress(Progress):
             self.bar.stop()
 
 
-def _error(console, message: str) -> None:
+def cli_pack_advice():
+    """What the CLI says to do about a missing face-model pack: its folders, ``--pack PATH``, ``--download``."""
+    from .faces import PackAdvice
+
+    return PackAdvice(
+        install="a folder named '{pack}' in one of those places — in ComfyUI that is ComfyUI/models/insightface/models/{pack}/, "
+                "otherwise ~/.insightface/models/{pack}/ —",
+        point_to_folder="or pass the folder itself with --pack PATH",
+        folder_missing="Pass --pack a folder that holds the pack's .onnx files (e.g. .../models/insightface/models/buffalo_l), "
+                       "or a pack name.",
+        download="`likeness score --download` fetches a public insightface pack (buffalo_l, buffalo_s, antelopev2) from "
+                 "insightface's release page (non-commercial licence).",
+    )
+
+
+def _error(console, message: str | BaseException) -> None:
+    """Print ``error: <message>``; a missing face pack is explained with the CLI's options."""
     from rich.text import Text
 
-    console.print(Text.assemble(("error: ", "bold red"), message))
+    from .faces import PackNotFoundError
+
+    if isinstance(message, PackNotFoundError):
+        message = message.message(cli_pack_advice())
+    console.print(Text.assemble(("error: ", "bold red"), str(message)))
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,7 +200,7 @@ def _score(args: argparse.Namespace, err) -> int:
         try:
             engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
         except (PackNotFoundError, FaceModelError) as exc:
-            _error(err, str(exc))
+            _error(err, exc)
             return EXIT_USAGE
         cache = None if args.no_cache else FaceCache(args.cache_dir)
         progress = RichProgress(err, enabled=not args.quiet and not json_to_stdout)

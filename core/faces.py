@@ -53,8 +53,69 @@ _RECOGNIZER_HINTS = ("w600k", "glint", "arcface", "mobilefacenet", "webface", "m
 _SKIP_HINTS = ("1k3d68", "2d106", "genderage", "inswapper", "landmark", "attribute")
 
 
+@dataclass(frozen=True)
+class PackAdvice:
+    """How one front door tells the user to provide a missing pack: the end of :class:`PackNotFoundError`'s
+    message. ``{pack}`` in the texts is replaced by the pack's name.
+
+    The core's own wording (:data:`NEUTRAL_PACK_ADVICE`) names no command-line flag and no host; the CLI,
+    ComfyUI and A1111 phrase it with their own options and folders (:meth:`PackNotFoundError.phrased`).
+    """
+
+    install: str
+    """Where to put the pack's files: ``"a folder named '{pack}' in one of those places"``."""
+    point_to_folder: str
+    """How to use a pack folder that is anywhere else: ``"or give the pack's folder itself"``."""
+    folder_missing: str
+    """What to do when the folder the user gave does not exist."""
+    download: str | None = None
+    """How this front door fetches a public pack, if it can."""
+
+
+NEUTRAL_PACK_ADVICE = PackAdvice(
+    install="a folder named '{pack}' in one of those places",
+    point_to_folder="or give the pack's folder itself",
+    folder_missing="Give a folder that holds the pack's .onnx files (e.g. .../models/insightface/models/buffalo_l), or a pack name.",
+)
+
+
 class PackNotFoundError(LookupError):
-    """No usable face-model pack was found; the message says where we looked and what to do."""
+    """No usable face-model pack was found; the message says where we looked and what to do.
+
+    The facts are attributes, so a front door can say what to do in its own terms (:meth:`phrased`):
+    ``pack`` (the name, or the folder's name), ``folder`` (the folder the user gave, when it does not
+    exist; ``None`` when a name was searched), ``searched`` (``(label, folder)`` per place looked in, in
+    order) and ``unusable`` (``(folder, problems)`` of candidates without a detector or recogniser).
+    """
+
+    def __init__(self, pack: str, searched: Sequence[tuple[str, Path]] = (), unusable: Sequence[tuple[Path, str]] = (),
+                 folder: Path | None = None, advice: PackAdvice = NEUTRAL_PACK_ADVICE) -> None:
+        self.pack = pack
+        self.searched = list(searched)
+        self.unusable = list(unusable)
+        self.folder = folder
+        self.advice = advice
+        super().__init__(self.message(advice))
+
+    def message(self, advice: PackAdvice) -> str:
+        if self.folder is not None:
+            return f"Face-model pack folder {self.folder} does not exist. " + advice.folder_missing.format(pack=self.pack)
+        lines = [f"Face-model pack '{self.pack}' was not found. Searched, in order:"]
+        lines += [f"  - {folder}  ({label})" for label, folder in self.searched]
+        if self.unusable:
+            lines += ["Found but not usable:", *[f"  - {folder}: {problems}" for folder, problems in self.unusable]]
+        advice_text = f"Put the pack's .onnx files in {advice.install}, {advice.point_to_folder}."
+        if advice.download:
+            advice_text += f" {advice.download}"
+        lines.append(advice_text.format(pack=self.pack))
+        return "\n".join(lines)
+
+    def phrased(self, advice: PackAdvice) -> PackNotFoundError:
+        """The same error, its advice in a front door's terms (raise it ``from`` this one)."""
+        return PackNotFoundError(self.pack, self.searched, self.unusable, self.folder, advice)
+
+    def __reduce__(self):  # keeps the facts when pickled (multiprocessing, a host's worker)
+        return (PackNotFoundError, (self.pack, self.searched, self.unusable, self.folder, self.advice))
 
 
 class FaceModelError(RuntimeError):
@@ -210,37 +271,25 @@ def find_pack(pack: str | os.PathLike = DEFAULT_PACK) -> PackLocation:
     if _looks_like_path(pack):
         folder = Path(pack).expanduser()
         if not folder.is_dir():
-            raise PackNotFoundError(
-                f"Face-model pack folder {folder} does not exist. Pass a folder that holds the pack's "
-                f".onnx files (e.g. .../models/insightface/models/buffalo_l), or a pack name."
-            )
+            raise PackNotFoundError(folder.name or DEFAULT_PACK, folder=folder)
         detector, recognizer, problems = inspect_pack(folder)
         if detector is None or recognizer is None:
             raise FaceModelError("Face-model pack is not usable: " + "; ".join(problems))
         return PackLocation(folder.name, folder.resolve(), detector, recognizer, "explicit path")
 
     name = str(pack)
-    searched: list[str] = []
-    unusable: list[str] = []
+    searched: list[tuple[str, Path]] = []
+    unusable: list[tuple[Path, str]] = []
     for label, root in pack_search_dirs():
         candidate = root / name
-        searched.append(f"  - {candidate}  ({label})")
+        searched.append((label, candidate))
         if not candidate.is_dir():
             continue
         detector, recognizer, problems = inspect_pack(candidate)
         if detector is not None and recognizer is not None:
             return PackLocation(name, candidate.resolve(), detector, recognizer, label)
-        unusable.append(f"  - {candidate}: " + "; ".join(problems))
-    message = [f"Face-model pack '{name}' was not found. Searched, in order:", *searched]
-    if unusable:
-        message += ["Found but not usable:", *unusable]
-    message += [
-        f"Put the pack's .onnx files in a folder named '{name}' in one of those places — in ComfyUI that is "
-        f"ComfyUI/models/insightface/models/{name}/, otherwise ~/.insightface/models/{name}/ — or pass the "
-        f"folder itself with --pack PATH. `likeness score --download` fetches a public insightface pack "
-        f"(buffalo_l, buffalo_s, antelopev2) from insightface's release page (non-commercial licence)."
-    ]
-    raise PackNotFoundError("\n".join(message))
+        unusable.append((candidate, "; ".join(problems)))
+    raise PackNotFoundError(name, searched, unusable)
 
 
 def download_pack(name: str, root: Path | None = None) -> Path:

@@ -116,6 +116,7 @@ def test_configuration_errors_exit_2_with_a_clear_message(layout, capsys, monkey
     monkeypatch.delenv("LIKENESS_MODELS_DIR", raising=False)
     code, _, err = run_cli(["score", "--refs", layout / "refs", "--images", layout / "generated_images", "--pack", "buffalo_l"], capsys)
     assert code == 2 and "buffalo_l" in err and ".insightface" in err
+    assert "--pack" in err and "--download" in err  # the CLI's own options
 
     blank = layout / "blank_refs"
     blank.mkdir()

@@ -169,7 +169,15 @@ def test_face_model_without_a_pack_says_where_to_put_it(monkeypatch, tmp_path):
     monkeypatch.delenv("COMFYUI_DIR", raising=False)
     with pytest.raises(PackNotFoundError, match=r"ComfyUI/models/insightface/models/buffalo_l/") as error:
         faces_nodes.FaceModel.execute(pack="buffalo_l", provider="cpu")
-    assert "Searched, in order" in str(error.value)
+    message = str(error.value)
+    assert "Searched, in order" in message
+    # ComfyUI's terms: the node's input and folder, not the command line's --pack / `likeness score --download`.
+    assert "Face Model's pack_path input" in message
+    assert "--pack" not in message and "--download" not in message and "likeness score" not in message
+    with pytest.raises(PackNotFoundError) as error:
+        faces_nodes.FaceModel.execute(pack="buffalo_l", provider="cpu", pack_path=str(tmp_path / "nowhere" / "buffalo_l"))
+    message = str(error.value)
+    assert "nowhere/buffalo_l does not exist" in message and "pack_path must be a folder" in message and "--pack" not in message
     schema = faces_nodes.FaceModel.define_schema()  # the node stays usable: it lists the default pack
     assert schema.inputs[0].options == ["buffalo_l"]
 

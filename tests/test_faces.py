@@ -8,6 +8,7 @@ import pytest
 
 from likeness_assets import PACK_DIR
 from lora_likeness import faces
+from lora_likeness.cli import cli_pack_advice
 from lora_likeness.faces import FaceEngine, FaceModelError, PackNotFoundError, detector_input_size, find_pack, inspect_pack
 
 
@@ -37,7 +38,23 @@ def test_missing_pack_names_every_place_searched(clean_search, monkeypatch):
     message = str(error.value)
     assert str(clean_search / "models" / "buffalo_l") in message
     assert str(clean_search / "home" / ".insightface" / "models" / "buffalo_l") in message
-    assert "ComfyUI/models/insightface/models/buffalo_l" in message and "--pack PATH" in message
+    # The core names no front door's options; each one phrases the advice in its own terms.
+    assert "Put the pack's .onnx files in a folder named 'buffalo_l' in one of those places" in message
+    assert "--pack" not in message and "likeness score" not in message and "ComfyUI" not in message
+    cli = error.value.message(cli_pack_advice())
+    assert "ComfyUI/models/insightface/models/buffalo_l" in cli and "--pack PATH" in cli and "likeness score --download" in cli
+    host = error.value.phrased(faces.PackAdvice(install="HOST/{pack}/", point_to_folder="or use HOST's field",
+                                                folder_missing="-", download=None))
+    assert isinstance(host, PackNotFoundError) and host.searched == error.value.searched and host.pack == "buffalo_l"
+    assert str(host).splitlines()[:-1] == message.splitlines()[:-1]  # the same places searched
+    assert str(host).splitlines()[-1] == "Put the pack's .onnx files in HOST/buffalo_l/, or use HOST's field."
+
+
+def test_missing_pack_folder_says_so(clean_search, tmp_path):
+    with pytest.raises(PackNotFoundError, match=r"Face-model pack folder .*nowhere does not exist\. Give a folder") as error:
+        find_pack(tmp_path / "nowhere")
+    assert error.value.folder == tmp_path / "nowhere" and "--pack" not in str(error.value)
+    assert "Pass --pack a folder" in error.value.message(cli_pack_advice())
 
 
 def test_search_order_env_then_registered_then_comfyui_then_home(clean_search, monkeypatch):

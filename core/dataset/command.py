@@ -146,7 +146,7 @@ def command_prepare(args: argparse.Namespace) -> int:
     try:
         engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
     except (PackNotFoundError, FaceModelError) as exc:
-        _error(err, str(exc))
+        _error(err, exc)
         return EXIT_USAGE
     progress = RichProgress(err, enabled=not args.quiet)
     try:

@@ -201,7 +201,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     try:
         result = _with_progress(err, args.quiet, lambda progress: run_sweep(config, progress))
     except (SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError, ModelLoadError, LoraLoadError) as exc:
-        _error(err, str(exc))
+        _error(err, exc)
         return EXIT_USAGE
     except ImportError as exc:  # a part of the stack that the check up front does not import
         _error(err, describe_import_error(exc))
@@ -252,7 +252,7 @@ def command_run(args: argparse.Namespace) -> int:
         result = _with_progress(err, args.quiet, lambda progress: run_all(config, progress))
     except (RunError, PrepareConfigError, ConfigError, SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError,
             ModelLoadError, LoraLoadError) as exc:
-        _error(err, str(exc))
+        _error(err, exc)
         return EXIT_USAGE
     except ImportError as exc:  # a part of the stack that the check up front does not import
         _error(err, describe_import_error(exc))
