@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +139,12 @@ def describe_references(references: ReferenceSet, source: str) -> str:
     return "\n".join(lines)
 
 
+def folder_fingerprint(folder: str | None) -> str:
+    """:func:`_folder_fingerprint` of a folder typed into a node (a relative one in ComfyUI's input folder)."""
+    text = (folder or "").strip()
+    return _folder_fingerprint(str(host.resolve_folder(text)) if text else "")
+
+
 def _folder_fingerprint(folder: str) -> str:
     """Changes when files are added, removed or rewritten, so ComfyUI re-runs the node."""
     digest = hashlib.sha256(folder.encode())
@@ -171,7 +176,8 @@ class ReferenceFaces(io.ComfyNode):
                                tooltip="max: best-matching reference photo; mean: mean over them; ism: the mean face."),
                 io.Image.Input("images", optional=True, tooltip="Reference photos as an IMAGE batch."),
                 io.String.Input("folder", default="", optional=True,
-                                tooltip="A folder of reference photos (searched recursively)."),
+                                tooltip="A folder of reference photos (searched recursively); a relative path is looked "
+                                        "up in ComfyUI's input folder."),
             ],
             outputs=[
                 ReferencesType.Output("references", display_name="references"),
@@ -182,7 +188,7 @@ class ReferenceFaces(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, face_model=None, aggregation="max", images=None, folder=""):
-        return _folder_fingerprint(folder or "")
+        return folder_fingerprint(folder)
 
     @classmethod
     def execute(cls, face_model, aggregation: str = "max", images=None, folder: str = ""):
@@ -204,7 +210,7 @@ class ReferenceFaces(io.ComfyNode):
             sources += [(a, 1.0) for a in arrays]
             parts.append(f"{len(arrays)} image(s) from the batch")
         if folder:
-            root = Path(os.path.expanduser(folder))
+            root = host.resolve_folder(folder)
             if not root.exists():
                 raise FileNotFoundError(f"Reference Faces: folder {root} does not exist")
             paths = pipeline.collect_images(root)

@@ -273,6 +273,27 @@ def output_directory() -> Path:
     return Path("output").resolve()
 
 
+def input_directory() -> Path | None:
+    """ComfyUI's input folder (``--input-directory`` honoured); ``None`` outside ComfyUI."""
+    if IN_COMFYUI:
+        import folder_paths
+
+        return Path(folder_paths.get_input_directory())
+    return None
+
+
+def resolve_folder(text: str) -> Path:
+    """A folder typed into a node: an absolute (or ``~``) path as it is; a relative one in ComfyUI's
+    input folder when it is there (``generated`` is ``ComfyUI/input/generated``), else as given."""
+    path = Path((text or "").strip().strip('"')).expanduser()
+    if path.is_absolute():
+        return path
+    inputs = input_directory()
+    if inputs is not None and (inputs / path).exists():
+        return inputs / path
+    return path
+
+
 def new_output_folder(prefix: str) -> tuple[Path, str]:
     """A new, numbered folder under the output folder for one run's files: ``likeness/report_00003``.
 

@@ -9,7 +9,7 @@ import logging
 from lora_likeness import grid
 from lora_likeness.images import save_png_atomic, write_text_atomic
 from lora_likeness.recommend import NO_LORA, Recommendation, cells_from_records, recommend
-from lora_likeness.report import contact_sheet, write_report
+from lora_likeness.report import contact_sheet, run_image, write_report
 from PIL import Image
 
 from . import host
@@ -82,9 +82,12 @@ def grid_layout(cells: list[grid.GridCell], rows: list[str], columns: list[str],
 
 def grid_image(arrays, scores: Scores, labels) -> tuple[Image.Image, dict | None]:
     """Epochs x strengths (seeds side by side in a cell) and its layout when the labels place images;
-    otherwise the core's contact sheet of the scored images, grouped as they were scored, and no layout."""
-    cells = grid_cells(arrays, scores, labels)
+    otherwise the core's contact sheet of the scored images, grouped as they were scored, and no layout.
+    ``arrays`` None: the images the run scored (its batch, or its files read again)."""
     run = scores.run
+    if arrays is None:
+        arrays = [scored_pixels(run, i) for i in range(len(run.images))]
+    cells = grid_cells(arrays, scores, labels)
     if cells is None:
         return contact_sheet(run), None
     rows, columns = axis_order(labels, "row", _row_key), axis_order(labels, "column", _column_key)
@@ -92,6 +95,14 @@ def grid_image(arrays, scores: Scores, labels) -> tuple[Image.Image, dict | None
     picture = grid.scored_grid(cells, rows=rows, columns=columns, baseline=baseline,
                                title=f"{run.settings.aggregation} likeness ({run.model.get('pack')})")
     return picture, grid_layout(cells, rows, columns, baseline)
+
+
+def scored_pixels(run, index: int):
+    """The run's ``index``-th image as ``(H, W, 3)`` uint8 (a grey square when its file cannot be read)."""
+    import numpy as np
+
+    loaded = run_image(run, index)
+    return loaded.rgb if loaded.rgb is not None else np.full((256, 256, 3), 40, np.uint8)
 
 
 def is_baseline(info: dict) -> bool:
@@ -189,7 +200,9 @@ class ScoredGrid(io.ComfyNode):
                 "recommend output and recommendation.json."
             ),
             inputs=[
-                io.Image.Input("images", tooltip="The images that were scored (Epoch Sweep's images)."),
+                io.Image.Input("images", optional=True,
+                               tooltip="The images that were scored (Epoch Sweep's images); unconnected: the images Score "
+                                       "Images scored (its batch, or the files of its folder)."),
                 ScoresType.Input("score_run", tooltip="From Score Images."),
                 LabelsType.Input("labels", optional=True,
                                  tooltip="Per-image labels (Epoch Sweep); default: the labels Score Images used."),
@@ -207,15 +220,15 @@ class ScoredGrid(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, score_run: Scores, labels=None, filename_prefix: str = "likeness/report"):
-        arrays = tensor_to_arrays(images)
+    def execute(cls, score_run: Scores, images=None, labels=None, filename_prefix: str = "likeness/report"):
+        arrays = tensor_to_arrays(images) if images is not None else None
         run = score_run.run
-        if len(arrays) != len(run.images):
+        if arrays is not None and len(arrays) != len(run.images):
             raise ValueError(
                 f"Scored Grid got {len(arrays)} images but the score run has {len(run.images)}: connect the same "
                 f"images that went into Score Images"
             )
-        labels = check_labels(labels, len(arrays)) or score_run.labels
+        labels = check_labels(labels, len(run.images)) or score_run.labels
         picture, layout = grid_image(arrays, score_run, labels)
         folder, subfolder = host.new_output_folder(filename_prefix)
         files = write_report(run, folder)

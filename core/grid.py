@@ -92,6 +92,24 @@ def draw_score(
     return out
 
 
+def on_common_canvas(images: Sequence[Image.Image], background: tuple[int, int, int] = (40, 40, 40)) -> list[Image.Image]:
+    """Images of different sizes, each centred on a canvas of one size (the largest width x the largest
+    height) and padded with ``background``, never stretched: what a host needs to put them in one batch.
+    Images that already share one size are returned as they are."""
+    if not images:
+        return []
+    width, height = max(i.width for i in images), max(i.height for i in images)
+    out = []
+    for image in images:
+        if image.size == (width, height):
+            out.append(image)
+            continue
+        canvas = Image.new("RGB", (width, height), background)
+        canvas.paste(image.convert("RGB"), ((width - image.width) // 2, (height - image.height) // 2))
+        out.append(canvas)
+    return out
+
+
 def axis_means(scores: Sequence[float | None], keys: Sequence[Hashable]) -> dict[Hashable, float | None]:
     """Mean of the non-missing scores for each key (``None`` when a key has no face at all), keys in first-seen order."""
     groups: dict[Hashable, list[float]] = {}

@@ -419,20 +419,26 @@ def score_arrays(
     return run
 
 
-def score_folder(
+def score_image_folder(
     engine: FaceEngine,
-    refs: Path | Sequence[Path],
+    references: ReferenceSet,
     images: Path,
     settings: ScoreSettings | None = None,
     cache: FaceCache | None = None,
     progress: Progress | None = None,
     exclude: Sequence[Path] = (),
 ) -> ScoreRun:
-    """Score every image under ``images`` against the reference photos ``refs``."""
+    """Score every image file under ``images`` (recursively; or the one file given) against ``references``.
+
+    Files of any size and format are read (:func:`~lora_likeness.images.decode_image`); each image keeps
+    its name, the path relative to ``images``, in natural order, and is grouped as ``settings.group_by``
+    says (by sub-folder by default, as ``likeness score`` does). The run's ``images_root`` is the folder.
+
+    Raises:
+        FileNotFoundError: ``images`` does not exist.
+    """
     settings = settings or ScoreSettings()
     started = time.perf_counter()
-    references = build_references(engine, refs, cache=cache, progress=progress, aggregation=settings.aggregation)
-    refs_done = time.perf_counter()
     images = Path(images)
     root = images if images.is_dir() else images.parent
     scan = scan_folder(images, exclude=exclude)
@@ -450,13 +456,30 @@ def score_folder(
         run.warnings.append(cache.disabled_reason)
     if not paths:
         run.warnings.append(f"no image files found under {images}")
-    finished = time.perf_counter()
     run.timings = {
-        "references_s": round(refs_done - started, 3),
-        "images_s": round(finished - refs_done, 3),
+        "images_s": round(time.perf_counter() - started, 3),
         "n_references": len(references.photos),
         "n_images": len(paths),
         "cache_hits": cache.hits if cache is not None else 0,
         "cache_misses": cache.misses if cache is not None else 0,
     }
+    return run
+
+
+def score_folder(
+    engine: FaceEngine,
+    refs: Path | Sequence[Path],
+    images: Path,
+    settings: ScoreSettings | None = None,
+    cache: FaceCache | None = None,
+    progress: Progress | None = None,
+    exclude: Sequence[Path] = (),
+) -> ScoreRun:
+    """Score every image under ``images`` against the reference photos ``refs``."""
+    settings = settings or ScoreSettings()
+    started = time.perf_counter()
+    references = build_references(engine, refs, cache=cache, progress=progress, aggregation=settings.aggregation)
+    refs_done = time.perf_counter()
+    run = score_image_folder(engine, references, images, settings, cache=cache, progress=progress, exclude=exclude)
+    run.timings = {"references_s": round(refs_done - started, 3), **run.timings}
     return run

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import fonts
-from .grid import score_colour
-from .images import decode_image, from_array, save_png_atomic, write_bytes_atomic, write_text_atomic
+from .grid import draw_score, score_colour
+from .images import DEFAULT_MAX_SIDE, LoadedImage, decode_image, from_array, save_png_atomic, write_bytes_atomic, write_text_atomic
 from .outputs import PREVIOUS, ReportFolder
 from .outputs import preserve_file, preserve_previous  # noqa: F401 - imported from here by training, sweep and dataset
 from .pipeline import ScoredImage, ScoreRun
@@ -222,10 +222,34 @@ def plot_png(run: ScoreRun) -> bytes:
 
 def _thumbnail_source(image: ScoredImage, run: ScoreRun, cell: int):
     """The scored image again: from memory when the run scored host images, else from its file."""
+    index = next(i for i, item in enumerate(run.images) if item is image)
+    return run_image(run, index, max_side=cell * 2)
+
+
+def run_image(run: ScoreRun, index: int, max_side: int | None = None) -> LoadedImage:
+    """The ``index``-th scored image again: the host's array when the run scored in-memory images
+    (as it is), else decoded from its file with its longest side at most ``max_side`` px (default:
+    :data:`~lora_likeness.images.DEFAULT_MAX_SIDE`). ``scale`` maps the image's pixels to the face boxes'."""
+    image = run.images[index]
     if run.arrays is not None:
-        index = next(i for i, item in enumerate(run.images) if item is image)
         return from_array(run.arrays[index], image.path)
-    return decode_image(Path(run.images_root or ".") / image.path, max_side=cell * 2)
+    return decode_image(Path(run.images_root or ".") / image.path, max_side=max_side or DEFAULT_MAX_SIDE)
+
+
+def annotated_image(run: ScoreRun, index: int, max_side: int | None = None) -> Image.Image:
+    """The ``index``-th scored image with its scored face boxed and its score (``no face``, ``memorised?``)
+    drawn on it (:func:`~lora_likeness.grid.draw_score`); a file that cannot be read is a grey tile saying so."""
+    item = run.images[index]
+    loaded = run_image(run, index, max_side)
+    if loaded.rgb is None or item.error is not None:
+        tile = Image.new("RGB", (256, 256), (40, 40, 40))
+        ImageDraw.Draw(tile).text((8, 8), "unreadable", fill=(230, 80, 80), font=fonts.draw_font("unreadable", 16)[0])
+        return tile
+    box = None
+    if item.score.face_index is not None:
+        box = [float(v) / loaded.scale for v in item.result.faces[item.score.face_index].box]  # source px -> these px
+    return draw_score(Image.fromarray(loaded.rgb), item.score.value(run.settings.aggregation), box=box,
+                      baseline=run.references.baseline.mean, note="memorised?" if item.score.memorised else None)
 
 
 def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> float:

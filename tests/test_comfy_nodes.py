@@ -240,7 +240,7 @@ def test_reference_folder_fingerprint_follows_the_files(tmp_path):
 
 def test_score_images_one_score_per_image_in_order(obama_refs):
     images = torch.cat([image_batch([OBAMA[3], JOLIE[0]]), blank(), image_batch([OBAMA[3]])])
-    out = scoring_nodes.ScoreImages.execute(images, obama_refs)
+    out = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs)
     scores, summary, annotated, scored = out.args
     assert len(scores) == 4
     assert scores[0] > 0.4 > scores[1] and math.isnan(scores[2]) and scores[3] == pytest.approx(scores[0])
@@ -261,7 +261,7 @@ def test_score_images_agree_with_scoring_the_files(obama_refs, tmp_path):
     folder.mkdir()
     for i, rgb in enumerate(types.tensor_to_arrays(images)):
         Image.fromarray(rgb).save(folder / f"{i}.png")
-    nodes_scores = scoring_nodes.ScoreImages.execute(images, obama_refs).args[0]
+    nodes_scores = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs).args[0]
     refs_folder = tmp_path / "refs"
     refs_folder.mkdir()
     for i, rgb in enumerate(types.tensor_to_arrays(image_batch(OBAMA[:3]))):
@@ -278,12 +278,82 @@ def test_score_images_groups_by_labels(obama_refs):
         ("run e2 @1", {"run": "run", "epoch": 2, "strength": 1.0, "seed": 1}),
         ("run e2 @1", {"run": "run", "epoch": 2, "strength": 1.0, "seed": 2}),
     ]
-    scored = scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels).args[3]
+    scored = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs, labels=labels).args[3]
     assert [g.label for g in scored.run.groups] == ["run e2 @1", "run e10 @1"]  # epoch order, not text order
     assert scored.labels == labels
     assert [i.path for i in scored.run.images][:2] == ["image 1 (run e10 @1 seed 1)", "image 2 (run e2 @1 seed 1)"]
     with pytest.raises(ValueError, match="2 labels for 3 images"):
-        scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels[:2])
+        scoring_nodes.ScoreImages.execute(images=images, references=obama_refs, labels=labels[:2])
+
+
+@pytest.fixture()
+def photo_folder(tmp_path):
+    """Photos of different sizes, as a folder of generated images or a phone dump holds them: named so that
+    natural order (img2 < img10) differs from text order, one without a face, one in a sub-folder."""
+    import shutil
+
+    folder = tmp_path / "generated"
+    (folder / "more").mkdir(parents=True)
+    shutil.copy(OBAMA[3], folder / "img10_obama.jpg")  # 1480 x 832
+    shutil.copy(JOLIE[3], folder / "img2_jolie.jpg")  # 330 x 512
+    shutil.copy(OBAMA[1], folder / "img1_obama.jpg")  # 626 x 1200
+    Image.new("RGB", (300, 200), (128, 128, 128)).save(folder / "img3_blank.png")
+    shutil.copy(JOLIE[7], folder / "more" / "jolie.jpg")  # 600 x 800
+    return folder
+
+
+def test_score_images_reads_a_folder_of_any_sizes_with_names(face_model, photo_folder, output_dir, tmp_path):
+    """A folder of photos of different sizes is scored as files: each keeps its name, in natural order, grouped
+    by sub-folder, with the CLI's scores; Scored Grid reports it without an IMAGE batch."""
+    import shutil
+
+    refs_folder = tmp_path / "refs"
+    refs_folder.mkdir()
+    for photo in (OBAMA[0], OBAMA[2]):
+        shutil.copy(photo, refs_folder / photo.name)
+    refs = faces_nodes.ReferenceFaces.execute(face_model, "max", folder=str(refs_folder)).args[0]
+    scores, summary, annotated, scored = scoring_nodes.ScoreImages.execute(references=refs, folder=str(photo_folder)).args
+    run = scored.run
+    names = ["img1_obama.jpg", "img2_jolie.jpg", "img3_blank.png", "img10_obama.jpg", "more/jolie.jpg"]
+    assert [i.path for i in run.images] == names and run.images_root == str(photo_folder)
+    assert [i.group for i in run.images] == ["generated"] * 4 + ["more"]
+    assert scores[0] > 0.4 and scores[3] > 0.4 and scores[1] < 0.4 and math.isnan(scores[2]) and scores[4] < 0.4
+    cli = score_folder(face_model, refs_folder, photo_folder, ScoreSettings())
+    cli_scores = {i.path: i.score.value("max") for i in cli.images}
+    assert [cli_scores[n] for n in names] == pytest.approx([None if math.isnan(v) else v for v in scores], abs=1e-4)
+    assert "| generated | 4 | 3 |" in summary and "| more | 1 | 1 |" in summary
+    # The annotated images share one padded canvas, bounded for the preview, none stretched.
+    assert tuple(annotated.shape) == (5, scoring_nodes.PREVIEW_SIDE, scoring_nodes.PREVIEW_SIDE, 3)
+    tall = annotated[0].numpy()  # 626 x 1200 -> 401 x 768, centred: grey bands left and right
+    assert np.allclose(tall[:, :150], 40 / 255, atol=1e-6) and not np.allclose(tall[:, 300:400], 40 / 255, atol=1e-6)
+
+    grid, grid_summary, advice = report_nodes.ScoredGrid.execute(score_run=scored, filename_prefix="likeness/folder").args
+    folder = output_dir / "likeness" / "folder_00001"
+    rows = (folder / "scores.csv").read_text(encoding="utf-8").splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == names  # file names, not "image 1..5"
+    assert f"- images: `{photo_folder}` (5 files)" in (folder / "report.md").read_text(encoding="utf-8")
+    assert grid.shape[0] == 1 and advice == report_nodes.NO_RECOMMENDATION
+
+
+def test_score_images_folder_relative_to_the_input_folder_and_errors(obama_refs, photo_folder, monkeypatch, tmp_path):
+    monkeypatch.setattr(host, "input_directory", lambda: photo_folder.parent)
+    scored = scoring_nodes.ScoreImages.execute(references=obama_refs, folder="generated").args[3]
+    assert scored.run.images_root == str(photo_folder) and len(scored.run.images) == 5
+    first = scoring_nodes.ScoreImages.fingerprint_inputs(folder="generated")
+    Image.new("RGB", (64, 64)).save(photo_folder / "img4_new.png")
+    assert scoring_nodes.ScoreImages.fingerprint_inputs(folder="generated") != first  # new files: re-run
+
+    with pytest.raises(ValueError, match="connect an IMAGE batch .* or type the path of a folder"):
+        scoring_nodes.ScoreImages.execute(references=obama_refs)
+    with pytest.raises(ValueError, match="not both"):
+        scoring_nodes.ScoreImages.execute(references=obama_refs, images=blank(), folder=str(photo_folder))
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        scoring_nodes.ScoreImages.execute(references=obama_refs, folder=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files in"):
+        scoring_nodes.ScoreImages.execute(references=obama_refs, folder=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="labels belong to Epoch Sweep's images"):
+        scoring_nodes.ScoreImages.execute(references=obama_refs, folder=str(photo_folder), labels=[("a", {})])
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,8 +555,8 @@ def test_scored_grid_epochs_by_strengths_and_report(obama_refs, output_dir):
     labels[2][1]["epoch"] = None  # the final file
     images = torch.cat([image_batch([OBAMA[3]]), image_batch([JOLIE[0]]), blank(), image_batch([OBAMA[3]]),
                         image_batch([JOLIE[1]]), image_batch([OBAMA[3]])])
-    scored = scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels).args[3]
-    out = report_nodes.ScoredGrid.execute(images, scored, labels=labels, filename_prefix="likeness/test")
+    scored = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs, labels=labels).args[3]
+    out = report_nodes.ScoredGrid.execute(images=images, score_run=scored, labels=labels, filename_prefix="likeness/test")
     grid, summary, advice = out.args
     assert grid.shape[0] == 1 and grid.shape[3] == 3 and grid.shape[1] > 2 * 128 and grid.shape[2] > 2 * 128
     folder = output_dir / "likeness" / "test_00001"
@@ -508,15 +578,15 @@ def test_scored_grid_epochs_by_strengths_and_report(obama_refs, output_dir):
 
     # A second run never touches the first report.
     before = (folder / "report.json").read_bytes()
-    report_nodes.ScoredGrid.execute(images, scored, labels=labels, filename_prefix="likeness/test")
+    report_nodes.ScoredGrid.execute(images=images, score_run=scored, labels=labels, filename_prefix="likeness/test")
     assert (output_dir / "likeness" / "test_00002" / "grid.png").is_file()
     assert (folder / "report.json").read_bytes() == before
 
 
 def test_scored_grid_without_labels_is_a_contact_sheet(obama_refs, output_dir):
     images = torch.cat([image_batch([OBAMA[3], JOLIE[0]]), blank()])
-    scored = scoring_nodes.ScoreImages.execute(images, obama_refs).args[3]
-    out = report_nodes.ScoredGrid.execute(images, scored)
+    scored = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs).args[3]
+    out = report_nodes.ScoredGrid.execute(images=images, score_run=scored)
     folder = output_dir / "likeness" / "report_00001"
     assert (folder / "grid.png").is_file() and not (folder / "grid.json").exists()
     assert out.args[0].shape[0] == 1
@@ -547,8 +617,8 @@ def test_scored_grid_recommends_a_cell_with_the_cores_recommend(obama_refs, outp
     pictures = [JOLIE[0], JOLIE[1], JOLIE[0], JOLIE[1], JOLIE[0], None, OBAMA[3], JOLIE[1], OBAMA[3], OBAMA[3], OBAMA[3], None]
     images = torch.cat([image_batch([path]) if path is not None else blank() for path in pictures])
     labels = _sweep_labels(layout)
-    scored = scoring_nodes.ScoreImages.execute(images, obama_refs, labels=labels).args[3]
-    advice = report_nodes.ScoredGrid.execute(images, scored, labels=labels).args[2]
+    scored = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs, labels=labels).args[3]
+    advice = report_nodes.ScoredGrid.execute(images=images, score_run=scored, labels=labels).args[2]
     folder = output_dir / "likeness" / "report_00001"
     saved = json.loads((folder / "recommendation.json").read_text())
 
@@ -566,6 +636,8 @@ def test_scored_grid_recommends_a_cell_with_the_cores_recommend(obama_refs, outp
     from PIL import Image
 
     cells_only, _ = report_nodes.grid_image(report_nodes.tensor_to_arrays(images), scored, labels)
+    unconnected, _ = report_nodes.grid_image(None, scored, labels)  # images left unconnected: the ones Score Images scored
+    assert np.array_equal(np.asarray(unconnected), np.asarray(cells_only))
     with Image.open(folder / "grid.png") as saved_grid:
         assert saved_grid.width == cells_only.width and saved_grid.height > cells_only.height
         band = np.asarray(saved_grid.convert("L"))[cells_only.height:]
@@ -583,8 +655,8 @@ def test_scored_grid_recommends_a_cell_with_the_cores_recommend(obama_refs, outp
 
 def test_scored_grid_errors(obama_refs, output_dir):
     images = torch.cat([image_batch([OBAMA[3]]), blank()])
-    scored = scoring_nodes.ScoreImages.execute(images, obama_refs).args[3]
+    scored = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs).args[3]
     with pytest.raises(ValueError, match="got 1 images but the score run has 2"):
-        report_nodes.ScoredGrid.execute(images[:1], scored)
+        report_nodes.ScoredGrid.execute(images=images[:1], score_run=scored)
     with pytest.raises(ValueError, match="points outside ComfyUI's output folder"):
-        report_nodes.ScoredGrid.execute(images, scored, filename_prefix="../../elsewhere/report")
+        report_nodes.ScoredGrid.execute(images=images, score_run=scored, filename_prefix="../../elsewhere/report")
