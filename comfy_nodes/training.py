@@ -1,7 +1,10 @@
-"""Train LoRA: a Kohya dataset + an SD1.x checkpoint -> per-epoch LoRA files in ``models/loras/<name>/``.
+"""Train LoRA: a Kohya dataset + an SD1.x or SDXL checkpoint -> per-epoch LoRA files in ``models/loras/<name>/``.
 
 The built-in trainer (``lora_likeness.training``, diffusers + peft) runs in ComfyUI's process, so
-ComfyUI's loaded models are unloaded first to give it the GPU memory.
+ComfyUI's loaded models are unloaded first to give it the GPU memory. The core tells the model family
+from the checkpoint's keys (:func:`lora_likeness.families.detect_family`) and fills what is left at 0
+(the resolution) from it; every text encoder's tokenizer is ComfyUI's bundled ``sd1_tokenizer``, as
+ComfyUI's own SD1 and SDXL text encoders use it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ NO_CHECKPOINTS = "(no checkpoints in models/checkpoints)"
 
 def bucket_settings(resolution: int) -> dict:
     """Aspect buckets around ``resolution``: half to twice the side, as sd-scripts' 256..1024 for 512;
-    64-px steps, or 8-px steps for resolutions below 256 (test-sized models)."""
-    return {"min_bucket_reso": max(32, resolution // 2), "max_bucket_reso": resolution * 2,
+    64-px steps, or 8-px steps for resolutions below 256 (test-sized models). 0: the model family's
+    resolution and buckets (the core fills them)."""
+    if not resolution:
+        return {"resolution": None, "min_bucket_reso": None, "max_bucket_reso": None}
+    return {"resolution": resolution, "min_bucket_reso": max(32, resolution // 2), "max_bucket_reso": resolution * 2,
             "bucket_reso_steps": 64 if resolution >= 256 else 8}
 
 
@@ -30,9 +36,11 @@ def run_key(loras_root: Path, out: Path, name: str) -> str:
     return f"{out.relative_to(loras_root).as_posix()}/{name}"
 
 
-def describe_result(result, key: str) -> str:
+def describe_result(result, key: str, family_title: str, resolution: int) -> str:
+    """The summary output; ``resolution`` is the one used (the family's when the node's was 0)."""
     lines = [
         f"LoRA run {key}: {len(result.checkpoints)} epoch file(s)" + (f" + final {result.final.name}" if result.final else ""),
+        f"{family_title} LoRA, trained at {resolution} px",
         f"{result.epochs_done} epoch(s), {result.steps} step(s) in {result.out}",
     ]
     if result.loss_csv:
@@ -54,12 +62,13 @@ class TrainLora(io.ComfyNode):
             display_name="Train LoRA",
             category=CATEGORY,
             description=(
-                "Trains an SD1.x LoRA on a Kohya dataset folder (from Prepare Dataset) and saves name-000001.safetensors "
-                "… per epoch and name.safetensors at the end into models/loras/<name>/. Unloads ComfyUI's models first. "
-                "Stop saves the state: queue again with resume on to continue."
+                "Trains an SD1.x or SDXL LoRA (the family is read from the checkpoint) on a Kohya dataset folder (from "
+                "Prepare Dataset) and saves name-000001.safetensors … per epoch and name.safetensors at the end into "
+                "models/loras/<name>/. Unloads ComfyUI's models first. Stop saves the state (name.likeness-state, which "
+                "LoRA loaders do not list): queue again with resume on to continue."
             ),
             inputs=[
-                io.Combo.Input("checkpoint", options=names, default=names[0], tooltip="SD1.x base checkpoint."),
+                io.Combo.Input("checkpoint", options=names, default=names[0], tooltip="SD1.x or SDXL base checkpoint."),
                 io.String.Input("dataset", default="", tooltip="Kohya dataset folder (Prepare Dataset's dataset output)."),
                 io.String.Input("name", default="my_lora", tooltip="Run name: the folder and file names in models/loras."),
                 io.Int.Input("epochs", default=10, min=1, max=10000),
@@ -68,7 +77,8 @@ class TrainLora(io.ComfyNode):
                 io.Float.Input("alpha", default=16.0, min=0.0, max=1024.0, step=1.0,
                                tooltip="LoRA alpha (network_alpha); 0 means the rank."),
                 io.Float.Input("learning_rate", default=1e-4, min=0.0, max=1.0, step=1e-5, round=1e-6),
-                io.Int.Input("resolution", default=512, min=32, max=4096, step=8, tooltip="Training resolution in pixels."),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=8,
+                             tooltip="Training resolution in pixels; 0: the model's own (512 SD1.x, 1024 SDXL)."),
                 io.Int.Input("seed", default=42, min=0, max=2**31 - 1),
                 io.Boolean.Input("resume", default=False, tooltip="Continue the run saved when it was stopped."),
             ],
@@ -82,12 +92,13 @@ class TrainLora(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint: str, dataset: str, name: str, epochs: int = 10, save_every: int = 1, rank: int = 16,
-                alpha: float = 16.0, learning_rate: float = 1e-4, resolution: int = 512, seed: int = 42,
+                alpha: float = 16.0, learning_rate: float = 1e-4, resolution: int = 0, seed: int = 42,
                 resume: bool = False):
+        from lora_likeness.families import ModelLoadError, detect_family
         from lora_likeness.training import ConfigError, TrainConfig, TrainingCancelled, train_lora
 
         if checkpoint == NO_CHECKPOINTS:
-            raise FileNotFoundError("Train LoRA: put an SD1.x .safetensors checkpoint in models/checkpoints, then refresh")
+            raise FileNotFoundError("Train LoRA: put an SD1.x or SDXL .safetensors checkpoint in models/checkpoints, then refresh")
         if not (dataset or "").strip():
             raise ValueError("Train LoRA: connect Prepare Dataset's dataset output or type a Kohya dataset folder")
         roots = host.lora_roots()
@@ -95,20 +106,22 @@ class TrainLora(io.ComfyNode):
             raise FileNotFoundError("Train LoRA: ComfyUI has no loras folder to save into")
         name = (name or "").strip()
         out = roots[0] / name
+        base = host.checkpoint_path(checkpoint)
+        tokenizer = host.sd1_tokenizer_dir()  # ComfyUI's bundled CLIP BPE files serve every SD1/SDXL text encoder
         config = TrainConfig(
-            base=host.checkpoint_path(checkpoint), data=Path(dataset.strip()).expanduser(), out=out, name=name,
-            tokenizer=host.sd1_tokenizer_dir(), epochs=int(epochs), save_every_n_epochs=int(save_every), rank=int(rank),
-            alpha=float(alpha), lr=float(learning_rate), resolution=int(resolution), seed=int(seed),
-            **bucket_settings(int(resolution)),
+            base=base, data=Path(dataset.strip()).expanduser(), out=out, name=name, tokenizer=tokenizer, tokenizer_2=tokenizer,
+            epochs=int(epochs), save_every_n_epochs=int(save_every), rank=int(rank), alpha=float(alpha),
+            lr=float(learning_rate), seed=int(seed), **bucket_settings(int(resolution)),
         )
         try:
             config.validate()
-        except ConfigError as exc:
+            family = detect_family(base)  # a header read: an SD2 / Flux / refiner checkpoint is refused here, with the reason
+        except (ConfigError, ModelLoadError) as exc:
             raise ValueError(f"Train LoRA: {exc}") from exc
         host.free_models()
         try:
             result = train_lora(config, progress=host.CoreCancelProgress(), resume=bool(resume))
-        except ConfigError as exc:
+        except (ConfigError, ModelLoadError) as exc:
             raise ValueError(f"Train LoRA: {exc}") from exc
         except TrainingCancelled as exc:
             done = exc.result
@@ -119,7 +132,7 @@ class TrainLora(io.ComfyNode):
         for message in result.warnings:
             log.warning("[Likeness] %s", message)
         key = run_key(roots[0], out, name)
-        return io.NodeOutput(key, describe_result(result, key))
+        return io.NodeOutput(key, describe_result(result, key, family.title, config.for_family(family).resolution))
 
 
 NODES = [TrainLora]

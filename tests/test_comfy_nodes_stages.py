@@ -127,6 +127,18 @@ def comfy_models(tiny, tmp_path, monkeypatch):
 TRAIN = {"epochs": 2, "save_every": 1, "rank": 4, "alpha": 2.0, "learning_rate": 1e-3, "resolution": 32, "seed": 3}
 
 
+def lora_loader_lists(loras: Path) -> list[str]:
+    """The files ComfyUI's LoraLoader lists in ``loras``: folder_paths' own filter on the real API, else its
+    extension list (``folder_paths.supported_pt_extensions``) copied here."""
+    files = [p.relative_to(loras).as_posix() for p in loras.rglob("*") if p.is_file()]
+    if host.IN_COMFYUI:
+        import folder_paths
+
+        return folder_paths.filter_files_extensions(files, folder_paths.supported_pt_extensions)
+    extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+    return sorted(f for f in files if Path(f).suffix.lower() in extensions)
+
+
 def test_train_lora_writes_a_run_lora_checkpoints_lists(tiny, comfy_models):
     run, summary = training_nodes.TrainLora.execute("tiny", str(tiny[1]), "me", **TRAIN).args
     assert run == "me/me"
@@ -148,9 +160,71 @@ def test_train_lora_stop_saves_state_and_resume_finishes(tiny, comfy_models, mon
     with pytest.raises(RuntimeError, match=r"Train LoRA stopped after .* Queue again with 'resume' on"):
         training_nodes.TrainLora.execute("tiny", str(tiny[1]), "me", **TRAIN)
     assert not (comfy_models / "me" / "me.safetensors").exists()
-    assert list((comfy_models / "me").glob("*state*"))
+    assert [p.name for p in (comfy_models / "me").glob("*state*")] == ["me.likeness-state"]
+    # What ComfyUI's LoraLoader would offer from this folder: no LoRA yet, and never the training state.
+    assert lora_loader_lists(comfy_models) == []
     _run, summary = training_nodes.TrainLora.execute("tiny", str(tiny[1]), "me", resume=True, **TRAIN).args
     assert (comfy_models / "me" / "me.safetensors").is_file() and "2 epoch(s), 4 step(s)" in summary
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    """A tiny diffusers SDXL-shaped base (two text encoders, text_time embedding) and the same kind of dataset."""
+    from lora_likeness.training.tiny import write_tiny_model, write_training_folder
+
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    base = write_tiny_model(root / "base", TOKENIZER, family="sdxl")
+    data = write_training_folder(root / "data", n_images=2, size=(48, 40), repeats=1)
+    return base, data
+
+
+def test_train_lora_trains_sdxl_with_comfyuis_tokenizer(tiny_sdxl, tmp_path, monkeypatch):
+    """An SDXL checkpoint gets an SDXL LoRA: both text encoders (lora_te1_/lora_te2_) and the UNet in sd-scripts'
+    SDXL naming, with SDXL metadata; ComfyUI's bundled sd1_tokenizer feeds both encoders."""
+    from lora_likeness.checkpoints import lora_architecture
+    from lora_likeness.training import kohya_format as kf
+    from safetensors import safe_open
+
+    loras = tmp_path / "loras"
+    monkeypatch.setattr(host, "checkpoint_path", lambda name: tiny_sdxl[0])
+    monkeypatch.setattr(host, "lora_roots", lambda: [loras])
+    monkeypatch.setattr(host, "sd1_tokenizer_dir", lambda: TOKENIZER)  # ComfyUI's comfy/sd1_tokenizer holds these files
+    run, summary = training_nodes.TrainLora.execute("sdxl_base.safetensors", str(tiny_sdxl[1]), "xl", **TRAIN).args
+    assert run == "xl/xl" and "SDXL LoRA, trained at 32 px" in summary
+    final = loras / "xl" / "xl.safetensors"
+    with safe_open(str(final), "pt") as handle:
+        prefixes = {key.split("_")[1] for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    assert prefixes == {"unet", "te1", "te2"}
+    assert lora_architecture(final) == "sdxl" and kf.read_metadata(final)["ss_base_model_version"] == "sdxl_base_v1-0"
+    items, _ = sweep_nodes.LoraCheckpoints.execute(run).args
+    assert [c.label for c in items] == ["e1", "final (e2)"]
+
+
+def test_train_lora_resolution_follows_the_model_family(tiny, tiny_sdxl, comfy_models, monkeypatch):
+    """Resolution 0 (the default) is the family's: 512 for SD1.x, 1024 for SDXL, with the family's buckets."""
+    import lora_likeness.training as training
+    from lora_likeness.families import detect_family
+    from lora_likeness.training.trainer import TrainResult
+
+    schema = {i.id: i for i in training_nodes.TrainLora.define_schema().inputs}
+    assert schema["resolution"].default == 0
+    seen = []
+
+    def fake_train(config, progress=None, resume=False):
+        seen.append(config)
+        return TrainResult(out=config.out, name=config.name)
+
+    monkeypatch.setattr(training, "train_lora", fake_train)
+    monkeypatch.setattr(host, "sd1_tokenizer_dir", lambda: TOKENIZER)
+    for base, title, side in ((tiny[0], "SD1.x", 512), (tiny_sdxl[0], "SDXL", 1024)):
+        monkeypatch.setattr(host, "checkpoint_path", lambda name, base=base: base)
+        settings = {k: v for k, v in TRAIN.items() if k != "resolution"}
+        summary = training_nodes.TrainLora.execute("base.safetensors", str(tiny[1]), f"auto{side}", **settings).args[1]
+        filled = seen[-1].for_family(detect_family(base))
+        defaults = detect_family(base).defaults
+        assert (filled.resolution, filled.min_bucket_reso, filled.max_bucket_reso) == (side, defaults.min_bucket_reso, defaults.max_bucket_reso)
+        assert seen[-1].tokenizer == seen[-1].tokenizer_2 == TOKENIZER
+        assert f"{title} LoRA, trained at {side} px" in summary
 
 
 def test_train_lora_errors(tiny, comfy_models):
