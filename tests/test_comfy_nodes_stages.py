@@ -236,3 +236,17 @@ def test_train_lora_errors(tiny, comfy_models):
         training_nodes.TrainLora.execute("tiny", "", "me", **TRAIN)
     with pytest.raises(FileNotFoundError, match="models/checkpoints"):
         training_nodes.TrainLora.execute(training_nodes.NO_CHECKPOINTS, str(tiny[1]), "me", **TRAIN)
+
+
+def test_train_lora_refuses_a_checkpoint_it_cannot_train_before_unloading_comfyuis_models(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "some_lora.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, str(lora))
+    monkeypatch.setattr(host, "checkpoint_path", lambda name: lora)
+    monkeypatch.setattr(host, "lora_roots", lambda: [tmp_path / "loras"])
+    freed = []
+    monkeypatch.setattr(host, "free_models", lambda: freed.append(True))
+    with pytest.raises(ValueError, match="Train LoRA: base .*some_lora.safetensors is a LoRA, not a base model"):
+        training_nodes.TrainLora.execute("some_lora.safetensors", str(tiny[1]), "me", **TRAIN)
+    assert freed == [] and not (tmp_path / "loras" / "me").exists()
