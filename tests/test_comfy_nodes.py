@@ -507,6 +507,12 @@ def test_epoch_sweep_refuses_another_architecture_before_sampling(loras, monkeyp
     with pytest.raises(ArchitectureMismatch, match="xl.safetensors is a SDXL LoRA but the loaded model is SD1.x"):
         sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", items, **SWEEP_ARGS)
     assert fake.calls == []  # nothing loaded or sampled
+    # The reverse: SD1.x LoRAs on an SDXL model.
+    fake = FakeSampling(arch="sdxl")
+    monkeypatch.setattr(sweep_nodes.EpochSweep, "sampling", fake)
+    with pytest.raises(ArchitectureMismatch, match="me-000001.safetensors is a SD1.x LoRA but the loaded model is SDXL"):
+        sweep_nodes.EpochSweep.execute("BASE", "CLIP", "VAE", sweep_nodes.LoraCheckpoints.execute("people/me").args[0], **SWEEP_ARGS)
+    assert fake.calls == []
 
 
 def test_epoch_sweep_lora_without_matching_weights(loras, monkeypatch):

@@ -38,67 +38,54 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 SHOTS = Path(__file__).resolve().parent
 
-SCORE_FOLDER_NOTE = """Score a folder of generated images against photos of the person.
+SCORE_FOLDER_NOTE = """Score a folder of generated images (or any photos) against photos of the person.
 
 1. Face Model: pick an insightface pack from ComfyUI/models/insightface/models/ (buffalo_l, antelopev2, ...). None installed? The node says where to put one.
 2. Reference Faces: type the folder of real photos of the person (5-20 clear photos), or connect an IMAGE batch. Its preview shows each face with how well it matches the others; photos of someone else are flagged.
-3. Load Image Dataset from Folder: the generated images, in a sub-folder of ComfyUI/input/ (all the same size).
-4. Score Images: one score per image (cosine similarity, higher = more alike; compare with the baseline in Reference Faces' summary). Images without a face are marked 'no face' and skipped in the statistics.
-5. Scored Grid: contact sheet of the scored images, plus the report (CSV, JSON, Markdown, plot) in ComfyUI/output/likeness/score_folder_NNNNN/."""
+3. Score Images: type the folder of images to score in its 'folder' box: a path, or a folder name in ComfyUI/input/. Any sizes; each image keeps its file name in the report, and each sub-folder (exp_e10/, exp_e20/, ...) is a group of its own. One score per image (cosine similarity, higher = more alike; compare with the baseline in Reference Faces' summary); images without a face are marked 'no face' and left out of the statistics. Or connect an IMAGE batch instead of typing a folder.
+4. Scored Grid: contact sheet of the scored images, plus the report (CSV, JSON, Markdown, plot) in ComfyUI/output/likeness/score_folder_NNNNN/."""
 
 EPOCH_SWEEP_NOTE = """Which epoch and strength of your face LoRA looks most like you?
 
 1. Load Checkpoint: the base model the LoRA was trained on (SD1.5 here).
 2. LoRA Checkpoints: one training run from ComfyUI/models/loras/ (Kohya's name-000001 ... name-0000NN and the final name), optionally an epoch range.
-3. Epoch Sweep: samples every checkpoint x strength x seed with ComfyUI's own sampler, applying each LoRA to the already loaded model (the checkpoint is loaded once). Put the trigger word in the prompt; strengths and seeds are comma-separated.
+3. Epoch Sweep: samples every checkpoint x strength x seed with ComfyUI's own sampler, applying each LoRA to the already loaded model (the checkpoint is loaded once). Put the trigger word in the prompt; strengths and seeds are comma-separated. include_baseline adds a 'no LoRA' row (the base model alone, once per seed): the floor.
 4. Face Model + Reference Faces: the insightface pack and a folder of real photos of the person.
 5. Score Images: one score per image; the labels group them by epoch and strength.
-6. Scored Grid: epochs x strengths (seeds side by side) with every score and the row/column means, and the report (CSV, JSON, Markdown, plot) in ComfyUI/output/likeness/epoch_sweep_NNNNN/. Compare with the reference baseline: the highest mean near it, without a rising no-face rate, is the pick."""
+6. Scored Grid: epochs x strengths (seeds side by side) with every score and the row/column means, and the report (CSV, JSON, Markdown, plot) in ComfyUI/output/likeness/epoch_sweep_NNNNN/. Its recommend output (shown below it) names the pick: the cell with the highest mean identity, its 95% CI, whether it beats the runner-up beyond noise, the no-LoRA floor and the reference photos' ceiling, and warnings (memorisation, rising no-face rate); also written as recommendation.json."""
 
-# Each graph: nodes (key, type, position, widget values, size) and links (from key, output index,
-# to key, input name). Positions leave room for the previews the nodes show after a run.
-GRAPHS = {
-    "score_folder": {
+EPOCH_SWEEP_SDXL_NOTE = """Which epoch and strength of your SDXL face LoRA looks most like you?
+
+The same sweep as epoch_sweep.json, set up for SDXL:
+1. Load Checkpoint: the SDXL base model the LoRA was trained on (sd_xl_base_1.0 or a fine-tune of it).
+2. LoRA Checkpoints: one SDXL training run from ComfyUI/models/loras/ (Train LoRA on an SDXL checkpoint, or sd-scripts' sdxl_train_network.py). An SD1.x LoRA on an SDXL model (or the reverse) stops before the first image and says which is which.
+3. Epoch Sweep: 1024 x 1024, 25 steps, cfg 7 (SDXL's own size; 512 px images from SDXL are poor). Put the trigger word in the prompt. include_baseline adds the 'no LoRA' row: the floor.
+4. Face Model + Reference Faces: the insightface pack and a folder of real photos of the person.
+5. Score Images: one score per image; the labels group them by epoch and strength.
+6. Scored Grid: epochs x strengths with every score and the row/column means, the report in ComfyUI/output/likeness/epoch_sweep_sdxl_NNNNN/, and its recommend output (shown below it): the cell to use, how sure that is, the no-LoRA floor and the reference photos' ceiling; also written as recommendation.json."""
+
+
+def _epoch_sweep_graph(note: str, checkpoint: str, run: str, size: int, steps: int, prefix: str) -> dict:
+    """Load Checkpoint + LoRA Checkpoints -> Epoch Sweep -> Score Images -> Scored Grid -> two Preview Any."""
+    return {
         "nodes": [
-            {"key": "note", "type": "Note", "pos": [20, 20], "size": [420, 560], "text": SCORE_FOLDER_NOTE},
-            {"key": "face_model", "type": "LikenessFaceModel", "pos": [470, 20], "widgets": {"pack": "buffalo_l", "provider": "auto"}},
-            {"key": "refs", "type": "LikenessReferenceFaces", "pos": [470, 200], "size": [330, 420],
-             "widgets": {"aggregation": "max", "folder": "/path/to/photos/of/the/person"}},
-            {"key": "load", "type": "LoadImageSetFromFolderNode", "pos": [470, 660], "widgets": {"folder": "generated"}},
-            {"key": "score", "type": "LikenessScoreImages", "pos": [840, 200], "widgets": {"face": "largest"}},
-            {"key": "preview", "type": "PreviewImage", "pos": [840, 420], "size": [330, 360]},
-            {"key": "grid", "type": "LikenessScoredGrid", "pos": [1200, 20], "size": [460, 620],
-             "widgets": {"filename_prefix": "likeness/score_folder"}},
-            {"key": "summary", "type": "PreviewAny", "pos": [1200, 670], "size": [460, 260]},
-        ],
-        "links": [
-            ("face_model", 0, "refs", "face_model"),
-            ("load", 0, "score", "images"),
-            ("refs", 0, "score", "references"),
-            ("score", 2, "preview", "images"),
-            ("load", 0, "grid", "images"),
-            ("score", 3, "grid", "score_run"),
-            ("grid", 1, "summary", "source"),
-        ],
-    },
-    "epoch_sweep": {
-        "nodes": [
-            {"key": "note", "type": "Note", "pos": [20, 20], "size": [420, 600], "text": EPOCH_SWEEP_NOTE},
-            {"key": "ckpt", "type": "CheckpointLoaderSimple", "pos": [470, 20],
-             "widgets": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+            {"key": "note", "type": "Note", "pos": [20, 20], "size": [420, 600], "text": note},
+            {"key": "ckpt", "type": "CheckpointLoaderSimple", "pos": [470, 20], "widgets": {"ckpt_name": checkpoint}},
             {"key": "runs", "type": "LikenessLoraCheckpoints", "pos": [470, 180],
-             "widgets": {"run": "my_face_lora", "first_epoch": 0, "last_epoch": 0, "include_final": True}},
+             "widgets": {"run": run, "first_epoch": 0, "last_epoch": 0, "include_final": True}},
             {"key": "sweep", "type": "LikenessEpochSweep", "pos": [820, 20], "size": [340, 620],
              "widgets": {"positive": "photo of sks person, portrait, looking at the camera", "negative": "blurry, lowres",
-                         "strengths": "0.6, 0.8, 1.0", "seeds": "1, 2", "steps": 20, "cfg": 7.0,
-                         "sampler_name": "euler", "scheduler": "normal", "width": 512, "height": 512}},
+                         "strengths": "0.6, 0.8, 1.0", "seeds": "1, 2", "steps": steps, "cfg": 7.0,
+                         "sampler_name": "euler", "scheduler": "normal", "width": size, "height": size,
+                         "include_baseline": True}},
             {"key": "face_model", "type": "LikenessFaceModel", "pos": [470, 380], "widgets": {"pack": "buffalo_l", "provider": "auto"}},
             {"key": "refs", "type": "LikenessReferenceFaces", "pos": [470, 560], "size": [330, 420],
              "widgets": {"aggregation": "max", "folder": "/path/to/photos/of/the/person"}},
             {"key": "score", "type": "LikenessScoreImages", "pos": [1190, 20], "widgets": {"face": "largest"}},
             {"key": "grid", "type": "LikenessScoredGrid", "pos": [1190, 220], "size": [520, 560],
-             "widgets": {"filename_prefix": "likeness/epoch_sweep"}},
+             "widgets": {"filename_prefix": prefix}},
             {"key": "summary", "type": "PreviewAny", "pos": [1190, 810], "size": [520, 240]},
+            {"key": "recommend", "type": "PreviewAny", "pos": [1190, 1080], "size": [520, 160]},
         ],
         "links": [
             ("ckpt", 0, "sweep", "model"),
@@ -113,8 +100,39 @@ GRAPHS = {
             ("score", 3, "grid", "score_run"),
             ("sweep", 1, "grid", "labels"),
             ("grid", 1, "summary", "source"),
+            ("grid", 2, "recommend", "source"),
+        ],
+    }
+
+
+# Each graph: nodes (key, type, position, widget values, size) and links (from key, output index,
+# to key, input name). Positions leave room for the previews the nodes show after a run.
+GRAPHS = {
+    "score_folder": {
+        "nodes": [
+            {"key": "note", "type": "Note", "pos": [20, 20], "size": [420, 560], "text": SCORE_FOLDER_NOTE},
+            {"key": "face_model", "type": "LikenessFaceModel", "pos": [470, 20], "widgets": {"pack": "buffalo_l", "provider": "auto"}},
+            {"key": "refs", "type": "LikenessReferenceFaces", "pos": [470, 200], "size": [330, 420],
+             "widgets": {"aggregation": "max", "folder": "/path/to/photos/of/the/person"}},
+            {"key": "score", "type": "LikenessScoreImages", "pos": [840, 20], "size": [300, 160],
+             "widgets": {"face": "largest", "folder": "generated"}},
+            {"key": "preview", "type": "PreviewImage", "pos": [840, 220], "size": [330, 400]},
+            {"key": "grid", "type": "LikenessScoredGrid", "pos": [1200, 20], "size": [460, 620],
+             "widgets": {"filename_prefix": "likeness/score_folder"}},
+            {"key": "summary", "type": "PreviewAny", "pos": [1200, 670], "size": [460, 260]},
+        ],
+        "links": [
+            ("face_model", 0, "refs", "face_model"),
+            ("refs", 0, "score", "references"),
+            ("score", 2, "preview", "images"),
+            ("score", 3, "grid", "score_run"),
+            ("grid", 1, "summary", "source"),
         ],
     },
+    "epoch_sweep": _epoch_sweep_graph(EPOCH_SWEEP_NOTE, "v1-5-pruned-emaonly.safetensors", "my_face_lora", 512, 20,
+                                      "likeness/epoch_sweep"),
+    "epoch_sweep_sdxl": _epoch_sweep_graph(EPOCH_SWEEP_SDXL_NOTE, "sd_xl_base_1.0.safetensors", "my_sdxl_face_lora", 1024, 25,
+                                           "likeness/epoch_sweep_sdxl"),
 }
 
 BUILD_JS = """async (spec) => {
@@ -279,7 +297,8 @@ async def build(args) -> None:
 
     async with async_playwright() as p:
         browser, page = await _open(p, args.url, args.chromium, (1600, 1000))
-        for name, spec in GRAPHS.items():
+        for name in args.names or list(GRAPHS):
+            spec = GRAPHS[name]
             text = await page.evaluate(BUILD_JS, spec)
             workflow = json.loads(text)
             workflow.pop("id", None)  # a fresh id is given on load; keep the file stable
@@ -358,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8188")
     parser.add_argument("--chromium", default="/usr/bin/chromium-headless-shell")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="write workflows/*.json from the graphs defined here")
+    make = sub.add_parser("build", help="write workflows/*.json from the graphs defined here")
+    make.add_argument("names", nargs="*", help=f"workflows (default: {', '.join(GRAPHS)})")
     shot = sub.add_parser("shoot", help="screenshot each workflow as ComfyUI renders it")
     shot.add_argument("names", nargs="*", help=f"workflows (default: {', '.join(GRAPHS)})")
     shot.add_argument("--set", action="append", default=[], metavar="TYPE.WIDGET=VALUE")
@@ -372,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="subfolder/filename of images not to blank (default: the plots)")
     shot.add_argument("--pack-name", default="ComfyUI-Likeness", help="the pack's folder name in custom_nodes")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in GRAPHS]
+    if unknown:
+        parser.error(f"no workflow named {', '.join(unknown)} (known: {', '.join(GRAPHS)})")
     asyncio.run(build(args) if args.command == "build" else shoot(args))
     return 0
 

@@ -46,6 +46,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+from full_size_models import bigmem, full_size_targets, sdxl_checkpoint, write_random_lora
 from likeness_assets import PACK_DIR, PEOPLE, SHARED
 
 PACK_NAME = "ComfyUI-Likeness"
@@ -63,6 +64,8 @@ LIKENESS_NODES = {
 }
 RUN = "testface"        # an SD1.5 training run: testface-000001, -000002, testface (ss_epoch 3)
 XL_RUN = "otherxl"      # an SDXL LoRA, for the architecture error
+SDXL_RUN = "xlface"     # an SDXL training run with every module of a full-size SDXL LoRA: xlface-000001, xlface (ss_epoch 2)
+SD15_CKPT, SDXL_CKPT = "sd15_random.safetensors", "sdxl_random.safetensors"
 # Ours, and not imported by ComfyUI itself (torch is, so it is not checked here).
 HEAVY_OF_OURS = ("onnxruntime", "insightface", "matplotlib")
 DECOY_NAMES = ("core", "scripts", "comfy_nodes", "a1111_extension", "likeness_bootstrap")
@@ -110,6 +113,7 @@ async def likeness_probe(request):
         "lora_likeness_file": getattr(ll, "__file__", None),
         "lora_likeness_path": list(getattr(ll, "__path__", []) or []),
         "a1111_loaded": "lora_likeness_a1111" in sys.modules,
+        "pid": __import__("os").getpid(),
         "modules": sorted(n for n in NAMES if n in sys.modules),
         "pack_modules": sorted(n for n in sys.modules if n.endswith(PACK) or PACK + "." in n),
     })
@@ -216,18 +220,24 @@ def _populate(base: Path, tmp: Path) -> dict:
 
     checkpoints = base / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    (checkpoints / "sd15_random.safetensors").symlink_to(_sd15_checkpoint())
+    (checkpoints / SD15_CKPT).symlink_to(_sd15_checkpoint())
+    (checkpoints / SDXL_CKPT).symlink_to(sdxl_checkpoint(os.environ.get("COMFYUI_PYTHON")))  # loaded only by the SDXL tests
     loras = base / "models" / "loras"
     for epoch, name in ((1, f"{RUN}-000001"), (2, f"{RUN}-000002"), (3, RUN)):
         write_lora(loras / f"{name}.safetensors", SD1_LORA, {"ss_epoch": str(epoch), "ss_base_model_version": "sd_v1"}, epoch)
     write_lora(loras / f"{XL_RUN}.safetensors", SDXL_LORA, {"ss_epoch": "1", "ss_base_model_version": "sdxl_base_v1-0"}, 9)
+    # Full-size SDXL LoRAs as the core names them (986 modules: both text encoders and the UNet), random weights.
+    xl_targets = full_size_targets("sdxl")
+    for epoch, name in ((1, f"{SDXL_RUN}-000001"), (2, SDXL_RUN)):
+        write_random_lora(loras / SDXL_RUN / f"{name}.safetensors", xl_targets,
+                          {"ss_epoch": str(epoch), "ss_base_model_version": "sdxl_base_v1-0"}, seed=epoch)
 
     # The face pack is found through extra_model_paths.yaml, as users with a shared models folder do.
     extra = tmp / "extra_model_paths.yaml"
     extra.write_text(f"likeness_test_assets:\n  base_path: {PACK_DIR.parents[1]}\n  insightface: .\n", encoding="utf-8")
 
     # Reference photos: four of Colin Powell. "Generated" images: two other photos of him, three of
-    # George W. Bush and a blank one (no face), all 250x250 (LFW) as a batch needs one size.
+    # George W. Bush and a blank one (no face), of different sizes (Score Images reads the folder itself).
     powell = sorted((PEOPLE / "lfw_colin_powell").glob("*.jpg"))
     bush = sorted((PEOPLE / "lfw_george_w_bush").glob("*.jpg"))
     refs = tmp / "refs_powell"
@@ -238,7 +248,9 @@ def _populate(base: Path, tmp: Path) -> dict:
     generated.mkdir(parents=True)
     for photo in powell[4:6] + bush[:3]:
         shutil.copy(photo, generated / photo.name)
-    Image.fromarray(np.full((250, 250, 3), 128, np.uint8)).save(generated / "zz_blank.png")
+    with Image.open(bush[2]) as photo:  # a 200x230 crop around the face: photos rarely share one size
+        photo.crop((25, 10, 225, 240)).save(generated / bush[2].name, quality=95)
+    Image.fromarray(np.full((120, 180, 3), 128, np.uint8)).save(generated / "zz_blank.png")
     no_face_refs = tmp / "refs_no_face"
     no_face_refs.mkdir()
     Image.fromarray(np.full((250, 250, 3), 90, np.uint8)).save(no_face_refs / "wall.png")
@@ -456,7 +468,11 @@ def test_every_likeness_node_in_object_info(comfyui_server) -> None:
     pack = ours["LikenessFaceModel"]["input"]["required"]["pack"]
     assert pack[1]["options"] == ["likeness_test"], pack
     runs = ours["LikenessLoraCheckpoints"]["input"]["required"]["run"][1]["options"]
-    assert runs == [XL_RUN, RUN], runs
+    assert runs == [XL_RUN, RUN, f"{SDXL_RUN}/{SDXL_RUN}"], runs
+    # Score Images reads a folder itself (its last input); Train LoRA's resolution 0 is the model family's.
+    assert ours["LikenessScoreImages"]["input"]["optional"]["folder"][0] == "STRING"
+    assert ours["LikenessScoreImages"]["input_order"]["optional"][-1] == "folder"
+    assert ours["LikenessTrainLora"]["input"]["required"]["resolution"][1]["default"] == 0
     samplers = ours["LikenessEpochSweep"]["input"]["required"]["sampler_name"][1]["options"]
     assert samplers == info["KSampler"]["input"]["required"]["sampler_name"][0]
 
@@ -464,8 +480,8 @@ def test_every_likeness_node_in_object_info(comfyui_server) -> None:
 def test_template_browser_lists_the_workflows(comfyui_server) -> None:
     url = comfyui_server["url"]
     templates = _get(url + "/workflow_templates")
-    assert sorted(templates.get(PACK_NAME, [])) == ["epoch_sweep", "score_folder"], templates
-    for name in ("epoch_sweep", "score_folder"):
+    assert sorted(templates.get(PACK_NAME, [])) == ["epoch_sweep", "epoch_sweep_sdxl", "score_folder"], templates
+    for name in ("epoch_sweep", "epoch_sweep_sdxl", "score_folder"):
         served = _get(f"{url}/api/workflow_templates/{PACK_NAME}/{name}.json")
         assert served == json.loads((REPO / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
 
@@ -475,7 +491,8 @@ def test_score_folder_workflow(comfyui_server) -> None:
     prompt = to_api(server, "score_folder")
     set_input(prompt, "LikenessFaceModel", pack="likeness_test", provider="cpu")
     set_input(prompt, "LikenessReferenceFaces", folder=str(server["refs"]))
-    set_input(prompt, "LoadImageSetFromFolderNode", folder="generated")
+    # A folder name is looked up in ComfyUI's input folder; its photos have different sizes.
+    set_input(prompt, "LikenessScoreImages", folder="generated")
     entry = run_prompt(server, prompt)
     _succeeded(entry, server)
 
@@ -485,17 +502,21 @@ def test_score_folder_workflow(comfyui_server) -> None:
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     assert report["references"]["n"] == 4 and report["references"]["baseline_mean"] > 0.4
     images = report["images"]
-    assert len(images) == len(server["generated"]) == 6
-    # LoadImageSetFromFolderNode lists the folder in os.listdir order; the blank one has no face.
+    # Every image by its file name, in name order (not "image 1..6" in os.listdir order); the blank one has no face.
+    assert [i["path"] for i in images] == server["generated"] and len(images) == 6
+    generated = server["base"] / "input" / "generated"
+    assert report["settings"]["images_root"] == str(generated)
+    assert f"- images: `{generated}` (6 files)" in (folder / "report.md").read_text(encoding="utf-8")
     found = [i for i in images if i["face_found"]]
-    assert len(found) == 5 and [i["score_max"] for i in images if not i["face_found"]] == [None]
+    assert len(found) == 5 and [i["path"] for i in images if not i["face_found"]] == ["zz_blank.png"]
     best = sorted(found, key=lambda i: -i["score_max"])
+    assert {i["path"] for i in best[:2]} == {n for n in server["generated"] if n.startswith("Colin_Powell")}
     assert best[1]["score_max"] > 0.4 > best[2]["score_max"], [i["score_max"] for i in best]  # two Powell photos on top
 
     # Reference Faces and Scored Grid show their previews; the summary reaches Preview Any.
     outputs = entry["outputs"]
     texts = [t for node in outputs.values() for t in node.get("text", [])]
-    assert any("| all | 6 | 5 | 17% |" in t for t in texts), texts
+    assert any("| generated | 6 | 5 | 17% |" in t for t in texts), texts
     previews = [n for n in outputs.values() if any(i.get("type") == "temp" for i in n.get("images", []))]
     assert previews, f"no node preview in {outputs}"
 
@@ -503,7 +524,7 @@ def test_score_folder_workflow(comfyui_server) -> None:
 def test_epoch_sweep_workflow(comfyui_server) -> None:
     server = comfyui_server
     prompt = to_api(server, "epoch_sweep")
-    set_input(prompt, "CheckpointLoaderSimple", ckpt_name="sd15_random.safetensors")
+    set_input(prompt, "CheckpointLoaderSimple", ckpt_name=SD15_CKPT)
     set_input(prompt, "LikenessLoraCheckpoints", run=RUN)
     set_input(prompt, "LikenessEpochSweep", strengths="0.5, 1", seeds="1, 2", steps=3, width=64, height=64, cfg=5.0)
     set_input(prompt, "LikenessFaceModel", pack="likeness_test", provider="cpu")
@@ -603,7 +624,7 @@ def test_clear_node_errors(comfyui_server) -> None:
     server = comfyui_server
     # An SDXL LoRA on an SD1.5 model: stopped before the first image, with both names in the message.
     prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15_random.safetensors"}},
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CKPT}},
         "2": {"class_type": "LikenessLoraCheckpoints", "inputs": {"run": XL_RUN, "first_epoch": 0, "last_epoch": 0, "include_final": True}},
         "3": {"class_type": "LikenessEpochSweep", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "checkpoints": ["2", 0], "positive": "a photo",
@@ -636,7 +657,7 @@ def test_clear_node_errors(comfyui_server) -> None:
 def test_stop_interrupts_the_sweep(comfyui_server) -> None:
     server = comfyui_server
     prompt = to_api(server, "epoch_sweep")
-    set_input(prompt, "CheckpointLoaderSimple", ckpt_name="sd15_random.safetensors")
+    set_input(prompt, "CheckpointLoaderSimple", ckpt_name=SD15_CKPT)
     set_input(prompt, "LikenessLoraCheckpoints", run=RUN)
     # 3 x 4 x 5 = 60 images of 20 steps: minutes of work if Stop did not stop it.
     set_input(prompt, "LikenessEpochSweep", strengths="0.25, 0.5, 0.75, 1", seeds="1, 2, 3, 4, 5", steps=20,
@@ -666,14 +687,97 @@ def test_stop_interrupts_the_sweep(comfyui_server) -> None:
     print(f"sweep stopped {time.monotonic() - stopped:.1f}s after Stop")
 
 
-def test_unit_tests_pass_on_the_real_node_api() -> None:
+# --------------------------------------------------------------------------------------------
+# SDXL: the random full-size SDXL checkpoint (10-14 GB in ComfyUI on CPU), one prompt at a time
+
+
+def _free(server: dict) -> None:
+    """Ask ComfyUI to unload its models and drop its cached node outputs (POST /free), and wait until it has."""
+    _post(server["url"] + "/free", {"unload_models": True, "free_memory": True})
+    time.sleep(3)  # the prompt worker frees between prompts
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(comfyui_server):
+    """The server while it may hold the full-size SDXL: the SD1.5 models are dropped first, and
+    ``$LIKENESS_BIGMEM_LOCK`` is held until the SDXL is dropped again."""
+    with bigmem():
+        _free(comfyui_server)
+        try:
+            yield comfyui_server
+        finally:
+            _free(comfyui_server)
+
+
+def _peak_rss_gb(server: dict) -> str:
+    """The server's peak resident memory so far (VmHWM), for the test's output."""
+    try:
+        pid = _get(server["url"] + "/likeness_probe").get("pid")
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, AssertionError, urllib.error.URLError):
+        return "unknown"
+    kb = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")), None)
+    return f"{kb / 1024 / 1024:.1f} GB" if kb else "unknown"
+
+
+def test_epoch_sweep_sdxl_workflow(sdxl_server) -> None:
+    """workflows/epoch_sweep_sdxl.json on ComfyUI's own SDXL model (the random full-size checkpoint) with SDXL
+    LoRAs that have every module the core names: all keys load, and the sweep and its report complete."""
+    server = sdxl_server
+    prompt = to_api(server, "epoch_sweep_sdxl")
+    set_input(prompt, "CheckpointLoaderSimple", ckpt_name=SDXL_CKPT)
+    set_input(prompt, "LikenessLoraCheckpoints", run=f"{SDXL_RUN}/{SDXL_RUN}")
+    set_input(prompt, "LikenessEpochSweep", strengths="0.5, 1", seeds="1", steps=2, width=64, height=64, cfg=5.0)
+    set_input(prompt, "LikenessFaceModel", pack="likeness_test", provider="cpu")
+    set_input(prompt, "LikenessReferenceFaces", folder=str(server["refs"]))
+    log_before = len(server["log_path"].read_text(encoding="utf-8", errors="replace"))
+    started = time.monotonic()
+    entry = run_prompt(server, prompt)
+    _succeeded(entry, server)
+    elapsed = time.monotonic() - started
+
+    folder = _report_folder(server, entry)
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    groups = [(g["label"], g["n_images"]) for g in report["groups"]]
+    assert groups == [("no LoRA", 1)] + [(f"{SDXL_RUN} {e} @{s}", 1) for e in ("e1", "e2") for s in ("0.5", "1")], groups
+    layout = json.loads((folder / "grid.json").read_text(encoding="utf-8"))
+    assert layout["rows"] == ["no LoRA", "e1", "final (e2)"] and layout["columns"] == ["@0", "@0.5", "@1"]
+    log = server["log_path"].read_text(encoding="utf-8", errors="replace")[log_before:]
+    assert "model_type EPS" in log and "SDXL" in log, log[-4000:]
+    assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-4000:]
+    print(f"SDXL epoch sweep workflow: 5 images (2 steps, 64x64) in {elapsed:.0f}s; server peak RSS {_peak_rss_gb(server)}")
+
+
+def test_sd1_lora_on_sdxl_is_a_clear_node_error(sdxl_server) -> None:
+    """The SD1.x run on the SDXL model, and (above, test_clear_node_errors) the reverse: both named."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SDXL_CKPT}},
+        "2": {"class_type": "LikenessLoraCheckpoints", "inputs": {"run": RUN, "first_epoch": 0, "last_epoch": 0, "include_final": True}},
+        "3": {"class_type": "LikenessEpochSweep", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "checkpoints": ["2", 0], "positive": "a photo",
+            "negative": "", "strengths": "1", "seeds": "1", "steps": 1, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "width": 64, "height": 64}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    error = error_of(run_prompt(sdxl_server, prompt))
+    assert error["node_type"] == "LikenessEpochSweep"
+    message = error["exception_message"]
+    assert f"{RUN}-000001.safetensors is a SD1.x LoRA but the loaded model is SDXL" in message, message
+
+
+def test_unit_tests_pass_on_the_real_node_api(tmp_path) -> None:
     """tests/test_comfy_nodes.py runs on comfy_nodes.standin in CI; here it runs on ComfyUI's own
     comfy_api (same node code, real io/ui classes), so the stand-in cannot drift from the real API."""
     comfy_dir = os.environ.get("COMFYUI_DIR")
     if not comfy_dir:
         pytest.skip("COMFYUI_DIR is not set (path to a ComfyUI checkout; see tests/integration/README.md)")
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
-    env = dict(os.environ, PYTHONPATH=str(Path(comfy_dir).resolve()), PYTHONDONTWRITEBYTECODE="1")
+    # This checkout's core, whatever copy of lora_likeness that interpreter has installed (an editable install of
+    # another checkout would otherwise test the nodes against that core).
+    shim = tmp_path / "this-checkout"
+    shim.mkdir()
+    (shim / "lora_likeness").symlink_to(REPO / "core", target_is_directory=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(comfy_dir).resolve()), str(shim)]), PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_comfy_nodes.py"],
                           check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr

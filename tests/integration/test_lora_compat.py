@@ -6,7 +6,11 @@ Each test skips only when its checkout variable is unset:
   SD1.5 single file from ``../shared/tools/make_random_sd15.py`` is trained on for one step at 64 px by
   the built-in trainer (loading the single file offline with the built-in SD1.5 configs), then
   ComfyUI's own ``comfy.sd.load_checkpoint_guess_config`` + ``comfy.sd.load_lora_for_models`` load
-  both; every LoRA key must map (no ``lora key not loaded``) and patch one weight each.
+  both; every LoRA key must map (no ``lora key not loaded``) and patch one weight each. The same for SDXL:
+  a LoRA with all 986 modules the core names on a full-size SDXL (meta-device models from the family's
+  configs, random weights; ``full_size_models.py``) against ComfyUI's SDXL model built from the random
+  full-size SDXL checkpoint (``$LIKENESS_SDXL_CKPT`` or ``~/.cache/likeness-tests/sdxl_random_fp16.safetensors``),
+  loaded in fp16 and under ``$LIKENESS_BIGMEM_LOCK`` when that is set.
 * ``A1111_DIR``: A1111's ``extensions-builtin/Lora/networks.py`` imports gradio, torch and A1111's
   ``modules`` at module level, so its name conversion is taken from the checkout's source with ``ast``
   (``convert_diffusers_name_to_compvis`` and the tables it reads) and run on every key of a LoRA over
@@ -32,6 +36,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from full_size_models import bigmem, full_size_targets, sdxl_checkpoint, write_random_lora
 
 pytestmark = pytest.mark.integration
 
@@ -53,18 +58,7 @@ def _checkout(variable: str) -> Path:
 
 def _full_size_targets():
     """sd-scripts' LoRA targets on full-size SD1.5 diffusers models built without weights (meta device)."""
-    import torch
-    from diffusers import UNet2DConditionModel
-    from lora_likeness.families import FAMILIES
-    from lora_likeness.families.sd1 import TEXT_ENCODER as SD15_TEXT_ENCODER
-    from lora_likeness.families.sd1 import UNET as SD15_UNET
-    from lora_likeness.training.kohya_format import find_targets
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config({k: v for k, v in SD15_UNET.items() if not k.startswith("_")})
-        text_encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in SD15_TEXT_ENCODER.items() if k not in ("architectures",)}))
-    return find_targets(FAMILIES["sd1"].lora_components({"unet": unet, "text_encoder": text_encoder}))
+    return full_size_targets("sd1")
 
 
 def _result(stdout: str) -> dict:
@@ -111,6 +105,8 @@ logging.getLogger().addHandler(Keep())
 logging.getLogger().setLevel(logging.INFO)
 import comfy.cli_args
 comfy.cli_args.args.cpu = True  # as `main.py --cpu`
+if "--fp16" in sys.argv:  # as `--fp16-unet --fp16-text-enc`: the key map is the same, the memory half (full-size SDXL)
+    comfy.cli_args.args.fp16_unet = comfy.cli_args.args.fp16_text_enc = True
 import comfy.sd, comfy.utils, comfy.lora
 model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(sys.argv[2], output_vae=True, output_clip=True)
 lora = comfy.utils.load_torch_file(sys.argv[3], safe_load=True)
@@ -123,20 +119,26 @@ print("LIKENESS_RESULT " + json.dumps({
     "lora_modules": len({k.split(".")[0] for k in lora}), "patched_weights": len(patches),
     "not_loaded": [m for m in records if "lora key not loaded" in m],
     "unet_patches": len(new_model.patches), "clip_patches": len(new_clip.patcher.patches),
+    "clip_patch_prefixes": sorted({k.split(".")[0] for k in new_clip.patcher.patches}),
 }))
 """
 
 
-def test_comfyui_maps_every_key_on_full_size_sd15(random_sd15, trained_full_size_lora, tmp_path):
+def _run_comfy_check(checkpoint: Path, lora: Path, tmp_path: Path, *extra: str) -> dict:
+    """COMFY_SCRIPT in ComfyUI's interpreter: ComfyUI's own loaders on ``checkpoint`` and ``lora``."""
     comfy_dir = _checkout("COMFYUI_DIR")
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     script = tmp_path / "check_comfy_lora.py"
     script.write_text(COMFY_SCRIPT, encoding="utf-8")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    run = subprocess.run([python, str(script), str(comfy_dir), str(random_sd15), str(trained_full_size_lora)], cwd=comfy_dir,
+    run = subprocess.run([python, str(script), str(comfy_dir), str(checkpoint), str(lora), *extra], cwd=comfy_dir,
                          capture_output=True, text=True, env=env, timeout=900, check=False)
     assert run.returncode == 0, run.stderr[-4000:]
-    result = _result(run.stdout)
+    return _result(run.stdout)
+
+
+def test_comfyui_maps_every_key_on_full_size_sd15(random_sd15, trained_full_size_lora, tmp_path):
+    result = _run_comfy_check(random_sd15, trained_full_size_lora, tmp_path)
     expected = {t.key for t in _full_size_targets()}
     from safetensors import safe_open
 
@@ -146,6 +148,23 @@ def test_comfyui_maps_every_key_on_full_size_sd15(random_sd15, trained_full_size
     assert result["config"] == "SD15" and result["not_loaded"] == []
     assert result["lora_modules"] == result["patched_weights"] == len(expected)
     assert result["unet_patches"] == 192 and result["clip_patches"] == 72
+
+
+def test_comfyui_maps_every_key_of_an_sdxl_lora_on_full_size_sdxl(tmp_path):
+    """An SDXL LoRA with every module our trainer names (both text encoders and the UNet, sd-scripts' SDXL layout)
+    loads into ComfyUI's SDXL model, built from the random full-size SDXL checkpoint, with no unmapped key."""
+    _checkout("COMFYUI_DIR")
+    checkpoint = sdxl_checkpoint(os.environ.get("COMFYUI_PYTHON"))
+    targets = full_size_targets("sdxl")
+    lora = write_random_lora(tmp_path / "xl.safetensors", targets, {"ss_base_model_version": "sdxl_base_v1-0"})
+    with bigmem():  # ComfyUI holds the whole SDXL (fp16 here: about 7 GB)
+        result = _run_comfy_check(checkpoint, lora, tmp_path, "--fp16")
+    by_component = {name: sum(t.component == name for t in targets) for name in ("unet", "text_encoder", "text_encoder_2")}
+    assert by_component == {"unet": 722, "text_encoder": 72, "text_encoder_2": 192}  # sd-scripts' SDXL LoRA: 722 + 72 + 192
+    assert result["config"] == "SDXL" and result["not_loaded"] == []
+    assert result["lora_modules"] == result["patched_weights"] == len(targets) == 986
+    assert result["unet_patches"] == 722 and result["clip_patches"] == 72 + 192
+    assert result["clip_patch_prefixes"] == ["clip_g", "clip_l"]  # lora_te1_ -> CLIP-L, lora_te2_ -> OpenCLIP bigG
 
 
 # -- A1111 ------------------------------------------------------------------------------------------
