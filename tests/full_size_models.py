@@ -56,7 +56,7 @@ def bigmem():
     if not lock:
         yield
         return
-    with open(lock, "a+") as handle:  # noqa: PTH123 - a lock file, kept open while held
+    with open(lock, "a+") as handle:  # a lock file, kept open while held
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

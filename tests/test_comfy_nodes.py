@@ -327,7 +327,7 @@ def test_score_images_reads_a_folder_of_any_sizes_with_names(face_model, photo_f
     tall = annotated[0].numpy()  # 626 x 1200 -> 401 x 768, centred: grey bands left and right
     assert np.allclose(tall[:, :150], 40 / 255, atol=1e-6) and not np.allclose(tall[:, 300:400], 40 / 255, atol=1e-6)
 
-    grid, grid_summary, advice = report_nodes.ScoredGrid.execute(score_run=scored, filename_prefix="likeness/folder").args
+    grid, _summary, advice = report_nodes.ScoredGrid.execute(score_run=scored, filename_prefix="likeness/folder").args
     folder = output_dir / "likeness" / "folder_00001"
     rows = (folder / "scores.csv").read_text(encoding="utf-8").splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == names  # file names, not "image 1..5"

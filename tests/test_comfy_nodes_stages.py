@@ -202,7 +202,7 @@ def test_train_lora_trains_sdxl_with_comfyuis_tokenizer(tiny_sdxl, tmp_path, mon
 
 def test_train_lora_resolution_follows_the_model_family(tiny, tiny_sdxl, comfy_models, monkeypatch):
     """Resolution 0 (the default) is the family's: 512 for SD1.x, 1024 for SDXL, with the family's buckets."""
-    import lora_likeness.training as training
+    from lora_likeness import training
     from lora_likeness.families import detect_family
     from lora_likeness.training.trainer import TrainResult
 

@@ -116,7 +116,7 @@ GRAPHS = {
              "widgets": {"aggregation": "max", "folder": "/path/to/photos/of/the/person"}},
             {"key": "score", "type": "LikenessScoreImages", "pos": [840, 20], "size": [300, 160],
              "widgets": {"face": "largest", "folder": "generated"}},
-            {"key": "preview", "type": "PreviewImage", "pos": [840, 220], "size": [330, 400]},
+            {"key": "preview", "type": "PreviewImage", "pos": [840, 250], "size": [330, 380]},
             {"key": "grid", "type": "LikenessScoredGrid", "pos": [1200, 20], "size": [460, 620],
              "widgets": {"filename_prefix": "likeness/score_folder"}},
             {"key": "summary", "type": "PreviewAny", "pos": [1200, 670], "size": [460, 260]},
