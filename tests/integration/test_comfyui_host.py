@@ -28,6 +28,7 @@ which needs ``comfy-cli`` (``pip install comfy-cli``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -258,6 +259,44 @@ def _populate(base: Path, tmp: Path) -> dict:
             "generated": sorted(p.name for p in generated.iterdir())}
 
 
+@contextlib.contextmanager
+def _comfyui(comfy_dir: Path, python: str, base: Path, extra_paths: Path, log_path: Path, env: dict, *flags: str):
+    """A ComfyUI server on a free loopback port over ``base``, in its own process group, always killed
+    at the end: yields ``(url, object_info)``."""
+    port = _free_port()
+    cmd = [
+        python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+        "--base-directory", str(base), "--disable-api-nodes", "--disable-auto-launch",
+        # The default database lives in <checkout>/user/; keep the checkout untouched.
+        "--database-url", "sqlite:///:memory:",
+        "--extra-model-paths-config", str(extra_paths), *flags,
+    ]
+    log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - the server writes it until the end
+    proc = subprocess.Popen(cmd, cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        object_info = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                object_info = _get(url + "/object_info", timeout=10)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(1)
+        log.flush()
+        if object_info is None:
+            text = log_path.read_text(encoding="utf-8", errors="replace")
+            why = f"exited with {proc.returncode}" if proc.poll() is not None else f"no /object_info within {STARTUP_TIMEOUT_S}s"
+            pytest.fail(f"ComfyUI did not come up ({why}); command: {' '.join(cmd)}\n--- log tail ---\n{text[-6000:]}")
+        yield url, object_info
+    finally:
+        _stop(proc)
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def comfyui_server(tmp_path_factory):
     comfy_dir = os.environ.get("COMFYUI_DIR")
@@ -279,7 +318,6 @@ def comfyui_server(tmp_path_factory):
     marker = tmp / "decoy-imports.txt"
     decoy = _make_decoy(tmp / "decoy-site", marker)
 
-    port = _free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = str(decoy)
     # Nothing here may reach the internet: a stray HTTP call fails fast and shows in the log.
@@ -287,41 +325,12 @@ def comfyui_server(tmp_path_factory):
                https_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
                HTTPS_PROXY="http://127.0.0.1:9", no_proxy="127.0.0.1,localhost",
                NO_PROXY="127.0.0.1,localhost")
-    cmd = [
-        python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-        "--base-directory", str(base), "--disable-api-nodes", "--disable-auto-launch",
-        # The default database lives in <checkout>/user/; keep the checkout untouched.
-        "--database-url", "sqlite:///:memory:",
-        "--extra-model-paths-config", str(assets["extra_paths"]),
-    ]
     log_path = tmp / "comfyui.log"
-    log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - the server writes it until the module ends
-    proc = subprocess.Popen(cmd, cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        object_info = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                object_info = _get(url + "/object_info", timeout=10)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                time.sleep(1)
-        log.flush()
-        text = log_path.read_text(encoding="utf-8", errors="replace")
-        if object_info is None:
-            why = f"exited with {proc.returncode}" if proc.poll() is not None else f"no /object_info within {STARTUP_TIMEOUT_S}s"
-            pytest.fail(f"ComfyUI did not come up ({why}); command: {' '.join(cmd)}\n--- log tail ---\n{text[-6000:]}")
+    with _comfyui(comfy_dir, python, base, assets["extra_paths"], log_path, env) as (url, object_info):
         probe = _get(url + "/likeness_probe")
-        yield {"log": text, "pack": pack, "object_info": object_info, "probe": probe,
-               "marker": marker.read_text() if marker.exists() else "", "url": url, "base": base,
-               "log_path": log_path, "python": python, **assets}
-    finally:
-        _stop(proc)
-        log.close()
+        yield {"log": log_path.read_text(encoding="utf-8", errors="replace"), "pack": pack, "object_info": object_info,
+               "probe": probe, "marker": marker.read_text() if marker.exists() else "", "url": url, "base": base,
+               "log_path": log_path, "python": python, "comfy_dir": comfy_dir, "env": env, "tmp": tmp, **assets}
 
 
 def _import_time_lines(log: str) -> list[str]:
@@ -687,84 +696,6 @@ def test_stop_interrupts_the_sweep(comfyui_server) -> None:
     print(f"sweep stopped {time.monotonic() - stopped:.1f}s after Stop")
 
 
-# --------------------------------------------------------------------------------------------
-# SDXL: the random full-size SDXL checkpoint (10-14 GB in ComfyUI on CPU), one prompt at a time
-
-
-def _free(server: dict) -> None:
-    """Ask ComfyUI to unload its models and drop its cached node outputs (POST /free), and wait until it has."""
-    _post(server["url"] + "/free", {"unload_models": True, "free_memory": True})
-    time.sleep(3)  # the prompt worker frees between prompts
-
-
-@pytest.fixture(scope="module")
-def sdxl_server(comfyui_server):
-    """The server while it may hold the full-size SDXL: the SD1.5 models are dropped first, and
-    ``$LIKENESS_BIGMEM_LOCK`` is held until the SDXL is dropped again."""
-    with bigmem():
-        _free(comfyui_server)
-        try:
-            yield comfyui_server
-        finally:
-            _free(comfyui_server)
-
-
-def _peak_rss_gb(server: dict) -> str:
-    """The server's peak resident memory so far (VmHWM), for the test's output."""
-    try:
-        pid = _get(server["url"] + "/likeness_probe").get("pid")
-        text = Path(f"/proc/{pid}/status").read_text()
-    except (OSError, AssertionError, urllib.error.URLError):
-        return "unknown"
-    kb = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")), None)
-    return f"{kb / 1024 / 1024:.1f} GB" if kb else "unknown"
-
-
-def test_epoch_sweep_sdxl_workflow(sdxl_server) -> None:
-    """workflows/epoch_sweep_sdxl.json on ComfyUI's own SDXL model (the random full-size checkpoint) with SDXL
-    LoRAs that have every module the core names: all keys load, and the sweep and its report complete."""
-    server = sdxl_server
-    prompt = to_api(server, "epoch_sweep_sdxl")
-    set_input(prompt, "CheckpointLoaderSimple", ckpt_name=SDXL_CKPT)
-    set_input(prompt, "LikenessLoraCheckpoints", run=f"{SDXL_RUN}/{SDXL_RUN}")
-    set_input(prompt, "LikenessEpochSweep", strengths="0.5, 1", seeds="1", steps=2, width=64, height=64, cfg=5.0)
-    set_input(prompt, "LikenessFaceModel", pack="likeness_test", provider="cpu")
-    set_input(prompt, "LikenessReferenceFaces", folder=str(server["refs"]))
-    log_before = len(server["log_path"].read_text(encoding="utf-8", errors="replace"))
-    started = time.monotonic()
-    entry = run_prompt(server, prompt)
-    _succeeded(entry, server)
-    elapsed = time.monotonic() - started
-
-    folder = _report_folder(server, entry)
-    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    groups = [(g["label"], g["n_images"]) for g in report["groups"]]
-    assert groups == [("no LoRA", 1)] + [(f"{SDXL_RUN} {e} @{s}", 1) for e in ("e1", "e2") for s in ("0.5", "1")], groups
-    layout = json.loads((folder / "grid.json").read_text(encoding="utf-8"))
-    assert layout["rows"] == ["no LoRA", "e1", "final (e2)"] and layout["columns"] == ["@0", "@0.5", "@1"]
-    log = server["log_path"].read_text(encoding="utf-8", errors="replace")[log_before:]
-    assert "model_type EPS" in log and "SDXL" in log, log[-4000:]
-    assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-4000:]
-    print(f"SDXL epoch sweep workflow: 5 images (2 steps, 64x64) in {elapsed:.0f}s; server peak RSS {_peak_rss_gb(server)}")
-
-
-def test_sd1_lora_on_sdxl_is_a_clear_node_error(sdxl_server) -> None:
-    """The SD1.x run on the SDXL model, and (above, test_clear_node_errors) the reverse: both named."""
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SDXL_CKPT}},
-        "2": {"class_type": "LikenessLoraCheckpoints", "inputs": {"run": RUN, "first_epoch": 0, "last_epoch": 0, "include_final": True}},
-        "3": {"class_type": "LikenessEpochSweep", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "checkpoints": ["2", 0], "positive": "a photo",
-            "negative": "", "strengths": "1", "seeds": "1", "steps": 1, "cfg": 5.0, "sampler_name": "euler",
-            "scheduler": "normal", "width": 64, "height": 64}},
-        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
-    }
-    error = error_of(run_prompt(sdxl_server, prompt))
-    assert error["node_type"] == "LikenessEpochSweep"
-    message = error["exception_message"]
-    assert f"{RUN}-000001.safetensors is a SD1.x LoRA but the loaded model is SDXL" in message, message
-
-
 def test_unit_tests_pass_on_the_real_node_api(tmp_path) -> None:
     """tests/test_comfy_nodes.py runs on comfy_nodes.standin in CI; here it runs on ComfyUI's own
     comfy_api (same node code, real io/ui classes), so the stand-in cannot drift from the real API."""
@@ -784,3 +715,88 @@ def test_unit_tests_pass_on_the_real_node_api(tmp_path) -> None:
     assert "No module named pytest" not in out, f"{python} needs pytest (pip install pytest) to run the unit tests"
     assert proc.returncode == 0, out[-6000:]
     assert re.search(r"\b\d+ passed\b", out) and " skipped" not in out, out[-2000:]
+
+
+# --------------------------------------------------------------------------------------------
+# SDXL: the random full-size SDXL checkpoint on a server of its own, one prompt at a time, last
+
+
+def _free(server: dict) -> None:
+    """Ask ComfyUI to unload its models and drop its cached node outputs (POST /free), and give it time to."""
+    _post(server["url"] + "/free", {"unload_models": True, "free_memory": True})
+    time.sleep(5)  # the prompt worker frees between prompts
+
+
+def _peak_rss_gb(pid: int) -> str:
+    """A process's peak resident memory so far (VmHWM), for the test's output."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "unknown"
+    kb = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")), None)
+    return f"{kb / 1024 / 1024:.1f} GB" if kb else "unknown"
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(comfyui_server):
+    """A second server over the same folders for the full-size SDXL, started once the first has dropped its
+    SD1.5 and under ``$LIKENESS_BIGMEM_LOCK`` (when set) until it is stopped.
+
+    ``--fp16-unet``: ComfyUI keeps a copy of every weight a LoRA patches, and a full-size SDXL LoRA patches most
+    of the UNet and both text encoders; in float32 (ComfyUI's CPU default) that came to 23 GB here, in float16
+    storage (computed in float32 all the same on CPU) about half. The text encoders are float16 on CPU already.
+    """
+    first = comfyui_server
+    with bigmem():
+        _free(first)
+        log_path = first["tmp"] / "comfyui-sdxl.log"
+        with _comfyui(first["comfy_dir"], first["python"], first["base"], first["extra_paths"], log_path, first["env"],
+                      "--fp16-unet") as (url, object_info):
+            server = {**first, "url": url, "object_info": object_info, "log_path": log_path}
+            yield server
+            print(f"SDXL server peak RSS {_peak_rss_gb(_get(url + '/likeness_probe')['pid'])}")
+
+
+def test_epoch_sweep_sdxl_workflow(sdxl_server) -> None:
+    """workflows/epoch_sweep_sdxl.json on ComfyUI's own SDXL model (the random full-size checkpoint) with SDXL
+    LoRAs that have every module the core names: all keys load, and the sweep and its report complete."""
+    server = sdxl_server
+    prompt = to_api(server, "epoch_sweep_sdxl")
+    set_input(prompt, "CheckpointLoaderSimple", ckpt_name=SDXL_CKPT)
+    set_input(prompt, "LikenessLoraCheckpoints", run=f"{SDXL_RUN}/{SDXL_RUN}")
+    set_input(prompt, "LikenessEpochSweep", strengths="0.5, 1", seeds="1", steps=2, width=64, height=64, cfg=5.0)
+    set_input(prompt, "LikenessFaceModel", pack="likeness_test", provider="cpu")
+    set_input(prompt, "LikenessReferenceFaces", folder=str(server["refs"]))
+    started = time.monotonic()
+    entry = run_prompt(server, prompt, timeout=1800)
+    _succeeded(entry, server)
+    elapsed = time.monotonic() - started
+
+    folder = _report_folder(server, entry)
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    groups = [(g["label"], g["n_images"]) for g in report["groups"]]
+    assert groups == [("no LoRA", 1)] + [(f"{SDXL_RUN} {e} @{s}", 1) for e in ("e1", "e2") for s in ("0.5", "1")], groups
+    layout = json.loads((folder / "grid.json").read_text(encoding="utf-8"))
+    assert layout["rows"] == ["no LoRA", "e1", "final (e2)"] and layout["columns"] == ["@0", "@0.5", "@1"]
+    log = server["log_path"].read_text(encoding="utf-8", errors="replace")
+    assert "model_type EPS" in log and "Requested to load SDXL" in log, log[-4000:]
+    assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-4000:]
+    pid = _get(server["url"] + "/likeness_probe")["pid"]
+    print(f"SDXL epoch sweep workflow: 5 images (2 steps, 64x64) in {elapsed:.0f}s; SDXL server peak RSS {_peak_rss_gb(pid)}")
+
+
+def test_sd1_lora_on_sdxl_is_a_clear_node_error(sdxl_server) -> None:
+    """The SD1.x run on the SDXL model, and (test_clear_node_errors) the reverse: both named."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SDXL_CKPT}},
+        "2": {"class_type": "LikenessLoraCheckpoints", "inputs": {"run": RUN, "first_epoch": 0, "last_epoch": 0, "include_final": True}},
+        "3": {"class_type": "LikenessEpochSweep", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "checkpoints": ["2", 0], "positive": "a photo",
+            "negative": "", "strengths": "1", "seeds": "1", "steps": 1, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "width": 64, "height": 64}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    error = error_of(run_prompt(sdxl_server, prompt))
+    assert error["node_type"] == "LikenessEpochSweep"
+    message = error["exception_message"]
+    assert f"{RUN}-000001.safetensors is a SD1.x LoRA but the loaded model is SDXL" in message, message
