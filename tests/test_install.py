@@ -18,6 +18,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -755,6 +756,10 @@ def test_likeness_train_names_the_broken_training_stack(broken_peft, capsys, tmp
 def test_likeness_sweep_and_run_name_the_broken_training_stack_before_any_work(broken_peft, capsys, tmp_path):
     for name in ("base.safetensors", "loras", "refs", "photos"):
         (tmp_path / name).mkdir()
+    from safetensors.numpy import save_file  # a LoRA to sweep: --loras is checked (headers only) before the stack
+
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": np.zeros((4, 320), np.float32)},
+              str(tmp_path / "loras" / "me.safetensors"), metadata={"ss_epoch": "1"})
     code, text = _cli(capsys, "sweep", "--base", str(tmp_path / "base.safetensors"), "--loras", str(tmp_path / "loras"),
                       "--refs", str(tmp_path / "refs"), "--prompt", "photo of ohwx man", "--out", str(tmp_path / "sweep"), "-q")
     assert code == 2 and "failed to import: from peft import" in text and "Install tested versions" in text
