@@ -118,7 +118,13 @@ def _save_dtype(config: TrainConfig):
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}[config.save_precision]
 
 
-def _make_optimizer(config: TrainConfig, groups: list[dict], warnings: list[str]):
+def _foreach(device) -> bool | None:
+    """AdamW's ``foreach`` for ``device``: on a CPU the multi-tensor code gives the same numbers as the per-tensor
+    loop (torch's CPU default) without a Python round per LoRA tensor; elsewhere torch chooses."""
+    return True if device.type == "cpu" else None
+
+
+def _make_optimizer(config: TrainConfig, groups: list[dict], warnings: list[str], device):
     import torch
 
     if config.optimizer == "AdamW8bit":
@@ -128,7 +134,8 @@ def _make_optimizer(config: TrainConfig, groups: list[dict], warnings: list[str]
             return bnb.optim.AdamW8bit(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=0.01), "bitsandbytes.optim.AdamW8bit"
         except Exception as exc:  # noqa: BLE001 - missing, or a build without CUDA
             warnings.append(f"AdamW8bit needs bitsandbytes ({exc.__class__.__name__}: {exc}); using AdamW")
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8), "torch.optim.AdamW"
+    return (torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8, foreach=_foreach(device)),
+            "torch.optim.AdamW")
 
 
 def min_snr_weight(scheduler, timesteps, gamma: float, v_prediction: bool):
@@ -191,6 +198,7 @@ class _Trainer:
         self.network = attach_lora(family.lora_components(parts.modules(), text_encoders=config.train_text_encoder),
                                    config.rank, config.effective_alpha)
         initialise_like_kohya(self.network, config.seed)
+        self.trainable = self.network.parameters()  # looked up once: every step clips and steps these
         if config.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
@@ -210,7 +218,7 @@ class _Trainer:
         groups = [{"params": self.network.parameters("unet"), "lr": config.effective_unet_lr}]
         if config.train_text_encoder:
             groups.append({"params": self.network.parameters(*parts.text_encoders), "lr": config.effective_text_encoder_lr})
-        self.optimizer, self.optimizer_name = _make_optimizer(config, groups, self.warnings)
+        self.optimizer, self.optimizer_name = _make_optimizer(config, groups, self.warnings, self.device)
         self.batches_per_epoch = len(epoch_batches(self.dataset, 1, config.seed))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -347,7 +355,7 @@ class _Trainer:
     def _optimizer_step(self) -> None:
         import torch
 
-        params = self.network.parameters()
+        params = self.trainable
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm:
@@ -380,7 +388,7 @@ class _Trainer:
                     micro = (self.epoch - 1) * self.batches_per_epoch + self.next_batch + offset
                     losses.append(self._micro_step(samples, micro))
                 if len(group) < accumulation:  # the epoch's last, short group: average over what it had
-                    for param in self.network.parameters():
+                    for param in self.trainable:
                         if param.grad is not None:
                             param.grad.mul_(accumulation / len(group))
                 lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -556,6 +564,9 @@ class _Trainer:
                               "restore them, or start a new run with another --name")
         self.network.load_kohya_state_dict({k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
         optimizer_from_parts(self.optimizer, tensors, document["optimizer"])
+        for group in self.optimizer.param_groups:
+            if "foreach" in group:  # the saved run's choice was for its device
+                group["foreach"] = _foreach(self.device)
         self.lr_scheduler.load_state_dict(dict(document["lr_scheduler"], lr_lambdas=[None] * len(self.optimizer.param_groups)))
         if self.scaler is not None and document.get("scaler"):
             self.scaler.load_state_dict(document["scaler"])
