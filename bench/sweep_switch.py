@@ -1,9 +1,15 @@
 """LoRA switch time of the sweep vs reloading the pipeline per checkpoint (target: at least 10x), and on a GPU
-the sweep's images/s at 512x768, 25 steps on a full-size SD1.5.
+the sweep's images/s (25 steps; SD1.5 at 512x768, SDXL at 1024x1024) on a full-size model.
 
     python bench/sweep_switch.py                      # tiny random SD1-shaped model on CPU (runs anywhere)
     python bench/sweep_switch.py --sd15 MODEL.safetensors [--device cuda]   # full size (a random one:
                                                       # ../shared/tools/make_random_sd15.py; values don't matter)
+    flock /work/hosts/bigmem.lock python bench/sweep_switch.py --sdxl MODEL.safetensors   # full-size SDXL
+                                                      # (../shared/tools/make_random_sdxl.py); about 7 GB of RAM per
+                                                      # pipeline in fp16, one pipeline at a time
+
+Weights are fp16 on a GPU and for ``--sdxl`` (a float32 SDXL pipeline is 14 GB), float32 otherwise
+(``--precision`` overrides); every loop uses the same precision.
 
 Measured, per switch from one epoch's LoRA to the next (median of --repeats):
 
@@ -13,12 +19,14 @@ Measured, per switch from one epoch's LoRA to the next (median of --repeats):
              that starts over for every checkpoint does (the baseline the ratio is against).
 
 The LoRA files are Kohya files written by the trainer's own writer (rank 16, every Kohya target module,
-random values): what ``likeness train`` saves per epoch.
+random values): what ``likeness train`` saves per epoch. Peak resident memory of the process is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import resource
 import statistics
 import sys
 import tempfile
@@ -27,18 +35,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+TOKENIZERS = {"tokenizer": SHARED / "tokenizers" / "sd1_clip", "tokenizer_2": SHARED / "tokenizers" / "sdxl_clip_g"}
 
 
 def write_epochs(base_parts, folder: Path, epochs: int, rank: int) -> list[Path]:
-    """Kohya files ``bench-00000N.safetensors`` with random weights for the base's target modules."""
-    import copy
+    """Kohya files ``bench-00000N.safetensors`` with random weights for the base's target modules.
 
+    The LoRA layers are attached to ``base_parts`` itself (no copy: a full-size SDXL is 7 GB in fp16);
+    the caller throws the parts away afterwards."""
     import torch
     from lora_likeness.training.kohya_format import epoch_file_name, save_lora_file
     from lora_likeness.training.network import attach_lora
 
-    modules = {name: copy.deepcopy(module).float() for name, module in base_parts.modules().items()}
-    network = attach_lora(base_parts.family.lora_components(modules), rank=rank, alpha=rank / 2)
+    network = attach_lora(base_parts.family.lora_components(base_parts.modules()), rank=rank, alpha=rank / 2)
     files = []
     for epoch in range(1, epochs + 1):
         generator = torch.Generator().manual_seed(epoch)
@@ -49,8 +58,20 @@ def write_epochs(base_parts, folder: Path, epochs: int, rank: int) -> list[Path]
         path = folder / epoch_file_name("bench", epoch)
         save_lora_file(path, network.kohya_state_dict(torch.float16), {"ss_epoch": epoch, "ss_network_dim": rank})
         files.append(path)
-    del modules
     return files
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def release() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def timed(function, repeats: int) -> float:
@@ -64,46 +85,58 @@ def timed(function, repeats: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sd15", type=Path, help="a full-size SD1.5 single file (default: a tiny random model)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--sd15", type=Path, help="a full-size SD1.5 (single file or diffusers folder; default: a tiny random model)")
+    model.add_argument("--sdxl", type=Path, help="a full-size SDXL (single file or diffusers folder; run it under flock /work/hosts/bigmem.lock)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("auto", "fp16", "float"), default="auto",
+                        help="weights of every pipeline: auto = fp16 on a GPU or with --sdxl, else float32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--images", type=int, default=8, help="images for the images/s figure (GPU, full size)")
     args = parser.parse_args()
+    for given in (args.sd15, args.sdxl):
+        if given is not None and not given.exists():
+            parser.error(f"{given} does not exist")
 
     import torch
-    from diffusers import StableDiffusionPipeline
     from lora_likeness.families import load_base
     from lora_likeness.sweep.config import SweepConfig
-    from lora_likeness.sweep.engine import Generator
+    from lora_likeness.sweep.engine import Generator, make_scheduler
     from lora_likeness.training.tiny import write_tiny_model
     from safetensors.torch import load_file
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    fp16 = args.precision == "fp16" or (args.precision == "auto" and (device.type == "cuda" or args.sdxl is not None))
+    dtype = torch.float16 if fp16 else torch.float32
     with tempfile.TemporaryDirectory(prefix="likeness-bench-") as scratch:
         scratch = Path(scratch)
-        if args.sd15 is None:
-            base = write_tiny_model(scratch / "tiny", SHARED / "tokenizers" / "sd1_clip")
+        if args.sd15 is None and args.sdxl is None:
+            base = write_tiny_model(scratch / "tiny", TOKENIZERS["tokenizer"])
             what = "tiny random SD1-shaped model"
-
-            def reload_pipeline():
-                return StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
         else:
-            base = args.sd15
-            what = f"full-size SD1.5 ({base.name})"
+            base = args.sd15 or args.sdxl
+            what = f"full-size {'SDXL' if args.sdxl else 'SD1.5'} ({base.name})"
 
-            def reload_pipeline():
-                parts = load_base(base, tokenizer=SHARED / "tokenizers" / "sd1_clip", dtype=dtype)
-                return parts.family.pipeline(parts, parts.noise_scheduler)
-        parts = load_base(base, tokenizer=SHARED / "tokenizers" / "sd1_clip", dtype=torch.float32)
+        def on_device(pipe):
+            # Loaded on the CPU already; moving an fp16 pipeline "to" the CPU only makes diffusers warn.
+            return pipe if device.type == "cpu" else pipe.to(device)
+
+        def reload_pipeline():
+            parts = load_base(base, **TOKENIZERS, dtype=dtype)
+            return parts.family.pipeline(parts, make_scheduler(SweepConfig.sampler, dict(parts.noise_scheduler.config)))
+
+        parts = load_base(base, **TOKENIZERS, dtype=dtype)
+        family = parts.family
         files = write_epochs(parts, scratch, epochs=max(2, args.repeats + 1), rank=args.rank)
         size_mb = files[0].stat().st_size / 2**20
         del parts
+        release()
 
-        config = SweepConfig(base=base, tokenizer=SHARED / "tokenizers" / "sd1_clip", device=args.device, precision="fp16" if dtype == torch.float16 else "float",
-                             width=512, height=768, steps=25, prompts=["photo of a person"])
+        size = family.defaults
+        config = SweepConfig(base=base, **TOKENIZERS, device=args.device, precision="fp16" if fp16 else "float",
+                             width=size.width, height=size.height, steps=25, prompts=["photo of a person"])
         generator = Generator(config)
         switcher = generator.switcher
         switcher.apply(switcher.load(files[0]), 1.0)  # the first LoRA creates the layers; the rest are switches
@@ -116,8 +149,30 @@ def main() -> int:
 
         t_ours = timed(ours, args.repeats)
         assert switcher.switches["injected"] == 1, switcher.switches
+        n_modules = switcher.current.n_modules
 
-        pipe = reload_pipeline().to(device)
+        if args.sd15 is not None or args.sdxl is not None:
+            if device.type == "cuda":
+                prompt = "photo of a person"
+                for batch in (1, 4):
+                    torch.cuda.reset_peak_memory_stats()
+                    generator.generate(prompt, list(range(batch)))  # warm-up
+                    started = time.perf_counter()
+                    done = 0
+                    while done < args.images:
+                        generator.generate(prompt, list(range(done, done + batch)))
+                        done += batch
+                    torch.cuda.synchronize()
+                    elapsed = time.perf_counter() - started
+                    print(f"images/s at {size.width}x{size.height}, 25 steps, dpmpp_2m_karras, {'fp16' if fp16 else 'float32'}, batch {batch}: "
+                          f"{done / elapsed:.2f} (peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
+            else:
+                print(f"images/s at {size.width}x{size.height}: needs a CUDA device (--device cuda)")
+        generator.close()
+        del generator, switcher, ours
+        release()  # one pipeline at a time: a full-size SDXL would not fit twice beside other jobs
+
+        pipe = on_device(reload_pipeline())
         pipe.load_lora_weights(load_file(str(files[0])), adapter_name="a0")
         names = iter(range(1, 10_000))
 
@@ -129,39 +184,28 @@ def main() -> int:
                 torch.cuda.synchronize()
 
         t_diffusers = timed(diffusers_swap, args.repeats)
-        pipe = None  # free it before the reloads
+        del pipe, diffusers_swap
+        release()
 
-        def reload():
-            fresh = reload_pipeline().to(device)
+        reloads = []
+        for _ in range(max(2, args.repeats // 2)):
+            started = time.perf_counter()
+            fresh = on_device(reload_pipeline())
             fresh.load_lora_weights(load_file(str(next(cycle))), adapter_name="x")
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            reloads.append(time.perf_counter() - started)
+            del fresh
+            release()  # outside the timing: a script that reloads frees the old pipeline too, but not here
+        t_reload = statistics.median(reloads)
 
-        t_reload = timed(reload, max(2, args.repeats // 2))
-
-        print(f"model: {what}; LoRA: rank {args.rank}, {switcher.current.n_modules} modules, {size_mb:.1f} MB; device {device}")
+        print(f"model: {what}, {'fp16' if fp16 else 'float32'}; LoRA: rank {args.rank}, {n_modules} modules, {size_mb:.1f} MB; "
+              f"device {device}; median of {args.repeats} switches, {len(reloads)} reloads; peak RSS {peak_rss_gib():.1f} GiB")
         print(f"switch, ours (copy into the layers):      {t_ours * 1000:9.1f} ms")
         print(f"switch, diffusers delete + load_lora:     {t_diffusers * 1000:9.1f} ms   ({t_diffusers / t_ours:6.1f}x ours)")
         print(f"reload pipeline + load_lora (baseline):   {t_reload * 1000:9.1f} ms")
         ratio = t_reload / t_ours
         print(f"ratio reload / ours: {ratio:.1f}x (target >= 10x: {'met' if ratio >= 10 else 'NOT met'})")
-
-        if args.sd15 is not None and device.type == "cuda":
-            prompt = "photo of a person"
-            for batch in (1, 4):
-                generator.generate(prompt, list(range(batch)))  # warm-up
-                started = time.perf_counter()
-                done = 0
-                while done < args.images:
-                    generator.generate(prompt, list(range(done, done + batch)))
-                    done += batch
-                torch.cuda.synchronize()
-                elapsed = time.perf_counter() - started
-                print(f"images/s at 512x768, 25 steps, dpmpp_2m_karras, fp16, batch {batch}: {done / elapsed:.2f} "
-                      f"(peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
-        elif args.sd15 is not None:
-            print("images/s at 512x768: needs a CUDA device (--device cuda)")
-        generator.close()
     return 0
 
 
