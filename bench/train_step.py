@@ -37,9 +37,9 @@ is faster). On a CPU shared with other jobs, ``--threads 1`` keeps torch's threa
 other (with 2 threads on 2 busy cores a step here took 5-10x longer).
 
 GPU part (only when CUDA is available): SD1.5 at 512 px and SDXL at 1024 px, batch 1, fp16, gradient
-checkpointing, cached latents, UNet + text encoder(s), random full-size weights (``../shared/tools/
-make_random_sd15.py`` / ``make_random_sdxl.py``, or ``--sd15-gpu`` / ``--sdxl-gpu`` files): it/s and peak
-VRAM (``torch.cuda.max_memory_allocated``).
+checkpointing, cached latents, the family's default parts (SD1.5: UNet + text encoder; SDXL: UNet only),
+random full-size weights (``../shared/tools/make_random_sd15.py`` / ``make_random_sdxl.py``, or the
+``--sd15-gpu`` / ``--sdxl-gpu`` files): it/s and peak VRAM (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def cpu_bench(family: str, args) -> None:
         times = interleaved(loops, args.steps, args.warmup)
     script = "train_text_to_image_lora_sdxl.py" if family == "sdxl" else "train_text_to_image_lora.py"
     labels = {"baseline": f"diffusers {script} loop", "alike": "built-in, VAE every step (like for like)",
-              "cached": "built-in, cached latents (its default)"}
+              "cached": "built-in, latents cached (trainer default)"}
     print(f"{family}: tiny {family.upper()}-shaped model, {args.resolution} px, batch {args.batch_size}, float32, rank 8, UNet LoRA on "
           f"every Kohya target, AdamW; {args.steps} interleaved steps after {args.warmup} warm-up rounds")
     print(f"  {'':42s} {'wall ms/step':>12s} {'(IQR)':>15s} {'CPU ms/step':>12s}   {'ratio baseline/ours, per round: median (IQR)':s}")
@@ -253,8 +253,11 @@ def gpu_bench(family: str, checkpoint: Path | None, args) -> None:
             times.append(time.perf_counter() - started)
         peak = torch.cuda.max_memory_allocated() / 2 ** 30
     q1, per_step, q3 = _quartiles(times[args.warmup:])
+    from lora_likeness.families import get_family
+
+    trained = "UNet + text encoder(s)" if config.for_family(get_family(family)).train_text_encoder else "UNet only (cached text)"
     print(f"GPU {torch.cuda.get_device_name()}: full-size {family.upper()} (random weights), {resolution} px, batch 1, fp16, "
-          f"gradient checkpointing, cached latents, rank 16, UNet + text encoder(s)")
+          f"gradient checkpointing, cached latents, rank 16, {trained} (the family's default)")
     print(f"  {1 / per_step:.2f} it/s ({1 / q3:.2f}-{1 / q1:.2f}), peak VRAM {peak:.2f} GiB"
           + (f" (target <= 6 GiB: {'met' if peak <= 6 else 'NOT met'})" if family == "sd1" else ""))
 
