@@ -4,7 +4,7 @@ the sweep's images/s (25 steps; SD1.5 at 512x768, SDXL at 1024x1024) on a full-s
     python bench/sweep_switch.py                      # tiny random SD1-shaped model on CPU (runs anywhere)
     python bench/sweep_switch.py --sd15 MODEL.safetensors [--device cuda]   # full size (a random one:
                                                       # ../shared/tools/make_random_sd15.py; values don't matter)
-    flock /work/hosts/bigmem.lock python bench/sweep_switch.py --sdxl MODEL.safetensors   # full-size SDXL
+    python bench/sweep_switch.py --sdxl MODEL.safetensors   # full-size SDXL
                                                       # (../shared/tools/make_random_sdxl.py); about 7 GB of RAM per
                                                       # pipeline in fp16, one pipeline at a time
 
@@ -115,7 +115,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--sd15", type=Path, help="a full-size SD1.5 (single file or diffusers folder; default: a tiny random model)")
-    model.add_argument("--sdxl", type=Path, help="a full-size SDXL (single file or diffusers folder; run it under flock /work/hosts/bigmem.lock)")
+    model.add_argument("--sdxl", type=Path, help="a full-size SDXL (single file or diffusers folder)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("auto", "fp16", "float"), default="auto",
                         help="weights of every pipeline: auto = fp16 on a GPU or with --sdxl, else float32")

@@ -286,12 +286,15 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"load average {load:.1f} at start; diffusers loops as of huggingface/diffusers@{DIFFUSERS_COMMIT[:10]}")
-    if not args.skip_cpu:
-        for family in families:
-            cpu_bench(family, args)
-    if torch.cuda.is_available():
-        for family in families:
-            gpu_bench(family, args.sdxl_gpu if family == "sdxl" else args.sd15_gpu, args)
+    from lora_likeness.quiet import quiet_third_party
+
+    with quiet_third_party():  # the libraries' notices and "Loading weights" bars would bury the tables
+        if not args.skip_cpu:
+            for family in families:
+                cpu_bench(family, args)
+        if torch.cuda.is_available():
+            for family in families:
+                gpu_bench(family, args.sdxl_gpu if family == "sdxl" else args.sd15_gpu, args)
     else:
         print("GPU: no CUDA device here; the full-size figures (it/s, peak VRAM: SD1.5 at 512 px, SDXL at 1024 px) were not measured")
     return 0
