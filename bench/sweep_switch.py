@@ -251,4 +251,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lora_likeness.quiet import quiet_third_party
+
+    with quiet_third_party():  # diffusers' fp16-on-CPU notice and loading bars would bury the figures
+        code = main()
+    sys.exit(code)
