@@ -313,9 +313,33 @@ def test_dora_and_unknown_files_are_refused_clearly(base, tmp_path):
     save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 32, 1, 1)}, str(tmp_path / "half.safetensors"))
     with pytest.raises(ConversionError, match="proj_in has no up \\(lora_B\\) matrix"):
         convert_to_kohya(tmp_path / "half.safetensors", tmp_path / "z.safetensors")
-    save_file({"text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 8)}, str(tmp_path / "xl.safetensors"))
-    with pytest.raises(ConversionError, match="SDXL LoRA: likeness convert writes SD1.x/SD2.x"):
-        convert_to_kohya(tmp_path / "xl.safetensors", tmp_path / "w.safetensors")
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 3072),
+               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(3072, 2)}, str(tmp_path / "flux.safetensors"))
+    with pytest.raises(ConversionError, match="Flux"):
+        convert_to_kohya(tmp_path / "flux.safetensors", tmp_path / "w.safetensors")
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_key_names_of_sdxl_and_of_diffusers_old_text_encoder_format():
+    from lora_likeness.families import get_family
+
+    sdxl = get_family("sdxl")
+    component, path, part, _ = split_key("unet.down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_k.lora_A.weight")
+    assert sdxl.kohya_module_key(component, path) == "lora_unet_input_blocks_8_1_transformer_blocks_9_attn2_to_k"
+    component, path, part, _ = split_key("text_encoder_2.text_model.encoder.layers.31.mlp.fc2.lora.up.weight")
+    assert (sdxl.kohya_module_key(component, path), part) == ("lora_te2_text_model_encoder_layers_31_mlp_fc2", "up")
+    assert sdxl.kohya_module_key("text_encoder", "text_model.encoder.layers.0.self_attn.q_proj") == \
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    # diffusers before peft (and its lora_state_dict today): attention LoRAs per projection, alphas by the down matrix.
+    assert split_key("text_encoder.text_model.encoder.layers.0.self_attn.to_out_lora.down.weight")[:3] == \
+        ("text_encoder", "text_model.encoder.layers.0.self_attn.out_proj", "down")
+    assert split_key("text_encoder.text_model.encoder.layers.0.self_attn.to_q_lora.down.weight.alpha")[1:3] == \
+        ("text_model.encoder.layers.0.self_attn.q_proj", "alpha")
+    assert split_key("unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.down.weight.alpha")[1:3] == \
+        ("mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0", "alpha")
+    assert split_key("unet.mid_block.attentions.0.proj_in.lora.down.weight.alpha")[1:3] == ("mid_block.attentions.0.proj_in", "alpha")
+    with pytest.raises(ConversionError, match="second text encoder .* an SDXL LoRA"):
+        kohya_module_key("text_encoder_2", "text_model.encoder.layers.0.self_attn.q_proj")
 
 
 def test_key_names():

@@ -171,6 +171,50 @@ def test_switching_equals_diffusers_and_leaves_the_base_untouched(trained, tmp_p
         assert all(torch.equal(before[component][k], after[k]) for k in after), component
 
 
+def test_a_diffusers_format_lora_is_swept_and_converted_as_its_kohya_twin(trained, tmp_path):
+    """What diffusers' training scripts save (``unet.`` / ``text_encoder.`` / ``text_encoder_2.`` keys, diffusers' UNet
+    paths): the sweep reads it onto the same modules as the Kohya file, and ``likeness convert`` writes the Kohya names
+    sd-scripts gives the family. The diffusers-format file is made by diffusers' own Kohya reader (``lora_state_dict``),
+    so both directions of the renaming are not ours."""
+    import diffusers
+    from safetensors.torch import load_file, save_file
+
+    from lora_likeness.checkpoints import sweep_checkpoints
+    from lora_likeness.sweep.convert import convert_to_kohya
+
+    name, base, result = trained
+    spec = get_family(name)
+    kohya = load_file(str(result.final))
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
+    pipe = _pipe(name, base)
+    converted = pipeline_class.lora_state_dict(dict(kohya), unet_config=pipe.unet.config)  # the config maps SDXL's sgm names
+    state, alphas = converted[:2] if isinstance(converted, tuple) else (converted, {})
+    assert any(k.startswith("text_encoder.") for k in state) and any(k.startswith("unet.") for k in state)
+    if name == "sdxl":
+        assert any(k.startswith("text_encoder_2.") for k in state)
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    tensors.update({k: torch.tensor(float(v)) for k, v in (alphas or {}).items()})
+    run = tmp_path / "diffusers_run" / "exp_e2"
+    run.mkdir(parents=True)
+    save_file(tensors, str(run / "pytorch_lora_weights.safetensors"))
+
+    found = sweep_checkpoints(tmp_path / "diffusers_run", base=name)  # its family is told from its keys and shapes
+    assert [(c.format, c.epoch) for c in found] == [("diffusers", 2)]
+    switcher = LoraSwitcher(spec.lora_components(_modules(pipe, name)))
+    ours, twin = switcher.load(found[0].path, found[0].format), switcher.load(result.final)
+    assert not ours.unknown and ours.shape == twin.shape
+    for component, paths in twin.tensors.items():
+        for path, (down, up) in paths.items():
+            assert torch.equal(ours.tensors[component][path][0], down) and torch.equal(ours.tensors[component][path][1], up)
+    assert ours.alphas == twin.alphas
+
+    written = convert_to_kohya(found[0].path, tmp_path / "me-000002.safetensors")
+    back = load_file(str(written))
+    assert back.keys() == kohya.keys()
+    assert all(torch.allclose(back[k].float(), kohya[k].float()) for k in kohya)
+    assert kf.read_metadata(written)["ss_base_model_version"] == BASE_VERSION[name][0]
+
+
 def test_every_registered_family_is_offered_by_the_cli_and_config():
     assert set(FAMILY_CHOICES) == {"auto", *FAMILIES}
     # Unless told, SD1.x LoRAs train the text encoder and SDXL LoRAs the UNet only; told, both do what they are told.

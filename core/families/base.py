@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..safetensors_header import Header
-from ..training.kohya_format import LoraComponent
+from ..training.kohya_format import PREFIX_UNET, LoraComponent, kohya_key
 
 
 class ModelLoadError(RuntimeError):
@@ -358,9 +358,21 @@ class ModelFamily:
 
     # -- LoRA ------------------------------------------------------------------------------------
 
-    def kohya_unet_path(self, unet, path: str) -> str:
-        """The dotted path sd-scripts gives the UNet module that diffusers calls ``path``."""
+    def kohya_unet_path(self, path: str, unet_config: Mapping[str, Any] | None = None) -> str:
+        """The dotted path sd-scripts gives the UNet module that diffusers calls ``path`` (``unet_config``: the
+        loaded UNet's config; by default the family's published one)."""
         return path
+
+    def kohya_module_key(self, component: str, path: str) -> str | None:
+        """The Kohya module key of the module diffusers calls ``path`` inside ``component`` (a pipeline attribute:
+        ``unet``, ``text_encoder``, ``text_encoder_2``), from the published configs: how a diffusers/PEFT LoRA file
+        is renamed without a model. ``None``: the family has no such component."""
+        if component == "unet":
+            return kohya_key(PREFIX_UNET, self.kohya_unet_path(path))
+        for slot in self.text_encoder_slots:
+            if slot.component == component:
+                return kohya_key(slot.kohya_prefix, path)
+        return None
 
     def lora_components(self, modules: Mapping[str, Any], text_encoders: bool = True) -> list[LoraComponent]:
         """Where a Kohya LoRA of this family has modules: the UNet and (``text_encoders``) each text encoder."""
@@ -369,7 +381,7 @@ class ModelFamily:
             if modules.get(slot.component) is not None:
                 out.append(LoraComponent(slot.component, slot.kohya_prefix, modules[slot.component], self.text_encoder_target_classes))
         unet = modules["unet"]
-        out.append(LoraComponent("unet", "lora_unet", unet, self.unet_target_classes, lambda path, unet=unet: self.kohya_unet_path(unet, path)))
+        out.append(LoraComponent("unet", PREFIX_UNET, unet, self.unet_target_classes, lambda path, unet=unet: self.kohya_unet_path(path, unet.config)))
         return out
 
     def lora_metadata(self, resolution: tuple[int, int], title: str, started_at: float, prediction_type: str = "epsilon") -> dict:

@@ -187,8 +187,8 @@ class SDXL(ModelFamily):
             return torch.float32
         return weight_dtype
 
-    def kohya_unet_path(self, unet, path: str) -> str:
-        return sgm_unet_path(path, int(unet.config.layers_per_block))
+    def kohya_unet_path(self, path: str, unet_config=None) -> str:
+        return sgm_unet_path(path, int((unet_config or UNET)["layers_per_block"]))
 
     def pipeline_kwargs(self) -> dict:
         # No invisible watermark: it needs an extra package and alters the pixels the faces are scored on.

@@ -9,13 +9,16 @@ diffusers / PEFT                                                 Kohya (``networ
 ``unet.<path>.lora_A.weight`` / ``.lora.down.weight``            ``lora_unet_<path with _>.lora_down.weight``
 ``unet.<path>.lora_B.weight`` / ``.lora.up.weight``              ``lora_unet_<path with _>.lora_up.weight``
 ``text_encoder.<path>.lora_linear_layer.down.weight``            ``lora_te_text_model_<path with _>.lora_down.weight``
+``text_encoder_2.<path>…`` (SDXL)                                ``lora_te2_text_model_<path with _>…`` (and ``lora_te1_`` for the first)
 ``base_model.model.<path>.lora_A.weight`` (PEFT)                 as above, the component told by the path's root
 ``<path>.processor.to_q_lora.down.weight`` (old attention procs)  ``lora_unet_<path>_to_q.lora_down.weight``
 —                                                                ``<key>.alpha`` (scalar, float32)
 ===============================================================  =====================================================
 
-diffusers' UNet paths *are* the module paths Kohya keys spell (``down_blocks.0.attentions.0…``), so the
-mapping is a renaming, no model needed. Text-encoder paths are spelled from ``text_model.`` as in
+For SD1.x diffusers' UNet paths *are* the module paths Kohya keys spell (``down_blocks.0.attentions.0…``); SDXL's
+Kohya keys spell the UNet in its original layout (``input_blocks.4.1…``), which the model family computes from its
+published config (:meth:`~lora_likeness.families.ModelFamily.kohya_module_key`). Either way the mapping is a
+renaming, no model needed. Text-encoder paths are spelled from ``text_model.`` as in
 transformers 4 (transformers 5 saves them without that level).
 
 **Alpha.** Both formats scale the update ``up @ down`` by ``alpha / rank`` (PEFT: ``lora_alpha / r``, or
@@ -40,7 +43,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -56,11 +59,14 @@ PEFT_CONFIG_FILE = "adapter_config.json"
 
 _UNET_ROOTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "conv_norm_out", "time_embedding", "add_embedding")
 _TEXT_ROOTS = ("text_model", "encoder", "embeddings", "final_layer_norm")
-_COMPONENT_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder"}
-_OTHER_MODELS = ("text_encoder_2.", "text_encoder_3.", "transformer.", "prior.", "decoder.")
+_COMPONENT_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
+_OTHER_MODELS = ("text_encoder_3.", "transformer.", "prior.", "decoder.")
 
 # (pattern, part); the first that matches names the tensor. ``path`` is the module path.
 _KEY_PATTERNS: list[tuple[re.Pattern, str]] = [
+    # diffusers' lora_state_dict returns alphas keyed by the down matrix (``….lora.down.weight.alpha``).
+    (re.compile(r"^(?P<path>.+)\.lora\.down\.weight\.alpha$"), "alpha"),
+    (re.compile(r"^(?P<path>.+)\.lora_linear_layer\.down\.weight\.alpha$"), "alpha"),
     (re.compile(r"^(?P<path>.+)\.lora_A\.weight$"), "down"),
     (re.compile(r"^(?P<path>.+)\.lora_B\.weight$"), "up"),
     (re.compile(r"^(?P<path>.+)\.lora\.down\.weight$"), "down"),
@@ -71,8 +77,13 @@ _KEY_PATTERNS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^(?P<path>.+)\.lora_B\.[^.]+\.weight$"), "up"),
     (re.compile(r"^(?P<path>.+)\.alpha$"), "alpha"),
 ]
-# diffusers' old attention-processor format: ``…attn1.processor.to_q_lora.down.weight``.
-_PROCESSOR_KEY = re.compile(r"^(?P<path>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$")
+# diffusers' old attention-processor format: ``…attn1.processor.to_q_lora.down.weight`` in the UNet,
+# ``…self_attn.to_q_lora.down.weight`` in a text encoder (its alpha: ``….down.weight.alpha``).
+_PROCESSOR_KEY = re.compile(r"^(?P<path>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\."
+                            r"(?:(?P<part>down|up)\.weight|down\.weight\.(?P<alpha>alpha))$")
+# Those projections' module names: diffusers' Attention (UNet) and transformers' CLIPAttention (text encoders).
+_PROCESSOR_PROJ = {"unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+                   "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}}
 _REFUSED = [
     (re.compile(r"lora_magnitude_vector|dora_scale"), ("a DoRA LoRA (magnitude vectors): Kohya's networks.lora has no DoRA; "
                                                       "A1111 and ComfyUI would drop the magnitudes and change the result")),
@@ -125,7 +136,7 @@ class KohyaConversion:
 def split_key(key: str) -> tuple[str, str, str, str]:
     """``(component, module path, part, source path)`` of one diffusers/PEFT tensor name.
 
-    ``component`` is ``unet`` or ``text_encoder``; ``module path`` is the path Kohya spells (text encoder
+    ``component`` is ``unet``, ``text_encoder`` or ``text_encoder_2``; ``module path`` is the path Kohya spells (text encoder
     from ``text_model.``); ``part`` is ``down``, ``up`` or ``alpha``; ``source path`` is the module path as
     the file spells it (what PEFT's ``rank_pattern``/``alpha_pattern`` match).
 
@@ -138,7 +149,7 @@ def split_key(key: str) -> tuple[str, str, str, str]:
             raise ConversionError(f"{key}: this is {reason}")
     rest = key.removeprefix("base_model.model.")
     if rest.startswith(_OTHER_MODELS):
-        raise ConversionError(f"{key}: a LoRA for another model than SD1.x's UNet and text encoder (SDXL, SD3, Flux …)")
+        raise ConversionError(f"{key}: a LoRA for another model than SD1.x's or SDXL's UNet and text encoders (SD3, Flux …)")
     component = None
     for prefix, name in _COMPONENT_PREFIXES.items():
         if rest.startswith(prefix):
@@ -146,8 +157,7 @@ def split_key(key: str) -> tuple[str, str, str, str]:
             break
     processor = _PROCESSOR_KEY.match(rest)
     if processor:
-        proj = processor["proj"] + (".0" if processor["proj"] == "to_out" else "")
-        path, part = f"{processor['path']}.{proj}", processor["part"]
+        path, part = processor["path"], processor["part"] or "alpha"
     else:
         for pattern, kind in _KEY_PATTERNS:
             match = pattern.match(rest)
@@ -162,14 +172,23 @@ def split_key(key: str) -> tuple[str, str, str, str]:
         component = "unet" if root in _UNET_ROOTS else "text_encoder" if root in _TEXT_ROOTS else None
         if component is None:
             raise ConversionError(f"{key}: cannot tell whether {path!r} is in the UNet or the text encoder")
+    if processor:
+        path = f"{path}.{_PROCESSOR_PROJ['unet' if component == 'unet' else 'text_encoder'][processor['proj']]}"
     kohya_path = path
-    if component == "text_encoder" and not path.startswith("text_model."):
+    if component.startswith("text_encoder") and not path.startswith("text_model."):
         kohya_path = f"text_model.{path}"  # transformers 5 dropped CLIPTextModel's text_model level
     return component, kohya_path, part, path
 
 
+#: Kohya module key of (component, module path); ``None`` when the model has no such component.
+KohyaNaming = Callable[[str, str], "str | None"]
+
+
 def kohya_module_key(component: str, path: str) -> str:
-    """``("unet", "down_blocks.0.attentions.0.proj_in")`` → ``lora_unet_down_blocks_0_attentions_0_proj_in``."""
+    """SD1.x's naming: ``("unet", "down_blocks.0.attentions.0.proj_in")`` → ``lora_unet_down_blocks_0_attentions_0_proj_in``."""
+    if component == "text_encoder_2":
+        raise ConversionError(f"{path}: a module of a second text encoder (text_encoder_2), which SD1.x does not have: "
+                              "an SDXL LoRA")
     return kohya_key(PREFIX_UNET if component == "unet" else PREFIX_TEXT_ENCODER, path)
 
 
@@ -237,6 +256,7 @@ def convert_state_dict(
     alpha: float | None = None,
     settings_source: str | None = None,
     source_format: str = "diffusers",
+    naming: KohyaNaming | None = None,
 ) -> KohyaConversion:
     """Rename a diffusers/PEFT LoRA's tensors to Kohya's and add each module's alpha (see the module docstring).
 
@@ -244,6 +264,8 @@ def convert_state_dict(
         tensors: the file's tensors.
         settings: from :func:`read_lora_settings` (component → LoraConfig fields; ``*`` for every component).
         alpha: the ``lora_alpha`` the adapter was trained with; overrides everything the file says.
+        naming: the Kohya key of each (component, module path): the model family's
+            :meth:`~lora_likeness.families.ModelFamily.kohya_module_key`, or a loaded model's; default SD1.x's.
 
     Raises:
         ConversionError: an unconvertible tensor, a module without its down or up matrix, mismatched
@@ -261,7 +283,9 @@ def convert_state_dict(
     source_paths: dict[str, tuple[str, str]] = {}
     for key, value in tensors.items():
         component, path, part, source_path = split_key(key)
-        module = kohya_module_key(component, path)
+        module = (naming or kohya_module_key)(component, path)
+        if module is None:
+            raise ConversionError(f"{key}: this model has no {component}")
         if part in modules.setdefault(module, {}):
             raise ConversionError(f"{key}: a second {part} tensor for module {module} (two spellings of one module in one file)")
         modules[module][part] = value
@@ -314,17 +338,19 @@ def _default_target(component: str, path: str) -> bool:
     return ".self_attn." in path or ".mlp." in path
 
 
-def _base_version(source: Path) -> tuple[str, bool]:
-    """``(ss_base_model_version, ss_v2)``; refuses LoRAs for other architectures than SD1.x/SD2.x."""
+def _source_family(source: Path):
+    """``(model family, ss_v2)`` of the LoRA ``source``; refuses other architectures than SD1.x/SD2.x/SDXL. SD2.x
+    LoRAs are named as SD1.x's (one text encoder, the same UNet paths)."""
     from ..checkpoints import ARCHITECTURE_NAMES, lora_architecture
+    from ..families import get_family
 
     found = lora_architecture(source)
-    if found in ("sd1", "unknown"):
-        return "sd_v1", False
-    if found == "sd2":
-        return "sd_v2", True
+    if found in ("sd1", "unknown", "sd2"):
+        return get_family("sd1"), found == "sd2"
+    if found == "sdxl":
+        return get_family("sdxl"), False
     raise ConversionError(f"{source.name} is a {ARCHITECTURE_NAMES.get(found, found)} LoRA: likeness convert writes "
-                          "SD1.x/SD2.x Kohya files only (SDXL and newer use other Kohya module names)")
+                          "SD1.x/SD2.x and SDXL Kohya files only")
 
 
 def _describe_source(source: Path) -> str:
@@ -383,13 +409,13 @@ def convert_to_kohya(
         raise ConversionError(f"{target} is the source file: write the Kohya file elsewhere (the source is never overwritten)")
     if target.exists() and not overwrite:
         raise ConversionError(f"{target} already exists: pass --force (overwrite=True) to replace it, or choose another --out")
-    base_version, v2 = _base_version(source)
+    family, v2 = _source_family(source)
 
     from safetensors.torch import load_file
 
     file_metadata = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
     settings, settings_source = read_lora_settings(source, file_metadata)
-    converted = convert_state_dict(load_file(str(source)), settings, alpha, settings_source, layout)
+    converted = convert_state_dict(load_file(str(source)), settings, alpha, settings_source, layout, naming=family.kohya_module_key)
     for note in converted.notes:
         logger.warning("%s: %s", source.name, note)
 
@@ -402,7 +428,7 @@ def convert_to_kohya(
         "ss_network_module": NETWORK_MODULE,
         "ss_network_dim": converted.rank,
         "ss_network_alpha": converted.alpha,
-        "ss_base_model_version": base_version,
+        "ss_base_model_version": "sd_v2" if v2 else family.ss_base_model_version,
         "ss_v2": v2,
         "ss_output_name": target.stem,
         "ss_training_comment": f"converted from a {layout} LoRA by likeness convert",

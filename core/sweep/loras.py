@@ -45,8 +45,9 @@ class LoadedLora:
         return sum(len(v) for v in self.tensors.values())
 
 
-def read_lora_tensors(path: Path, fmt: str = "kohya") -> dict:
-    """A LoRA file's tensors in Kohya naming (diffusers/PEFT files are renamed by :mod:`.convert`)."""
+def read_lora_tensors(path: Path, fmt: str = "kohya", naming=None) -> dict:
+    """A LoRA file's tensors in Kohya naming (diffusers/PEFT files are renamed by :mod:`.convert`, with ``naming``:
+    the Kohya key of a (component, module path); default SD1.x's)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -62,7 +63,7 @@ def read_lora_tensors(path: Path, fmt: str = "kohya") -> dict:
 
         try:
             settings, source = read_lora_settings(path, read_metadata(path))
-            tensors = convert_state_dict(tensors, settings, settings_source=source, source_format=fmt).tensors
+            tensors = convert_state_dict(tensors, settings, settings_source=source, source_format=fmt, naming=naming).tensors
         except ConversionError as exc:
             raise LoraLoadError(f"{path.name}: {exc}") from exc
     return tensors
@@ -77,6 +78,7 @@ class LoraSwitcher:
 
     def __init__(self, components: list[LoraComponent], device=None, dtype=None) -> None:
         self.modules = {c.name: c.module for c in components}
+        self.components = {c.name: c for c in components}
         self.device = device
         self.dtype = dtype
         self.targets = target_map(find_targets(components))
@@ -88,13 +90,21 @@ class LoraSwitcher:
 
     # -- loading --------------------------------------------------------------------------------
 
+    def kohya_module_key(self, component: str, path: str) -> str | None:
+        """The Kohya key of the module diffusers calls ``path`` in ``component`` of this model (how a diffusers/PEFT
+        file is renamed); ``None`` when the model has no such component."""
+        from ..training.kohya_format import kohya_key
+
+        found = self.components.get(component)
+        return None if found is None else kohya_key(found.prefix, found.kohya_path(path))
+
     def load(self, path: Path, fmt: str = "kohya") -> LoadedLora:
         """Read ``path`` and map it onto this model's modules (nothing is applied yet).
 
         Raises:
             LoraLoadError: unreadable, or not one module of it exists in this model (another architecture).
         """
-        state = read_lora_tensors(path, fmt)
+        state = read_lora_tensors(path, fmt, naming=self.kohya_module_key)
         flat, alphas, unknown = kohya_to_peft(state, targets=self.targets)
         tensors: dict[str, dict[str, tuple]] = {}
         for component, named in flat.items():
