@@ -109,6 +109,10 @@ def grid_records(cells: Mapping[Position, object], choices: Mapping[Position, Lo
 
     The floor may be several cells with the same images (``None`` at every strength, or strength
     0 at every epoch: the same base model, seeds and settings): its repeats are left out.
+
+    A cell that produced no image (``failure``: its reason and how many images it was to make) gives
+    one ``missing`` record per image, which the core counts as missing rather than as "no face"; a
+    failed floor cell only where no other floor cell made those images.
     """
     swept = lora_axes(choices)
     order = sorted(cells, key=lambda position: (
@@ -116,10 +120,19 @@ def grid_records(cells: Mapping[Position, object], choices: Mapping[Position, Lo
         math.inf if choices[position].epoch is None else choices[position].epoch,
         position[2], position[1], position[0],
     ))
-    records, floor_keys = [], set()
+    records, floor_keys, failed_floor = [], set(), {}
     for position in order:
         cell, choice = cells[position], choices[position]
         fixed = tuple(index for axis, index in enumerate(position) if axis not in swept)
+        failure = getattr(cell, "failure", None)
+        if failure is not None:
+            missing = [{"checkpoint": choice.checkpoint, "strength": choice.strength, "epoch": choice.epoch,
+                        "missing": failure.reason}] * failure.expected
+            if choice.is_floor:
+                failed_floor.setdefault(fixed, missing)
+            else:
+                records += missing
+            continue
         seeds = list(getattr(cell, "seeds", None) or [])
         taken: dict = {}
         for index, image in enumerate(cell.images):
@@ -134,7 +147,9 @@ def grid_records(cells: Mapping[Position, object], choices: Mapping[Position, Lo
                 "checkpoint": choice.checkpoint, "strength": choice.strength, "epoch": choice.epoch,
                 "score": image.value, "key": key, "memorised": int(bool(image.score.memorised)),
             })
-    return records
+    made = {key[:-2] for key in floor_keys}  # (fixed axes, seed, index) -> fixed axes
+    floor = [record for fixed, missing in failed_floor.items() if fixed not in made for record in missing]
+    return floor + records if floor else records
 
 
 def recommend_grid(cells: Mapping[Position, object], prompts: Mapping[Position, str], ceiling: float | None,

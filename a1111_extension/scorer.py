@@ -107,6 +107,11 @@ class Scorer:
         score = pipeline.score_result(result, self.references, self.settings)
         return ScoredImage(name=name, result=result, score=score, aggregation=self.settings.aggregation)
 
+    def missing_image(self, name: str, error: str) -> ScoredImage:
+        """An image that was never made (its generation failed): an error result, which the core's
+        statistics count as missing, not as an image without a face."""
+        return self.score_result(FaceResult(path=None, sha256="", size=(0, 0), error=error), name)
+
     def score_images(self, images: Sequence, names: Sequence[str]) -> list[ScoredImage]:
         """Detect, embed and score each PIL image (any mode)."""
         return [self.score_result(r, n) for r, n in zip(self.analyze(images, names), names)]

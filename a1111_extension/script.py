@@ -18,11 +18,10 @@ from modules import scripts
 
 from . import axes
 from .scorer import DEFAULT_PACK, available_packs, get_scorer
-from .xyz_hooks import INFOTEXT_KEY, CellScores
+from .xyz_hooks import CELL_ATTRIBUTE, INFOTEXT_KEY, CellScores
 
 TITLE = "Likeness identity score"
 AGGREGATION_CHOICES = ["max", "mean", "ism"]
-CELL_ATTRIBUTE = "likeness_cell"
 
 
 def infotext_value(p=None, index=None, use_main_prompt=False, **_):

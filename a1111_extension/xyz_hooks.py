@@ -7,6 +7,11 @@ Where it hooks in (A1111 1.10 ``scripts/xyz_grid.py``; Forge keeps the same stru
 
 * Each cell runs ``process_images``; our always-on script scores every image there and leaves
   the cell's scores on the returned ``Processed`` (attribute ``likeness``).
+* A cell whose ``process_images`` raises (A1111's NaN check, out of memory, a script's error) is
+  caught by the X/Y/Z script, which shows a black cell and goes on. The module's ``process_images``
+  name is wrapped to see that exception and the cell's processing object: the cell is reported as
+  producing no image, with the reason, in the CSV/JSON, the warnings and the band under the grid,
+  and its images count as missing (never as "no face"; the recommendation does not score it).
 * ``draw_xyz_grid`` (module function, looked up by name when ``Script.run`` calls it) is wrapped.
   The wrapper runs the original once, generating every cell as usual; when the cells carry scores
   it runs the original a second time over the finished cells (no sampling: its ``cell`` callback
@@ -45,6 +50,8 @@ from .recommendation import caption_below, recommend_grid, recommendation_lines
 from .scorer import ScoredImage, Scorer
 
 INFOTEXT_KEY = "Likeness"
+CELL_ATTRIBUTE = "likeness_cell"
+"""Where our always-on script keeps a cell's :class:`CellScores` on its processing object."""
 RECOMMENDATION_KEY = "Likeness recommendation"
 WRAPPED_MARK = "_likeness_original"
 REPORT_SUFFIXES = ("-likeness_scores.csv", "-likeness_scores.json")
@@ -60,6 +67,8 @@ class CellScores:
     lora: dict = field(default_factory=dict)  # run / epoch / strength chosen by our LoRA axes
     prompt: str | None = None  # the cell's prompt, <lora:…> tags included (which LoRA the cell used)
     seeds: list[int | None] = field(default_factory=list)  # one per scored image
+    failure: CellFailure | None = None
+    """Set when the cell produced no image (its generation raised or never ran)."""
 
     @property
     def values(self) -> list[float | None]:
@@ -68,6 +77,23 @@ class CellScores:
     @property
     def mean(self) -> float | None:
         return core_grid.mean_score(self.values)
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """Why an X/Y/Z cell produced no image, and how many images it was to make."""
+
+    reason: str
+    """``NansException: A tensor with NaNs was produced in Unet. …`` (exception type and message), or what happened."""
+    expected: int = 1
+    """batch size × batch count of the cell: the images that are missing."""
+
+    @property
+    def short(self) -> str:
+        """The reason up to the end of its first sentence (for the cell and the band under the grid)."""
+        first = self.reason.splitlines()[0] if self.reason else ""
+        head, dot, _ = first.partition(". ")
+        return head + "." if dot else first
 
 
 # --- infotext -------------------------------------------------------------------------------------
@@ -130,6 +156,16 @@ class GridScores:
     _run: object = field(default=None, repr=False)
     _advice: tuple | None = field(default=None, repr=False)
 
+    @property
+    def failed(self) -> dict[tuple[int, int, int], CellScores]:
+        """The cells that produced no image, in grid order (z, y, x)."""
+        return {key: cell for key, cell in sorted(self.cells.items(), key=lambda item: item[0][::-1]) if cell.failure is not None}
+
+    def failure_lines(self) -> list[str]:
+        """One sentence per cell without an image: which cell and why (the warnings and the band under the grid)."""
+        return [f"{self.group_label(*key)}: no image ({cell.failure.short}); its {cell.failure.expected} image(s) count as missing, "
+                f"not as 'no face'" for key, cell in self.failed.items()]
+
     def _keyed(self, axis: int) -> tuple[list[float | None], list[int]]:
         scores, keys = [], []
         for position, cell in self.cells.items():
@@ -163,12 +199,22 @@ class GridScores:
         scored, groups = [], []
         for (ix, iy, iz), cell in sorted(self.cells.items(), key=lambda item: (item[0][2], item[0][1], item[0][0])):
             label = self.group_label(ix, iy, iz)
+            info = {k2: v for k2, v in cell.lora.items() if v is not None}
             for k, (image, pil) in enumerate(zip(cell.images, cell.pil_images or [None] * len(cell.images))):
                 name = saved_names(pil) if (saved_names and pil is not None) else None
                 image.name = name or f"{label} #{k + 1}"
                 scored.append(image)
-                groups.append((label, {k2: v for k2, v in cell.lora.items() if v is not None}))
-        self._run = self.scorer.run(scored, groups)
+                groups.append((label, info))
+            if cell.failure is not None:  # one error row per image the cell was to make: missing, not "no face"
+                for k in range(cell.failure.expected):
+                    scored.append(self.scorer.missing_image(f"{label} #{k + 1} (no image)", f"no image: {cell.failure.reason}"))
+                    groups.append((label, info))
+        run = self.scorer.run(scored, groups)
+        missing = sum(cell.failure.expected for cell in self.failed.values())
+        if missing:  # the core words image errors as unreadable files; these images were never made
+            unreadable = f"{missing} image(s) could not be read"
+            run.warnings = [w for w in run.warnings if not w.startswith(unreadable)] + self.failure_lines()
+        self._run = run
         return self._run
 
     def summary(self) -> str:
@@ -177,10 +223,12 @@ class GridScores:
     def recommendation(self) -> Recommendation | None:
         """The core's recommendation over the cells, when the grid sweeps a LoRA (computed once)."""
         if self._advice is None:
-            prompts = {position: cell.prompt for position, cell in self.cells.items()}
+            # A cell that never started has no prompt: which LoRA it was to use is unknown, so it stays out.
+            cells = {position: cell for position, cell in self.cells.items() if cell.prompt is not None}
+            prompts = {position: cell.prompt for position, cell in cells.items()}
             ceiling = self.scorer.baseline if self.scorer is not None else None
             try:
-                advice, self.advice_reason = recommend_grid(self.cells, prompts, ceiling, axes.describe_checkpoints)
+                advice, self.advice_reason = recommend_grid(cells, prompts, ceiling, axes.describe_checkpoints)
             except Exception as error:  # noqa: BLE001 - the grid and its scores stay; say what went wrong
                 advice, self.advice_reason = None, f"the recommendation failed: {error!r}"
                 print(f"[Likeness] {self.advice_reason}", file=sys.stderr, flush=True)
@@ -194,10 +242,31 @@ class GridScores:
             return recommendation_lines(advice)
         return [f"No recommendation: {self.advice_reason}"] if self.advice_reason else []
 
+    def caption(self) -> list[str]:
+        """The band under the grid: the recommendation's lines, then each cell without an image."""
+        return self.recommendation_text() + [f"Warning: {line}" for line in self.failure_lines()]
 
-def badge_cell(processed, cell: CellScores | None, baseline: float | None):
+    def failed_cells(self) -> list[dict]:
+        """The JSON report's ``failed_cells``: position, label, missing images and why, per cell without an image."""
+        return [{"cell": self.group_label(*key), "x": key[0], "y": key[1], "z": key[2], "missing_images": cell.failure.expected,
+                 "reason": cell.failure.reason} for key, cell in self.failed.items()]
+
+
+def missing_cell(processed, failure: CellFailure, size: tuple[int, int]):
+    """A shallow copy of a failed cell's empty ``Processed`` showing ``no image`` and why, where
+    A1111 would draw a black cell (its infotext, prompt and seed stay what A1111 has for it)."""
+    clone = copy(processed)
+    clone.images = [core_grid.draw_no_image(size, failure.short)]
+    clone.infotexts = list(getattr(processed, "infotexts", None) or [None])
+    return clone
+
+
+def badge_cell(processed, cell: CellScores | None, baseline: float | None, size: tuple[int, int] = (64, 64)):
     """A shallow copy of a cell's ``Processed`` whose first image (what the grid shows) carries
-    the score: the face box and value for a single image, the cell mean for a batch grid."""
+    the score: the face box and value for a single image, the cell mean for a batch grid; for a
+    cell that produced no image, a placeholder of ``size`` saying so."""
+    if cell is not None and cell.failure is not None:
+        return missing_cell(processed, cell.failure, size)
     if cell is None or not processed.images:
         return processed
     clone = copy(processed)
@@ -247,6 +316,73 @@ def saved_name(image) -> str | None:
     return _SAVED_FILES.get(image)
 
 
+@dataclass
+class CellAttempt:
+    """What the wrapped ``process_images`` saw of the cell being generated."""
+
+    p: object | None = None
+    error: BaseException | None = None
+
+
+_ATTEMPT = threading.local()  # .current: the CellAttempt of the cell this thread is generating
+
+
+def wrap_process_images(original: Callable) -> Callable:
+    """The xyz module's ``process_images``: records the cell's processing object and the exception
+    that ends its generation (re-raised unchanged: the X/Y/Z script handles it as before)."""
+    if getattr(original, WRAPPED_MARK, None) is not None:
+        return original
+
+    @functools.wraps(original)
+    def process_images(p, *args, **kwargs):
+        attempt = getattr(_ATTEMPT, "current", None)
+        if attempt is not None and attempt.p is None:
+            attempt.p = p
+        try:
+            return original(p, *args, **kwargs)
+        except BaseException as error:
+            if attempt is not None and attempt.p is p:
+                attempt.error = error
+            raise
+
+    setattr(process_images, WRAPPED_MARK, original)
+    return process_images
+
+
+def _interrupted() -> bool:
+    try:
+        from modules import shared
+
+        return bool(shared.state.interrupted or getattr(shared.state, "stopping_generation", False))
+    except Exception:  # noqa: BLE001 - outside A1111
+        return False
+
+
+def failed_cell(attempt: CellAttempt, scorer: Scorer | None) -> CellScores | None:
+    """The :class:`CellScores` of a cell that produced no image (``None`` without a scorer), saying why."""
+    p = attempt.p
+    cell = vars(p).get(CELL_ATTRIBUTE) if p is not None else None
+    if cell is None:
+        if scorer is None:
+            return None
+        state = vars(p).get(axes.STATE_ATTRIBUTE) if p is not None else None
+        prompt = getattr(p, "prompt", None)
+        cell = CellScores(scorer, lora=state.info() if state is not None else {},
+                          prompt=prompt if isinstance(prompt, str) or prompt is None else (prompt[0] if prompt else ""))
+    if attempt.error is not None:
+        reason = f"{type(attempt.error).__name__}: {attempt.error}".strip().rstrip(":")
+    elif _interrupted():
+        reason = "not generated: the X/Y/Z run was interrupted"
+    elif p is None:
+        reason = "not generated: A1111 skipped this cell"
+    else:
+        reason = "A1111 returned no image for this cell"
+    expected = max(1, int(getattr(p, "batch_size", 1) or 1) * int(getattr(p, "n_iter", 1) or 1)) if p is not None else 1
+    cell.failure = CellFailure(reason, expected)
+    cell.images, cell.pil_images, cell.seeds = [], [], []  # what a failed cell scored before it raised is not shown
+    return cell
+
+
 def wrap_draw_xyz_grid(original: Callable) -> Callable:
     """The ``draw_xyz_grid`` wrapper described in the module docstring."""
     if getattr(original, WRAPPED_MARK, None) is not None:
@@ -256,31 +392,45 @@ def wrap_draw_xyz_grid(original: Callable) -> Callable:
     def draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend, include_lone_images,
                       include_sub_grids, first_axes_processed, second_axes_processed, margin_size):
         results: dict[tuple[int, int, int], object] = {}
+        attempts: dict[tuple[int, int, int], CellAttempt] = {}
 
         def recording_cell(x, y, z, ix, iy, iz):
-            processed = cell(x, y, z, ix, iy, iz)
+            _ATTEMPT.current = attempt = CellAttempt()
+            try:
+                processed = cell(x, y, z, ix, iy, iz)
+            finally:
+                _ATTEMPT.current = None
             results[(ix, iy, iz)] = processed
+            if not getattr(processed, "images", None):
+                attempts[(ix, iy, iz)] = attempt
             return processed
 
         plain = original(p, xs, ys, zs, x_labels, y_labels, z_labels, recording_cell, draw_legend, include_lone_images,
                          include_sub_grids, first_axes_processed, second_axes_processed, margin_size)
         cells = {key: getattr(processed, "likeness", None) for key, processed in results.items()}
         cells = {key: value for key, value in cells.items() if value is not None}
-        if not cells or not getattr(plain, "images", None):
+        pending = [vars(a.p).get(CELL_ATTRIBUTE) for a in attempts.values() if a.p is not None]
+        scorer = next((c.scorer for c in [*cells.values(), *pending] if c is not None), None)
+        if scorer is None or not getattr(plain, "images", None):  # Likeness is off for this grid
             return plain
-        scorer = next(iter(cells.values())).scorer
+        for key, attempt in attempts.items():
+            failed = failed_cell(attempt, scorer)
+            if failed is not None:
+                cells[key] = failed
         scores = GridScores(scorer, [str(v) for v in x_labels], [str(v) for v in y_labels], [str(v) for v in z_labels], cells)
         baseline = scorer.baseline
+        made = [r.images[0].size for r in results.values() if getattr(r, "images", None)]
+        size = made[0] if made else (int(getattr(p, "width", 64) or 64), int(getattr(p, "height", 64) or 64))
 
         def scored_cell(x, y, z, ix, iy, iz):
-            return badge_cell(results[(ix, iy, iz)], cells.get((ix, iy, iz)), baseline)
+            return badge_cell(results[(ix, iy, iz)], cells.get((ix, iy, iz)), baseline, size)
 
         scored = original(p, xs, ys, zs, scores.labels_with_means(x_labels, 0), scores.labels_with_means(y_labels, 1),
                           scores.labels_with_means(z_labels, 2), scored_cell, draw_legend, include_lone_images,
                           include_sub_grids, first_axes_processed, second_axes_processed, margin_size)
         grids = 1 + len(zs)
         scored.images[grids:] = plain.images[grids:]  # lone images as generated, without badges
-        caption = scores.recommendation_text()
+        caption = scores.caption()
         if caption:  # under the main grid (the one saved and shown first)
             scored.images[0] = caption_below(scored.images[0], caption)
         scores.grid_images = list(scored.images[:grids])
@@ -334,11 +484,12 @@ def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
 
 def write_reports(scores: GridScores, folder: Path, stem: str) -> list[Path]:
     """``<stem>-likeness_scores.csv`` and ``.json`` in ``folder`` (the JSON: the core's report.json
-    plus ``recommendation``, the core's recommendation or null); an existing file of that name is
-    renamed with its time first, never overwritten."""
+    plus ``failed_cells``, the cells that produced no image and why, and ``recommendation``, the core's
+    recommendation or null); an existing file of that name is renamed with its time first, never overwritten."""
     run = scores.run(saved_name)
     advice = scores.recommendation()
-    data = {**run.as_dict(), "recommendation": advice.as_dict() if advice is not None else None}
+    data = {**run.as_dict(), "failed_cells": scores.failed_cells(),
+            "recommendation": advice.as_dict() if advice is not None else None}
     report = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -389,6 +540,8 @@ def find_xyz_module():
 
 
 def install_hooks(xyz) -> None:
-    """Wrap ``draw_xyz_grid`` and ``Script.run`` of this xyz module (idempotent)."""
+    """Wrap ``draw_xyz_grid``, ``process_images`` and ``Script.run`` of this xyz module (idempotent)."""
     xyz.draw_xyz_grid = wrap_draw_xyz_grid(xyz.draw_xyz_grid)
+    if hasattr(xyz, "process_images"):  # the name its cells call (A1111 1.10 and Forge import it from modules.processing)
+        xyz.process_images = wrap_process_images(xyz.process_images)
     xyz.Script.run = wrap_run(xyz.Script.run)

@@ -110,6 +110,29 @@ def on_common_canvas(images: Sequence[Image.Image], background: tuple[int, int, 
     return out
 
 
+NO_IMAGE = "no image"
+
+
+def draw_no_image(size: tuple[int, int], reason: str | None = None) -> Image.Image:
+    """A dark cell of ``size`` (width, height) px for a grid position whose image was never made (its
+    generation failed): ``no image`` in red, then ``reason`` wrapped below it as far as it fits."""
+    out = Image.new("RGB", (max(1, int(size[0])), max(1, int(size[1]))), (32, 32, 32))
+    draw = ImageDraw.Draw(out)
+    face = font(max(10, min(48, min(out.size) // 10)))
+    height = _text_size(draw, "Ag", face)[1]
+    pad = max(2, height // 4)
+    _text(draw, (pad, pad), _shorten(draw, NO_IMAGE, face, out.width - 2 * pad), face, score_colour(None, None))
+    lines = _wrap(draw, reason or "", face, out.width - 2 * pad) if reason else []
+    room = max(0, (out.height - 2 * pad - height) // (height + pad))
+    if len(lines) > room:  # the reports carry the whole text; the cell shows what fits
+        lines = lines[:room]
+        if lines:
+            lines[-1] = _shorten(draw, lines[-1] + " …", face, out.width - 2 * pad)
+    for k, line in enumerate(lines, start=1):
+        _text(draw, (pad, pad + k * (height + pad)), _shorten(draw, line, face, out.width - 2 * pad), face, (220, 220, 220))
+    return out
+
+
 def axis_means(scores: Sequence[float | None], keys: Sequence[Hashable]) -> dict[Hashable, float | None]:
     """Mean of the non-missing scores for each key (``None`` when a key has no face at all), keys in first-seen order."""
     groups: dict[Hashable, list[float]] = {}

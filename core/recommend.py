@@ -58,6 +58,8 @@ class Cell:
         memorised: how many images were flagged as possible memorisation.
         adherence: optional prompt-adherence (CLIP) score per image, ``None`` entries allowed.
         order: position of the checkpoint on the epoch axis (0, 1, …); the no-LoRA cell uses -1.
+        missing: one entry per image the host failed to make (its generation raised), saying why. Such an
+            image has no score at all: it counts as missing (an error in the statistics), never as "no face".
     """
 
     checkpoint: str
@@ -68,6 +70,7 @@ class Cell:
     memorised: int = 0
     adherence: list[float | None] | None = None
     order: int = 0
+    missing: list[str] = field(default_factory=list)
 
     @property
     def is_baseline(self) -> bool:
@@ -314,6 +317,8 @@ def cells_from_records(records: Iterable[Mapping]) -> list[Cell]:
     """Cells from flat per-image records (what hosts hold): keys ``checkpoint``, ``strength`` (None =
     no LoRA), optional ``epoch``, ``score`` (None = no face), optional ``key``, ``memorised``,
     ``adherence``. Cells come out in first-seen checkpoint order (``order``), strengths ascending.
+    A record with ``missing`` (why the host made no image) stands for an image that does not exist: it
+    adds to the cell's :attr:`Cell.missing`, not to its scores.
 
     The no-LoRA baseline comes first (``order`` -1, checkpoint :data:`NO_LORA`). When records carry an
     integer ``order`` (as :class:`~.sweep.results.SweepImage` does), checkpoints are placed by it
@@ -339,11 +344,15 @@ def cells_from_records(records: Iterable[Mapping]) -> list[Cell]:
                 checkpoint_rank[checkpoint] = (explicit, len(checkpoint_rank))
         group = groups.setdefault(
             (checkpoint, strength),
-            {"epoch": None, "scores": [], "keys": [], "memorised": 0, "adherence": []},
+            {"epoch": None, "scores": [], "keys": [], "memorised": 0, "adherence": [], "missing": []},
         )
         epoch = _get(record, "epoch")
         if group["epoch"] is None and epoch is not None:
             group["epoch"] = int(epoch)
+        missing = _get(record, "missing")
+        if missing:
+            group["missing"].append(str(missing))
+            continue
         score = _get(record, "score")
         group["scores"].append(None if score is None else float(score))
         key = _get(record, "key")
@@ -368,6 +377,7 @@ def cells_from_records(records: Iterable[Mapping]) -> list[Cell]:
                 memorised=group["memorised"],
                 adherence=adherence,
                 order=-1 if strength is None else position[checkpoint],
+                missing=group["missing"],
             )
         )
     cells.sort(key=lambda c: (c.order, -math.inf if c.strength is None else c.strength))
@@ -383,7 +393,8 @@ def _cell_result(cell: Cell, max_no_face: float, n_boot: int, level: float, seed
         raise ValueError(f"{cell.label}: {len(cell.keys)} keys for {len(cell.scores)} scores (one key per image)")
     info = {"checkpoint": cell.checkpoint, "strength": _float(cell.strength), "epoch": cell.epoch}
     stats = group_statistics(
-        cell.label, cell.scores, n_memorised=int(cell.memorised), seed=seed, n_boot=n_boot, info=info
+        cell.label, cell.scores, n_errors=len(cell.missing), n_memorised=int(cell.memorised), seed=seed, n_boot=n_boot,
+        info=info,
     )
     faces = [float(s) for s in cell.scores if s is not None]
     ci = stats.ci95 if level == 0.95 else bootstrap_ci(faces, n_boot=n_boot, level=level, seed=seed)
@@ -396,6 +407,8 @@ def _cell_result(cell: Cell, max_no_face: float, n_boot: int, level: float, seed
     )
     if cell.is_baseline:
         result.eligible, result.reason = False, "the no-LoRA baseline (the floor)"
+    elif not cell.scores and cell.missing:
+        result.eligible, result.reason = False, f"no image was made ({cell.missing[0]})"
     elif not cell.scores:
         result.eligible, result.reason = False, "no images"
     elif stats.n_faces == 0:
@@ -487,7 +500,10 @@ def _no_recommendation_reason(results: Sequence[CellResult], max_no_face: float)
     lora = [r for r in results if not r.cell.is_baseline]
     if not lora:
         return "the sweep has no LoRA cell, only the no-LoRA baseline" if results else "the sweep has no cells"
-    if all(r.stats.n_faces == 0 for r in lora):
+    made = [r for r in lora if r.cell.scores]  # cells whose every image failed to generate are not "no face"
+    if not made and any(r.cell.missing for r in lora):
+        return "no LoRA cell produced an image"
+    if all(r.stats.n_faces == 0 for r in made):
         return "no face was found in any LoRA image"
     return (
         f"every LoRA cell misses the face in more than {max_no_face:.0%} of its images "

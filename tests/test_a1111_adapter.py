@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -354,13 +355,14 @@ def test_caption_below_extends_the_canvas_and_wraps_to_its_width():
 def _fake_draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend, include_lone_images,
                         include_sub_grids, first_axes_processed, second_axes_processed, margin_size):
     """A1111's draw_xyz_grid reduced to what the wrapper relies on: every cell once through ``cell``,
-    then ``[z grid, sub-grid, *cells]`` (one z value)."""
+    a black cell where one returned no image, then ``[z grid, sub-grid, *cells]`` (one z value)."""
     results = [cell(x, y, z, ix, iy, iz) for iz, z in enumerate(zs) for iy, y in enumerate(ys) for ix, x in enumerate(xs)]
-    side = results[0].images[0].width
+    side = next(r.images[0].width for r in results if r.images)
+    cells = [r.images[0] if r.images else Image.new("RGB", (side, side)) for r in results]
     grid = Image.new("RGB", (side * len(xs), side * len(ys)), (255, 255, 255))
-    for k, result in enumerate(results):
-        grid.paste(result.images[0], ((k % len(xs)) * side, (k // len(xs)) * side))
-    images = [grid, grid.copy(), *[r.images[0] for r in results]]
+    for k, image in enumerate(cells):
+        grid.paste(image, ((k % len(xs)) * side, (k // len(xs)) * side))
+    images = [grid, grid.copy(), *cells]
     return SimpleNamespace(images=images, infotexts=["photo\nSteps: 2, Seed: 7"] * len(images), comments="", info="")
 
 
@@ -436,3 +438,119 @@ def test_grid_without_a_lora_axis_gets_no_recommendation(obama_scorer, tmp_path)
     assert "Recommend" not in processed.comments and "recommendation" not in processed.infotexts[0]
     report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
     assert report["recommendation"] is None
+
+
+class NansException(Exception):
+    """Stands for A1111's ``modules.devices.NansException`` (same name, same message)."""
+
+
+NAN_MESSAGE = "A tensor with NaNs was produced in Unet. Use --disable-nan-check commandline argument to disable this check."
+
+
+def test_a_cell_that_fails_in_a1111_is_reported_as_missing_with_its_reason(lora_dir, obama_scorer, tmp_path):
+    # As A1111's X/Y/Z runs a cell: the axes change a copy of p, process_images(pc) runs our always-on script's
+    # process() and then raises (A1111's NaN check), the script catches it and goes on with an empty Processed.
+    xs, ys = ["None", "jx-000001", "jx-000002"], [0.5, 1.0]
+    photos = {("None", 0.5): BUSH[1], ("None", 1.0): BUSH[1], ("jx-000001", 0.5): BUSH[0], ("jx-000001", 1.0): BUSH[0],
+              ("jx-000002", 0.5): OBAMA[-1], ("jx-000002", 1.0): OBAMA[-1]}
+    failing = ("jx-000002", 1.0)  # would tie with e2 @ 0.5 for the best cell
+
+    def process_images(pc):
+        state = axes.state_of(pc)
+        pc.likeness_cell = xyz_hooks.CellScores(obama_scorer, lora=state.info(), prompt=pc.prompt)  # our process()
+        if pc.likeness_key == failing:
+            raise NansException(NAN_MESSAGE)
+        picture = _square(photos[pc.likeness_key], 128)
+        pc.likeness_cell.images = obama_scorer.score_images([picture], ["image"])
+        pc.likeness_cell.pil_images, pc.likeness_cell.seeds = [picture], [7]
+        return SimpleNamespace(images=[picture], likeness=pc.likeness_cell, index_of_first_image=0, infotexts=["cell"])
+
+    wrapped = xyz_hooks.wrap_process_images(process_images)
+
+    def cell(x, y, z, ix, iy, iz):
+        pc = SimpleNamespace(prompt="photo of jx, <lora:jx:1>", batch_size=1, n_iter=1, likeness_key=(x, y))
+        axes.apply_epoch(pc, x, xs)
+        axes.apply_strength(pc, y, ys)
+        try:
+            return wrapped(pc)
+        except Exception:  # A1111: errors.display(e, "generating image for xyz plot"); Processed(p, [], p.seed, "")
+            return SimpleNamespace(images=[], infotexts=[], prompt="photo of jx, <lora:jx:1>", seed=7, index_of_first_image=0)
+
+    p = SimpleNamespace()
+    processed = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)(
+        p, xs, ys, [""], [axes.format_epoch(None, None, x) for x in xs], [f"strength {y:g}" for y in ys], [""], cell,
+        True, True, False, "x", "y", 0)
+    scores = xyz_hooks.grid_of(processed.images[0])
+    label, reason = "jx e2 | strength 1", f"NansException: {NAN_MESSAGE}"
+    assert [cell.failure for cell in scores.failed.values()] == [xyz_hooks.CellFailure(reason, 1)]
+    made = [cell.values[0] for key, cell in scores.cells.items() if key != (2, 1, 0)]
+    assert scores.cells[(2, 1, 0)].values == [] and scores.mean == pytest.approx(np.mean(made))  # in no mean
+    assert scores.axis_means(1)[1] == pytest.approx(np.mean([scores.cells[(0, 1, 0)].values[0], scores.cells[(1, 1, 0)].values[0]]))
+
+    # The recommendation does not score the failed cell: it is in the table, not eligible, with the reason.
+    advice = scores.recommendation()
+    by_label = {result.label: result for result in advice.cells}
+    failed = by_label["jx e2 @ 1"]
+    assert not failed.eligible and failed.rank is None and failed.reason == f"no image was made ({reason})"
+    assert (failed.stats.n_images, failed.stats.n_errors, failed.stats.n_faces, failed.stats.no_face_rate) == (1, 1, 0, None)
+    assert advice.best.label == "jx e2 @ 0.5" and advice.runner_up.label == "jx e1 @ 0.5"
+
+    # The grid shows "no image" where A1111 drew a black cell, and the band under it says which cell and why.
+    side = 128
+    main, sub = processed.images[0], processed.images[1]
+    placeholder = np.asarray(xyz_hooks.core_grid.draw_no_image((side, side), "NansException: A tensor with NaNs was produced in Unet."))
+    assert (np.asarray(sub)[side:2 * side, 2 * side:3 * side] == placeholder).all()
+    assert (np.asarray(processed.images[2 + 5]) == 0).all()  # the lone image stays what A1111 made
+    line = f"{label}: no image (NansException: A tensor with NaNs was produced in Unet.); its 1 image(s) count as missing, not as 'no face'"
+    assert scores.caption() == [*xyz_hooks.recommendation_lines(advice), f"Warning: {line}"]
+    band = np.asarray(main)[sub.height:].reshape(-1, 3).astype(int)
+    amber = np.abs(band - np.array(xyz_hooks.core_grid.CAPTION_WARNING)).sum(axis=1) < 60
+    assert main.height > sub.height and amber.sum() > 20
+
+    # The reports: the cell's image is an error row (missing), not a "no face" one; the JSON names the cell and why.
+    if os.environ.get("LIKENESS_SCREENSHOT_DIR"):
+        main.save(Path(os.environ["LIKENESS_SCREENSHOT_DIR"]) / "xyz_grid_failed_cell.png")
+    xyz_hooks.finish(scores, processed, fallback_dir=str(tmp_path))
+    assert f"Warning: {line}" in processed.comments  # under the gallery and in the console
+    report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
+    assert report["failed_cells"] == [{"cell": label, "x": 2, "y": 1, "z": 0, "missing_images": 1, "reason": reason}]
+    group = next(g for g in report["groups"] if g["label"] == label)
+    assert (group["n_images"], group["n_errors"], group["n_faces"], group["no_face_rate"]) == (1, 1, 0, None)
+    [row] = [image for image in report["images"] if image["group"] == label]
+    assert row["error"] == f"no image: {reason}" and row["path"] == f"{label} #1 (no image)"
+    assert line in report["warnings"] and not any("could not be read" in w for w in report["warnings"])
+    assert report["recommendation"]["best"] == "jx e2 @ 0.5"
+    csv_text = next(tmp_path.glob("xyz_grid-*-likeness_scores.csv")).read_text()
+    assert f"no image: {reason}" in csv_text and len(csv_text.strip().splitlines()) == 1 + 6
+
+
+def test_a_grid_whose_cells_all_fail_still_reports_them(lora_dir, obama_scorer, tmp_path):
+    def process_images(pc):
+        pc.likeness_cell = xyz_hooks.CellScores(obama_scorer, lora=axes.state_of(pc).info(), prompt=pc.prompt)
+        raise NansException(NAN_MESSAGE)
+
+    wrapped = xyz_hooks.wrap_process_images(process_images)
+
+    def cell(x, y, z, ix, iy, iz):
+        pc = SimpleNamespace(prompt="photo, <lora:jx:1>", batch_size=2, n_iter=1)
+        axes.apply_epoch(pc, x, ["jx-000001", "jx-000002"])
+        try:
+            return wrapped(pc)
+        except Exception:
+            return SimpleNamespace(images=[], infotexts=[], prompt=pc.prompt, seed=1, index_of_first_image=0)
+
+    def draw(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, *rest):  # A1111 with no image at all: black cells of p's size
+        results = [cell(x, y, z, ix, iy, iz) for iz, z in enumerate(zs) for iy, y in enumerate(ys) for ix, x in enumerate(xs)]
+        cells = [r.images[0] if r.images else Image.new("RGB", (p.width, p.height)) for r in results]
+        grid = Image.new("RGB", (p.width * len(xs), p.height), (255, 255, 255))
+        return SimpleNamespace(images=[grid, grid.copy(), *cells], infotexts=["grid"] * 4, comments="", info="")
+
+    processed = xyz_hooks.wrap_draw_xyz_grid(draw)(SimpleNamespace(width=64, height=64), ["jx-000001", "jx-000002"], [""], [""],
+                                                   ["jx e1", "jx e2"], [""], [""], cell, True, True, False, "x", "y", 0)
+    scores = xyz_hooks.grid_of(processed.images[0])
+    assert len(scores.failed) == 2 and scores.mean is None
+    assert scores.recommendation().reason == "no LoRA cell produced an image"
+    xyz_hooks.finish(scores, processed, fallback_dir=str(tmp_path))
+    report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
+    assert [c["missing_images"] for c in report["failed_cells"]] == [2, 2]  # batch size 2: both images of each cell
+    assert len(report["images"]) == 4 and all(image["error"].startswith("no image: NansException") for image in report["images"])

@@ -423,6 +423,31 @@ def test_cells_from_records_without_keys_and_with_explicit_order():
     assert cells[0].keys is None and cells[0].scores == [0.4, None] and cells[0].strength == 1.0
 
 
+def test_images_a_host_failed_to_make_count_as_missing_not_as_no_face():
+    nan = "NansException: A tensor with NaNs was produced in Unet."
+    records = [{"checkpoint": "e1", "strength": 1.0, "score": s, "key": [k]} for k, s in enumerate((0.3, 0.35))]
+    records += [{"checkpoint": "e2", "strength": 1.0, "missing": nan}] * 2  # the host's generation raised: no image at all
+    records += [{"checkpoint": "e3", "strength": 1.0, "score": 0.6, "key": [0]}, {"checkpoint": "e3", "strength": 1.0, "missing": nan}]
+    cells = cells_from_records(records)
+    e2, e3 = cells[1], cells[2]
+    assert e2.scores == [] and not e2.keys and e2.missing == [nan, nan]
+    assert e3.scores == [0.6] and e3.keys == [(0,)] and e3.missing == [nan]
+    rec = recommend(cells, n_boot=N_BOOT)
+    failed = rec.cells[1]
+    assert not failed.eligible and failed.rank is None and failed.reason == f"no image was made ({nan})"
+    stats = failed.stats
+    assert (stats.n_images, stats.n_errors, stats.n_faces, stats.no_face_rate, stats.mean) == (2, 2, 0, None, None)
+    partly = rec.cells[2]  # compared on the image it has; its missing one is not a "no face"
+    assert partly.eligible and partly.stats.n_errors == 1 and partly.stats.no_face_rate == 0.0
+    assert rec.best.label == "e3 @ 1" and rec.runner_up.label == "e1 @ 1"
+    assert not any("no-face" in w or "no face" in w for w in rec.warnings), rec.warnings
+
+    none_made = recommend(cells_from_records([{"checkpoint": NO_LORA, "strength": None, "score": 0.1},
+                                              {"checkpoint": "e1", "strength": 1.0, "missing": nan}]), n_boot=N_BOOT)
+    assert none_made.best is None and none_made.reason == "no LoRA cell produced an image"
+    assert json.loads(json.dumps(none_made.as_dict()))["cells"][1]["stats"]["n_errors"] == 1
+
+
 def test_cells_from_records_refuses_a_lora_image_without_checkpoint():
     with pytest.raises(ValueError, match="record 2: .*strength 0.8.* names no 'checkpoint'"):
         cells_from_records([{"checkpoint": "e1", "strength": 1.0, "score": 0.5}, {"strength": 0.8, "score": 0.4}])

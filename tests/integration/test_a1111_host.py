@@ -27,6 +27,7 @@ code here. ``modules.scripts`` (``load_scripts``) is not: it imports gradio and 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -34,12 +35,14 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,22 @@ def test_load_scripts_still_does_what_we_mirror(a1111_dir: Path) -> None:
         assert line in source, f"modules/scripts.py no longer has `{line}`: update the mirror below"
     loading = (a1111_dir / "modules" / "script_loading.py").read_text(encoding="utf-8")
     assert "spec_from_file_location(os.path.basename(path), path)" in loading
+
+
+def test_xyz_grid_still_has_what_our_hooks_wrap(a1111_dir: Path) -> None:
+    """xyz_hooks wraps the X/Y/Z script's module-level ``draw_xyz_grid`` and the ``process_images`` name its
+    cells call, and relies on a failing cell being caught there (an empty ``Processed``, a black cell)."""
+    source = (a1111_dir / "scripts" / "xyz_grid.py").read_text(encoding="utf-8")
+    for line in (
+        "def draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend, include_lone_images, "
+        "include_sub_grids, first_axes_processed, second_axes_processed, margin_size):",
+        "from modules.processing import process_images, Processed",
+        "res = process_images(pc)",
+        'errors.display(e, "generating image for xyz plot")',
+        'res = Processed(p, [], p.seed, "")',
+        "processed_result.images[idx] = Image.new(cell_mode, cell_size)",
+    ):
+        assert line in source, f"scripts/xyz_grid.py no longer has `{line}`: check a1111_extension/xyz_hooks.py"
 
 
 def _write_other_extension(root: Path, forbidden_marker: Path, core_marker: Path) -> None:
@@ -241,13 +260,25 @@ STEMS = [f"{RUN}-000001", f"{RUN}-000002", RUN]  # epochs 1, 2 and the final fil
 
 FACE_INJECTOR = '''
 """Test-only A1111 extension: replaces each generated image by the photo mapped to the LoRA that
-A1111's Lora extension loaded for it, and logs what A1111 parsed and loaded."""
+A1111's Lora extension loaded for it, and logs what A1111 parsed and loaded.
+
+When the control file names a LoRA and multiplier (``{"nan_for": [name, multiplier]}``), the cell that
+loaded exactly that LoRA gets all-NaN latents after sampling with A1111's NaN check switched on for it,
+so A1111's own ``devices.test_for_nans`` raises its ``NansException``, as a LoRA that overflows does
+without ``--disable-nan-check``. The check is switched off again before the next generation.
+"""
 import json, os, sys
 from PIL import Image
-from modules import scripts
+from modules import scripts, shared
 
 FACES = json.loads(os.environ["LIKENESS_TEST_FACES"])
 LOG = os.environ["LIKENESS_TEST_LOG"]
+CONTROL = os.environ["LIKENESS_TEST_CONTROL"]
+
+
+def _loaded():
+    networks = sys.modules["networks"]  # A1111's built-in Lora extension
+    return [[n.name, n.te_multiplier, n.unet_multiplier, len(n.modules)] for n in networks.loaded_networks]
 
 
 class Script(scripts.Script):
@@ -260,16 +291,37 @@ class Script(scripts.Script):
     def ui(self, is_img2img):
         return []
 
+    def before_process(self, p, *args):
+        shared.cmd_opts.disable_nan_check = True  # as the server was started (a NaN cell switched it on)
+
+    def post_sample(self, p, ps, *args):
+        try:
+            with open(CONTROL, encoding="utf-8") as handle:
+                name, multiplier = json.load(handle)["nan_for"]
+        except (OSError, ValueError, KeyError):
+            return
+        if [[n[0], n[2]] for n in _loaded()] == [[name, multiplier]]:
+            shared.cmd_opts.disable_nan_check = False  # A1111's own check runs on these latents next
+            ps.samples = ps.samples * float("nan")
+
     def postprocess_image(self, p, pp, *args):
-        networks = sys.modules["networks"]  # A1111's built-in Lora extension
-        loaded = [[n.name, n.te_multiplier, n.unet_multiplier] for n in networks.loaded_networks]
+        loaded = [n[:3] for n in _loaded()]
+        modules = {n[0]: n[3] for n in _loaded()}
         parsed = {k: [x.items for x in v] for k, v in (p.extra_network_data or {}).items()}
         path = FACES.get(loaded[0][0] if loaded else "")  # "": the photo for images without a LoRA
         if path:
             pp.image = Image.open(path).convert("RGB")
         with open(LOG, "a", encoding="utf-8") as log:
-            log.write(json.dumps({"prompt": p.prompt, "loaded": loaded, "parsed": parsed, "photo": path}) + "\\n")
+            log.write(json.dumps({"prompt": p.prompt, "loaded": loaded, "modules": modules, "parsed": parsed, "photo": path,
+                                  "is_sdxl": bool(getattr(shared.sd_model, "is_sdxl", False))}) + "\\n")
 '''
+
+
+def _umask() -> int:
+    """This process's umask (the server inherits it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _a1111_python() -> str:
@@ -356,29 +408,32 @@ class A1111Server:
         return self.log.read_text(encoding="utf-8", errors="replace")[-n:] if self.log.exists() else ""
 
 
-@pytest.fixture(scope="module")
-def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
+def _die_with_parent() -> None:
+    """In the server's process before it starts: killed when the test process dies without stopping it (Linux;
+    a killed pytest must not leave a 9 GB server behind on a shared machine)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def running_a1111(a1111_dir: Path, root: Path, checkpoint: Path, write_loras: Callable[[Path], None], faces: dict[str, str],
+                  args: Sequence[str] = (), config: dict | None = None, ready_s: float = 420) -> Iterator[A1111Server]:
+    """A1111 (``launch.py --nowebui --api``, CPU, offline) in its own process group with a throw-away data folder
+    under ``root``: this repository and the face injector as extensions, ``write_loras(<Lora folder>)``'s files,
+    ``faces`` (LoRA name -> photo the injector shows), the reference photos; stopped when the block ends."""
     python = _a1111_python()
-    assert (a1111_dir / "repositories" / "stable-diffusion-stability-ai" / "ldm").is_dir(), (
-        f"{a1111_dir}/repositories is not filled; see tests/integration/README.md")
-    root = tmp_path_factory.mktemp("a1111")
     data = root / "data"
     (data / "extensions").mkdir(parents=True)
     shutil.copytree(REPO, data / "extensions" / "sd-webui-likeness", ignore=_COPY_IGNORE)
     injector = data / "extensions" / "likeness-test-faces" / "scripts" / "test_faces.py"
     injector.parent.mkdir(parents=True)
     injector.write_text(FACE_INJECTOR, encoding="utf-8")
-    (data / "config.json").write_text(json.dumps({"live_previews_enable": False, "show_progress_every_n_steps": -1}), encoding="utf-8")
+    settings = {"live_previews_enable": False, "show_progress_every_n_steps": -1, **(config or {})}
+    (data / "config.json").write_text(json.dumps(settings), encoding="utf-8")
     loras = data / "models" / "Lora" / "likeness_test"
-    for epoch, stem in enumerate(STEMS, start=1):
-        _write_lora(loras / f"{stem}.safetensors", epoch, seed=epoch)
-    photos = root / "photos"
-    photos.mkdir()
-    faces = {
-        STEMS[0]: str(_square_photo(BUSH[0], photos / "e1_bush.png")),      # someone else: low score
-        STEMS[1]: str(_square_photo(OBAMA[-1], photos / "e2_obama.png")),  # the person, not a reference photo
-        "": str(_square_photo(BUSH[1], photos / "no_lora_bush.png")),        # no LoRA loaded: the floor
-    }                                                                      # final: the generated noise, no face
+    write_loras(loras)
     refs = root / "refs"
     refs.mkdir()
     for photo in OBAMA[:-1]:
@@ -389,19 +444,21 @@ def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
     env.update(HF_HOME=str(_hf_home(root / "hf")), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", COMMANDLINE_ARGS="",
                http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="127.0.0.1,localhost",
                LIKENESS_TEST_FACES=json.dumps(faces), LIKENESS_TEST_LOG=str(test_log), LIKENESS_CACHE_DIR=str(root / "cache"),
+               LIKENESS_TEST_CONTROL=str(root / "control.json"),
                PYTHONDONTWRITEBYTECODE="1")
     command = [python, "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
-               "--use-cpu", "all", "--no-half", "--precision", "full", "--disable-opt-split-attention", "--api", "--nowebui",
-               "--server-name", "127.0.0.1", "--port", str(port), "--ckpt", str(_sd15_checkpoint(python)),
+               "--use-cpu", "all", "--precision", "full", "--disable-opt-split-attention", "--api", "--nowebui",
+               "--server-name", "127.0.0.1", "--port", str(port), "--ckpt", str(checkpoint),
                "--data-dir", str(data), "--no-download-sd-model", "--no-hashing",
-               "--disable-nan-check"]  # random weights: a LoRA on them can overflow to NaN
+               "--disable-nan-check", *args]  # random weights: a LoRA on them can overflow to NaN
     log = root / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=a1111_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=a1111_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
     server = A1111Server(f"http://127.0.0.1:{port}", process, log, data, test_log, faces)
-    server.refs, server.loras = refs, loras
+    server.refs, server.loras, server.control = refs, loras, root / "control.json"
     try:
-        deadline = time.monotonic() + 420
+        deadline = time.monotonic() + ready_s
         while True:
             if process.poll() is not None:
                 pytest.fail(f"A1111 exited with {process.returncode}\n{server.tail()}")
@@ -410,7 +467,7 @@ def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
                     break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"A1111 did not answer within 420 s\n{server.tail()}")
+                    pytest.fail(f"A1111 did not answer within {ready_s:g} s\n{server.tail()}")
                 time.sleep(2)
         yield server
     finally:
@@ -421,6 +478,28 @@ def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.fixture(scope="module")
+def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
+    assert (a1111_dir / "repositories" / "stable-diffusion-stability-ai" / "ldm").is_dir(), (
+        f"{a1111_dir}/repositories is not filled; see tests/integration/README.md")
+    root = tmp_path_factory.mktemp("a1111")
+
+    def write_loras(folder: Path) -> None:
+        for epoch, stem in enumerate(STEMS, start=1):
+            _write_lora(folder / f"{stem}.safetensors", epoch, seed=epoch)
+
+    photos = root / "photos"
+    photos.mkdir()
+    faces = {
+        STEMS[0]: str(_square_photo(BUSH[0], photos / "e1_bush.png")),      # someone else: low score
+        STEMS[1]: str(_square_photo(OBAMA[-1], photos / "e2_obama.png")),  # the person, not a reference photo
+        "": str(_square_photo(BUSH[1], photos / "no_lora_bush.png")),        # no LoRA loaded: the floor
+    }                                                                      # final: the generated noise, no face
+    checkpoint = _sd15_checkpoint(_a1111_python())
+    with running_a1111(a1111_dir, root, checkpoint, write_loras, faces, args=["--no-half"]) as server:
+        yield server
 
 
 def _core_scores(photos: list[str], refs: Path) -> list[float | None]:
@@ -540,6 +619,9 @@ def test_xyz_over_the_likeness_axes_scores_every_cell(a1111_server: A1111Server)
     csv_path = grids[-1].with_name(grids[-1].stem + "-likeness_scores.csv")
     json_path = grids[-1].with_name(grids[-1].stem + "-likeness_scores.json")
     assert csv_path.is_file() and json_path.is_file(), sorted(p.name for p in grids[-1].parent.iterdir())
+    # The reports get the permissions A1111's own files get (the umask's, 0644 under 022), not mkstemp's 0600.
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (grids[-1], csv_path, json_path)}
+    assert set(modes.values()) == {0o666 & ~_umask()}, {name: oct(mode) for name, mode in modes.items()}
     report = json.loads(json_path.read_text(encoding="utf-8"))
     groups = {g["label"]: g for g in report["groups"]}
     assert set(groups) == {f"jxtest {c} | strength {s}" for c in ("e1", "e2", "final (e3)") for s in ("0.5", "1")}, groups
@@ -657,6 +739,78 @@ def test_xyz_recommends_a_checkpoint_under_the_grid(a1111_server: A1111Server) -
     assert grid.height - below >= 12, (grid.size, top)
     band = np.asarray(grid.convert("L"))[below:]
     assert band.min() < 60 and band.max() > 200  # dark text on a light band
+
+
+def test_xyz_cell_that_fails_in_a1111_is_reported_as_missing(a1111_server: A1111Server) -> None:
+    """A cell whose generation A1111 aborts (its own NaN check raising NansException for the e2 @ 1 cell):
+    A1111 draws a black cell and goes on; the reports, the console and the band under the grid say which
+    cell produced no image and why, its image counts as missing (not as "no face"), and the recommendation
+    does not score it."""
+    server = a1111_server
+    info = server.call("GET", "/sdapi/v1/script-info")
+    choices = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])["args"][0]["choices"]
+    epoch_axis, strength_axis = choices.index("Likeness: LoRA epoch"), choices.index("Likeness: LoRA strength")
+    server.test_log.write_text("", encoding="utf-8")
+    script_args = [epoch_axis, "", ["None", STEMS[0], STEMS[1]], strength_axis, "0.5, 1", [], 0, "", [], True, True, False,
+                   False, False, False, False, 0, False]
+    server.control.write_text(json.dumps({"nan_for": [STEMS[1], 1.0]}), encoding="utf-8")
+    log_start = len(server.tail(10**9))
+    try:
+        result = _txt2img(server, prompt=f"photo of a person, <lora:{STEMS[2]}:1>", script_name="x/y/z plot",
+                          script_args=script_args, alwayson_scripts=_likeness_args(server), save_images=True)
+    finally:
+        server.control.unlink()
+    console = server.tail(10**9)[log_start:]
+    # A1111's own X/Y/Z error handling ran: its NaN check raised in that one cell, the other five were made.
+    assert "generating image for xyz plot: NansException" in console, console[-6000:]
+    assert "A tensor with NaNs was produced in Unet." in console
+    cells = [json.loads(line) for line in server.test_log.read_text(encoding="utf-8").splitlines()]
+    assert len(cells) == 5 and [STEMS[1], 1.0, 1.0] not in [c["loaded"][0] for c in cells if c["loaded"]], cells
+
+    label = "jxtest e2 | strength 1"
+    reason = ("NansException: A tensor with NaNs was produced in Unet. Use --disable-nan-check commandline argument to "
+              "disable this check.")
+    grids = sorted((server.data / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))
+    json_path = grids[-1].with_name(grids[-1].stem + "-likeness_scores.json")
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    assert report["failed_cells"] == [{"cell": label, "x": 2, "y": 1, "z": 0, "missing_images": 1, "reason": reason}]
+    group = next(g for g in report["groups"] if g["label"] == label)
+    assert (group["n_images"], group["n_errors"], group["n_faces"], group["no_face_rate"], group["mean"]) == (1, 1, 0, None, None)
+    [row] = [image for image in report["images"] if image["group"] == label]
+    assert row["error"] == f"no image: {reason}" and row["path"] == f"{label} #1 (no image)"
+    line = (f"{label}: no image (NansException: A tensor with NaNs was produced in Unet.); its 1 image(s) count as missing, "
+            f"not as 'no face'")
+    assert line in report["warnings"] and not any("could not be read" in w for w in report["warnings"]), report["warnings"]
+    csv_rows = grids[-1].with_name(grids[-1].stem + "-likeness_scores.csv").read_text(encoding="utf-8").splitlines()
+    assert len(csv_rows) == 7 and sum(f"no image: {reason}" in r for r in csv_rows) == 1
+
+    # The recommendation: e2 @ 0.5 (the same photo as e2 @ 1 would have had); the failed cell is listed, not scored.
+    advice = report["recommendation"]
+    assert advice["best"] == "jxtest e2 @ 0.5", advice["headline"]
+    failed = next(c for c in advice["cells"] if c["label"] == "jxtest e2 @ 1")
+    assert not failed["eligible"] and failed["rank"] is None and failed["reason"] == f"no image was made ({reason})"
+    assert failed["stats"]["n_errors"] == 1 and failed["stats"]["no_face_rate"] is None
+    assert f"[Likeness] Warning: {line}" in console, console[-6000:]
+
+    # The grid (returned and saved): "no image" where A1111 drew the black cell, and the band saying which and why.
+    import numpy as np
+    from lora_likeness import grid as core_grid
+    from PIL import Image
+
+    lone = [Image.open(io.BytesIO(base64.b64decode(image))) for image in result["images"][1:]]
+    assert np.asarray(lone[5].convert("RGB")).max() == 0  # A1111's own black cell, left as A1111 made it
+    with Image.open(grids[-1]) as saved:
+        grid = saved.convert("RGB")
+    assert grid.size == Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).size
+    left, top = _cell_area(grid, lone, columns=3, rows=2)
+    side = lone[0].width
+    drawn = np.asarray(grid)[top + side:top + 2 * side, left + 2 * side:left + 3 * side].reshape(-1, 3).astype(int)
+    background = (np.abs(drawn - 32).sum(axis=1) == 0).mean()  # core_grid.draw_no_image: dark grey, red "no image"
+    red = (np.abs(drawn - np.array(core_grid.score_colour(None, None))).sum(axis=1) < 60).sum()
+    assert background > 0.5 and red > 5, (background, red)
+    band = np.asarray(grid)[top + 2 * side:].reshape(-1, 3).astype(int)
+    amber = np.abs(band - np.array(core_grid.CAPTION_WARNING)).sum(axis=1) < 60
+    assert amber.sum() > 20 and band.min() < 60  # the headline in black, the warnings (this cell's among them) in amber
 
 
 TAB_DRIVER = """
