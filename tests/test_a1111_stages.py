@@ -105,6 +105,26 @@ def test_train_lora_action_writes_checkpoints_into_the_lora_folder_and_frees_vra
     assert Path(outcome.loss_plot).is_file() and outcome.loss_plot in outcome.message
 
 
+def test_train_lora_action_outputs_get_the_mode_the_umask_gives(tiny, tmp_path):
+    # A1111's own outputs follow the process umask; ours did not (LoRAs 0644 whatever the umask, reports 0600).
+    # 0o002 (a shared group's umask) tells honouring it apart from a fixed 0644.
+    import os
+    import stat
+
+    base, data = tiny
+    before = os.umask(0o002)
+    try:
+        outcome = stages.train_lora_action(str(base), str(data), "me", epochs=1, rank=4, alpha=2, lr=1e-3, resolution=32,
+                                           lora_root=tmp_path / "Lora", extra=_SMALL)
+    finally:
+        os.umask(before)
+    out = tmp_path / "Lora" / "me"
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert "**Trained 1 epoch(s)**" in outcome.message and out / "me.safetensors" in files, outcome.message
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o664) for p in files}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o775
+
+
 def test_train_lora_action_refuses_ckpt_and_says_resume_after_interrupt(tiny, tmp_path):
     base, data = tiny
     ckpt = tmp_path / "model.ckpt"

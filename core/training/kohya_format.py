@@ -235,13 +235,11 @@ def serialize_lora(tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> b
 
 
 def save_lora_file(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
-    """Write a Kohya LoRA atomically (a crash leaves the previous file or none, never half a file)."""
-    import os
-
+    """Write a Kohya LoRA atomically (a crash leaves the previous file or none, never half a file), with the
+    permissions the process umask gives any new file, as the host's own model files have."""
     from ..images import write_bytes_atomic
 
-    write_bytes_atomic(Path(path), serialize_lora(tensors, metadata))
-    os.chmod(path, 0o644)  # the temporary file was private (0600); a model file is readable like any other
+    write_bytes_atomic(Path(path), serialize_lora(tensors, metadata))  # honours the umask (images.atomic_write)
     return Path(path)
 
 
