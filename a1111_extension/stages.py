@@ -172,18 +172,43 @@ def free_a1111_vram() -> str:
     return "Unloaded A1111's checkpoint from VRAM (it loads again on the next generation)."
 
 
+AUTO_RESOLUTION = "auto"
+"""The Train section's resolution choice for "the base model family's default"."""
+
+
+def resolution_choices() -> list[str]:
+    return [AUTO_RESOLUTION, "512", "768", "1024"]
+
+
+def resolution_label() -> str:
+    """``Resolution (auto: 512 px for SD1.x, 1024 px for SDXL)``, from the registered families."""
+    from lora_likeness.families import FAMILIES
+
+    defaults = ", ".join(f"{family.defaults.resolution} px for {family.title}" for family in FAMILIES.values())
+    return f"Resolution (auto: {defaults})"
+
+
+def _resolution(value) -> int | None:
+    """The chosen training resolution in px; ``None`` for ``auto`` (the family's default)."""
+    text = str(value if value is not None else "").strip().lower()
+    return None if text in ("", AUTO_RESOLUTION, "0", "none") else int(float(text))
+
+
 def train_lora_action(base: str, data: str, name: str, epochs: int = 10, save_every: int = 1, rank: int = 16,
-                      alpha: float = 16.0, lr: float = 1e-4, resolution: int = 512, seed: int = 42, resume: bool = False,
-                      lora_root: Path | None = None, progress: Progress | None = None,
+                      alpha: float = 16.0, lr: float = 1e-4, resolution: int | str | None = AUTO_RESOLUTION, seed: int = 42,
+                      resume: bool = False, lora_root: Path | None = None, progress: Progress | None = None,
                       free_vram: Callable[[], str] | None = None, extra: dict | None = None) -> TrainOutcome:
     """Train a LoRA with the core into ``<lora_root>/<name>/``; problems come back as ``message``.
 
     ``base`` is a single-file ``.safetensors`` checkpoint (A1111's dropdown gives its path) or a
-    diffusers folder; ``.ckpt`` is refused (it would need unpickling). ``free_vram`` runs before
-    training (A1111: unload its model). ``extra``: further :class:`TrainConfig` fields (tests: device, buckets).
+    diffusers folder of any family the core supports (SD1.x, SDXL: detected from the file, before
+    anything is loaded); ``.ckpt`` is refused (it would need unpickling). ``resolution``: pixels, or
+    ``auto`` for the family's default (512 SD1.x, 1024 SDXL) with its bucket limits. ``free_vram`` runs
+    before training (A1111: unload its model). ``extra``: further :class:`TrainConfig` fields (tests:
+    device, buckets).
     """
+    from lora_likeness.families import ModelLoadError, detect_family
     from lora_likeness.training import ConfigError, TrainConfig, TrainingCancelled, train_lora
-    from lora_likeness.families import ModelLoadError
 
     base_path = _path(base)
     if base_path is None:
@@ -200,19 +225,29 @@ def train_lora_action(base: str, data: str, name: str, epochs: int = 10, save_ev
         return TrainOutcome("A1111's Lora folder is unknown; training needs it for the output.")
     name = (name or "").strip()
     out = Path(lora_root) / name
-    resolution = int(resolution)
+    try:
+        family = detect_family(base_path)  # from the file's header: an SD2 or inpainting model is refused here
+        chosen = _resolution(resolution)
+    except ModelLoadError as error:
+        return TrainOutcome(f"Could not train: {error}")
+    except ValueError:
+        return TrainOutcome(f"Setting to fix: resolution must be a number of pixels or {AUTO_RESOLUTION!r} (got {resolution!r})")
+    defaults = family.defaults
     settings = {"base": base_path, "data": data_path, "out": out, "name": name, "epochs": int(epochs),
                 "save_every_n_epochs": int(save_every), "rank": int(rank), "alpha": float(alpha), "lr": float(lr),
-                "resolution": resolution, "seed": int(seed),
-                # buckets must hold the chosen resolution (sd-scripts' defaults otherwise)
-                "min_bucket_reso": min(256, resolution), "max_bucket_reso": max(1024, resolution)}
+                "resolution": chosen, "seed": int(seed), "family": family.name}
+    if chosen is not None:  # the buckets must hold the chosen resolution; auto leaves the family's limits
+        settings.update(min_bucket_reso=min(defaults.min_bucket_reso, chosen), max_bucket_reso=max(defaults.max_bucket_reso, chosen))
     settings.update(extra or {})
     try:
         config = TrainConfig(**settings)
         config.validate()
     except ConfigError as error:
         return TrainOutcome(f"Setting to fix: {error}")
+    pixels = config.resolution or defaults.resolution
     notes = [free_vram()] if free_vram is not None else []
+    notes.append(f"Base: {family.title} ({base_path.name}); training at {pixels} px"
+                 + (" (the family's default)." if config.resolution is None else "."))
     try:
         result = train_lora(config, progress or Progress(), resume=bool(resume))
     except TrainingCancelled as error:
@@ -308,7 +343,8 @@ def build_train_section() -> None:
 
     choices = checkpoint_choices()
     with gr.Row():
-        base = gr.Dropdown(label="Base checkpoint (.safetensors, SD1.x)", choices=choices, value=choices[0] if choices else None,
+        base = gr.Dropdown(label="Base checkpoint (.safetensors: SD1.x or SDXL, detected from the file)", choices=choices,
+                           value=choices[0] if choices else None,
                            allow_custom_value=True, elem_id="likeness_train_base")
         refresh = gr.Button("Refresh", elem_id="likeness_train_refresh")
         data = gr.Textbox(label="Dataset folder (from the Dataset section)", elem_id="likeness_train_data")
@@ -319,7 +355,8 @@ def build_train_section() -> None:
         rank = gr.Number(label="Rank", value=16, precision=0, elem_id="likeness_train_rank")
         alpha = gr.Number(label="Alpha", value=16, elem_id="likeness_train_alpha")
         lr = gr.Number(label="Learning rate", value=1e-4, elem_id="likeness_train_lr")
-        resolution = gr.Radio(label="Resolution", choices=[512, 768, 1024], value=512, elem_id="likeness_train_resolution")
+        resolution = gr.Radio(label=resolution_label(), choices=resolution_choices(), value=AUTO_RESOLUTION,
+                              elem_id="likeness_train_resolution")
         seed = gr.Number(label="Seed", value=42, precision=0, elem_id="likeness_train_seed")
         resume = gr.Checkbox(label="Resume", value=False, elem_id="likeness_train_resume")
     with gr.Row():

@@ -149,3 +149,72 @@ def test_train_lora_action_refuses_ckpt_and_says_resume_after_interrupt(tiny, tm
     resumed = stages.train_lora_action(str(base), str(data), "me", epochs=2, rank=4, resolution=32, resume=True,
                                        lora_root=tmp_path / "Lora", extra=_SMALL)
     assert "**Trained 2 epoch(s)**" in resumed.message and (tmp_path / "Lora" / "me" / "me.safetensors").is_file(), resumed.message
+
+
+# --- the Train section on SDXL ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    pytest.importorskip("torch")
+    from lora_likeness.training.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_sdxl") / "base", TOKENIZER, family="sdxl",
+                            tokenizer_2_dir=SHARED / "tokenizers" / "sdxl_clip_g")
+
+
+def test_train_lora_action_trains_an_sdxl_base_into_the_lora_folder(tiny, tiny_sdxl, tmp_path):
+    _, data = tiny
+    outcome = stages.train_lora_action(str(tiny_sdxl), str(data), "xl", epochs=1, rank=4, alpha=2, lr=1e-3, resolution="32",
+                                       lora_root=tmp_path / "Lora", extra=_SMALL)
+    final = tmp_path / "Lora" / "xl" / "xl.safetensors"
+    assert final.is_file() and "**Trained 1 epoch(s)**" in outcome.message, outcome.message
+    assert outcome.message.startswith("Base: SDXL (base); training at 32 px."), outcome.message
+    from safetensors import safe_open
+
+    with safe_open(str(final), "np") as handle:
+        metadata, keys = handle.metadata(), list(handle.keys())  # noqa: SIM118 - safe_open is not a dict
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0" and metadata["ss_resolution"] == "(32, 32)"
+    assert keys and all(k.startswith("lora_unet_") for k in keys)  # SDXL's default: the UNet only
+
+
+def test_train_resolution_auto_is_the_base_familys_default(tiny, tiny_sdxl, tmp_path, monkeypatch):
+    import lora_likeness.training as training
+    from lora_likeness.families import FAMILIES
+
+    seen = []
+
+    def train_lora(config, progress=None, resume=False):  # the settings the tab hands the core
+        seen.append(config)
+        raise stages.Cancelled("stop before loading")
+
+    monkeypatch.setattr(training, "train_lora", train_lora)
+    _, data = tiny
+    for base, family in ((tiny[0], "sd1"), (tiny_sdxl, "sdxl")):
+        outcome = stages.train_lora_action(str(base), str(data), "me", resolution=stages.AUTO_RESOLUTION, lora_root=tmp_path)
+        defaults = FAMILIES[family].defaults
+        assert f"training at {defaults.resolution} px (the family's default)." in outcome.message, outcome.message
+        config = seen[-1]
+        assert (config.family, config.resolution, config.min_bucket_reso, config.max_bucket_reso) == (family, None, None, None)
+        filled = config.for_family(FAMILIES[family])
+        assert (filled.resolution, filled.min_bucket_reso, filled.max_bucket_reso) == (
+            defaults.resolution, defaults.min_bucket_reso, defaults.max_bucket_reso)
+    assert [c.family for c in seen] == ["sd1", "sdxl"] and FAMILIES["sdxl"].defaults.resolution == 1024
+    # A chosen resolution is kept, with buckets that hold it.
+    stages.train_lora_action(str(tiny_sdxl), str(data), "me", resolution="768", lora_root=tmp_path)
+    assert (seen[-1].resolution, seen[-1].min_bucket_reso, seen[-1].max_bucket_reso) == (768, 512, 2048)
+    assert "resolution must be" in stages.train_lora_action(str(tiny_sdxl), str(data), "me", resolution="big", lora_root=tmp_path).message
+    assert stages.resolution_label() == "Resolution (auto: 512 px for SD1.x, 1024 px for SDXL)"
+    assert stages.resolution_choices()[0] == stages.AUTO_RESOLUTION
+
+
+def test_train_lora_action_refuses_a_base_of_an_unsupported_family_before_freeing_vram(tiny, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    sd2 = tmp_path / "sd2.safetensors"  # SD2.x: OpenCLIP-H text encoder
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
+               "cond_stage_model.model.ln_final.weight": np.zeros(4, np.float16)}, str(sd2))
+    calls = []
+    outcome = stages.train_lora_action(str(sd2), str(tiny[1]), "me", lora_root=tmp_path, free_vram=lambda: calls.append(1) or "x")
+    assert outcome.message.startswith("Could not train: base sd2.safetensors is an SD2.x checkpoint") and calls == [], outcome.message

@@ -512,11 +512,12 @@ def _core_scores(photos: list[str], refs: Path) -> list[float | None]:
     return [by_name[Path(p).name] for p in photos]
 
 
-def _txt2img(server: A1111Server, **extra) -> dict:
+def _txt2img(server: A1111Server, timeout: float = 900, **extra) -> dict:
+    """``/sdapi/v1/txt2img`` with small CPU defaults and ``extra`` fields; ``timeout`` in seconds for the whole call."""
     body = {"prompt": "photo of a person", "negative_prompt": "", "width": 64, "height": 64, "steps": 2, "seed": 1,
             "sampler_name": "Euler", "scheduler": "automatic", "cfg_scale": 5, "send_images": True, "save_images": False}
     body.update(extra)
-    return server.call("POST", "/sdapi/v1/txt2img", body)
+    return server.call("POST", "/sdapi/v1/txt2img", body, timeout=timeout)
 
 
 def _likeness(text: str) -> float | None:
@@ -828,8 +829,10 @@ tab.add_section("Later stage", lambda: gradio.Markdown("added by a later stage")
 config = blocks.get_config_file()
 kinds = sorted({c["type"] for c in config["components"]})
 labels = [c["props"].get("label") or c["props"].get("value") for c in config["components"] if c["type"] in ("tabitem", "button")]
+train = {c["props"]["elem_id"]: {k: c["props"].get(k) for k in ("label", "choices", "value")}
+         for c in config["components"] if str(c["props"].get("elem_id") or "").startswith("likeness_train_")}
 print("LIKENESS_RESULT " + json.dumps({"gradio": gradio.__version__, "title": title, "elem_id": elem_id,
-                                       "kinds": kinds, "labels": labels}))
+                                       "kinds": kinds, "labels": labels, "train": train}, default=str))
 """
 
 
@@ -850,6 +853,12 @@ def test_likeness_tab_builds_with_a1111s_gradio(a1111_dir: Path, tmp_path: Path)
     assert {"dataframe", "image", "textbox", "dropdown", "radio", "button", "tabitem"} <= set(r["kinds"]), r["kinds"]
     assert r["labels"][:3] == ["Score a folder", "Score", "Dataset"], r["labels"]
     assert {"Prepare dataset", "Train", "Later stage"} <= set(r["labels"]), r["labels"]
+    # The Train section is not SD1.5-only: the base may be SDXL, and the resolution follows its family unless chosen.
+    train = r["train"]
+    assert train["likeness_train_base"]["label"] == "Base checkpoint (.safetensors: SD1.x or SDXL, detected from the file)"
+    resolution = train["likeness_train_resolution"]
+    assert resolution["label"] == "Resolution (auto: 512 px for SD1.x, 1024 px for SDXL)" and resolution["value"] == "auto", resolution
+    assert [c if isinstance(c, str) else c[0] for c in resolution["choices"]] == ["auto", "512", "768", "1024"], resolution
 
 
 def test_a1111_runs_our_install_py_through_its_launcher(a1111_dir: Path, tmp_path: Path) -> None:

@@ -16,7 +16,14 @@ Each test skips only when its checkout variable is unset:
   (``convert_diffusers_name_to_compvis`` and the tables it reads) and run on every key of a LoRA over
   all of sd-scripts' SD1.5 targets; A1111's ``network_layer_mapping`` is rebuilt from the SD1.5
   checkpoint's module names (``make_random_sd15.py --list-keys``) as ``assign_network_names_to_compvis_modules``
-  does. The lookup lines we mirror are checked to be in the source.
+  does. The lookup lines we mirror are checked to be in the source. SDXL: A1111's own ``load_network``
+  (its whole key lookup: the conversion, the ``_q_proj`` fallback onto OpenCLIP's attention, the SDXL
+  ``lora_unet`` / ``lora_te1_text_model`` fallbacks), taken from the source with ``ast`` and run with
+  stand-ins for its A1111 imports, reads an SDXL LoRA with every module the core names on a full-size SDXL
+  (meta-device models from the family's configs, random weights) against the ``network_layer_mapping``
+  ``assign_network_names_to_compvis_modules`` builds for A1111's SDXL model (``sgm`` ``DiffusionEngine``
+  with its ``conditioner.embedders[i].wrapped``), rebuilt from the random SDXL's key names
+  (``make_random_sdxl.py --list-keys``): every key must match a module.
 * ``SD_SCRIPTS_DIR`` (+ ``SD_SCRIPTS_ACCELERATE``, default: found as ``likeness train`` finds it; ``SD_SCRIPTS_PYTHON``,
   default: the python beside that accelerate): the
   ``--print-command`` arguments are parsed by ``train_network.setup_parser()`` and the dataset .toml is
@@ -56,9 +63,10 @@ def _checkout(variable: str) -> Path:
     return folder
 
 
-def _full_size_targets():
-    """sd-scripts' LoRA targets on full-size SD1.5 diffusers models built without weights (meta device)."""
-    return full_size_targets("sd1")
+def _full_size_targets(family_name: str = "sd1"):
+    """The core's LoRA targets (sd-scripts' modules and names) on the full-size diffusers models of
+    ``family_name`` (``sd1``, ``sdxl``), built on the meta device (``full_size_models.py``)."""
+    return full_size_targets(family_name)
 
 
 def _result(stdout: str) -> dict:
@@ -219,6 +227,111 @@ def test_a1111_name_conversion_accepts_every_key():
             if fallback not in mapping:
                 failed.append((target.key, key))
     assert len(targets) == 264 and failed == []
+
+
+SDXL_MAKER = SHARED / "tools" / "make_random_sdxl.py"
+
+
+class _Recorded:
+    """What A1111's ``load_network`` builds (``network.Network``, ``network.NetworkWeights``), kept as given."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.modules = args, {}
+        vars(self).update(kwargs)
+
+
+def _a1111_load_network(a1111_dir: Path, mapping: dict[str, str]):
+    """A1111's own ``load_network`` from the checkout's networks.py, with stand-ins for what it imports from
+    A1111 (``shared.sd_model`` holding ``mapping``: layer name -> module, ``sd_models.read_state_dict``, the
+    module types); returns it, the log records it wrote and the module types it asked."""
+    import logging
+    from types import SimpleNamespace
+
+    namespace, source = _a1111_conversion(a1111_dir)
+    tree = ast.parse(source)
+    [function] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "load_network"]
+    asked = []
+
+    class LoraType:  # A1111's ModuleTypeLora accepts exactly these weights (checked in the source below)
+        def create_module(self, net, weights):
+            asked.append(weights)
+            return ("lora", weights.sd_module) if all(x in weights.w for x in ("lora_up.weight", "lora_down.weight")) else None
+
+    def read_state_dict(filename):
+        from safetensors.numpy import load_file
+
+        return load_file(filename)
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger()
+    logger.addHandler(Keep())
+    logger.setLevel(logging.DEBUG)
+    namespace.update(
+        os=os, logging=logging, network=SimpleNamespace(Network=_Recorded, NetworkWeights=_Recorded),
+        shared=SimpleNamespace(sd_model=SimpleNamespace(network_layer_mapping=mapping, is_sdxl=True)),
+        sd_models=SimpleNamespace(read_state_dict=read_state_dict), module_types=[LoraType()],
+        textual_inversion=None, BundledTIHash=str,
+    )
+    exec(compile(ast.Module(body=[function], type_ignores=[]), str(a1111_dir / "extensions-builtin" / "Lora" / "networks.py"), "exec"),
+         namespace)  # noqa: S102 - A1111's own code
+    return namespace["load_network"], records, asked
+
+
+def _sdxl_layer_mapping() -> dict[str, str]:
+    """A1111's ``network_layer_mapping`` for its SDXL model (``assign_network_names_to_compvis_modules``: every module
+    of ``conditioner.embedders[i].wrapped`` as ``{i}_<name>``, of ``model`` as ``<name>``, dots -> ``_``), rebuilt
+    from the module names of the random full-size SDXL (the sgm layout A1111 loads)."""
+    listing = subprocess.run([sys.executable, str(SDXL_MAKER), "--list-keys"], capture_output=True, text=True, check=True).stdout
+    mapping = {}
+    for line in listing.splitlines():
+        parts = line.split(".")[:-1] if line.strip() else []  # the parameter's module, then every module above it
+        for depth in range(1, len(parts) + 1):
+            module = ".".join(parts[:depth])
+            if module.startswith("conditioner.embedders."):
+                index, _, rest = module[len("conditioner.embedders."):].partition(".")
+                if rest:
+                    mapping[f"{index}_{rest.replace('.', '_')}"] = module
+            elif module.startswith("model."):
+                mapping[module[len("model."):].replace(".", "_")] = module
+    return mapping
+
+
+def test_a1111_loads_every_key_of_an_sdxl_lora_on_its_sdxl_model(tmp_path):
+    a1111_dir = _checkout("A1111_DIR")
+    source = (a1111_dir / "extensions-builtin" / "Lora" / "networks.py").read_text(encoding="utf-8")
+    for line in ("if shared.sd_model.is_sdxl:", "for i, embedder in enumerate(shared.sd_model.conditioner.embedders):",
+                 "for name, module in embedder.wrapped.named_modules():", "network_name = f'{i}_{name.replace(\".\", \"_\")}'",
+                 "for name, module in shared.sd_model.model.named_modules():"):
+        assert line in source, f"A1111's assign_network_names_to_compvis_modules no longer has: {line}"
+    lora_types = (a1111_dir / "extensions-builtin" / "Lora" / "network_lora.py").read_text(encoding="utf-8")
+    assert 'if all(x in weights.w for x in ["lora_up.weight", "lora_down.weight"]):' in lora_types
+
+    mapping = _sdxl_layer_mapping()
+    assert mapping["diffusion_model_input_blocks_4_1_transformer_blocks_0_attn1_to_q"] == (
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q")
+    assert "0_transformer_text_model_encoder_layers_11_mlp_fc2" in mapping
+    assert "1_model_transformer_resblocks_31_attn" in mapping  # OpenCLIP's attention: one in_proj, no q/k/v modules
+
+    targets = _full_size_targets("sdxl")
+    lora = write_random_lora(tmp_path / "xl.safetensors", targets, {"ss_base_model_version": "sdxl_base_v1-0"})
+    load_network, records, asked = _a1111_load_network(a1111_dir, mapping)
+    net = load_network("xl", _Recorded(filename=str(lora)))
+    assert [r for r in records if "didn't match keys" in r] == [], records[-1:]
+    assert len(asked) == len(net.modules) == len(targets) == 722 + 72 + 192
+    # Which module each key landed on: the UNet and CLIP-L one module each, OpenCLIP's q/k/v on its attention.
+    landed = {weights.network_key.split(".")[0]: weights.sd_module for weights in asked}  # the mapping's values: module paths
+    assert landed["lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"] == (
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q")
+    assert landed["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"] == (
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj")
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        assert landed[f"lora_te2_text_model_encoder_layers_31_self_attn_{proj}"] == "conditioner.embedders.1.model.transformer.resblocks.31.attn"
+    assert landed["lora_te2_text_model_encoder_layers_31_mlp_fc1"] == "conditioner.embedders.1.model.transformer.resblocks.31.mlp.c_fc"
 
 
 # -- sd-scripts -------------------------------------------------------------------------------------
