@@ -572,9 +572,10 @@ def test_sd_scripts_trains_a_full_size_sdxl_lora_that_our_switcher_reads(tmp_pat
     Every module of the LoRA it writes maps onto the SDXL modules our LoraSwitcher knows (none unknown).
 
     Memory: sd-scripts builds the UNet and text encoders in float32 whatever the mixed precision. Measured with
-    ``/usr/bin/time -v``, twice: peak RSS 15.4 and 18.4 GB (counting pages of the memory-mapped 6.9 GB file; the
-    machine's available memory fell by 14 and 11 GB), 3 min 10 s to 3 min 40 s on 2 shared CPU cores (2 steps of
-    ~35 s). On a shared machine run it alone."""
+    ``/usr/bin/time -v``, three times: peak RSS 15.4, 18.4 and 21.2 GB (counting pages of the memory-mapped 6.9 GB
+    file, which stay resident when nothing else needs the memory; the machine's available memory fell by 14 and 11 GB
+    in the first two), 1 min 25 s to 3 min 40 s on 2 CPU cores (2 steps of ~35 s when shared). On a shared machine
+    run it alone."""
     sd_dir = _checkout("SD_SCRIPTS_DIR")
     from lora_likeness.progress import Progress
     from lora_likeness.sweep.loras import LoraSwitcher
