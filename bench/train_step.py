@@ -295,8 +295,8 @@ def main(argv=None) -> int:
         if torch.cuda.is_available():
             for family in families:
                 gpu_bench(family, args.sdxl_gpu if family == "sdxl" else args.sd15_gpu, args)
-    else:
-        print("GPU: no CUDA device here; the full-size figures (it/s, peak VRAM: SD1.5 at 512 px, SDXL at 1024 px) were not measured")
+        else:
+            print("GPU: no CUDA device here; the full-size figures (it/s, peak VRAM: SD1.5 at 512 px, SDXL at 1024 px) were not measured")
     return 0
 
 

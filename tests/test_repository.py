@@ -88,3 +88,15 @@ def test_no_tracked_file_names_a_path_of_one_machine():
         "paths of one particular machine in the repository (use checkout-relative paths, flags, environment "
         f"variables such as $COMFYUI_DIR, or placeholders such as $HOSTS/...): {offenders}"
     )
+
+
+def test_every_tracked_python_file_compiles():
+    """bench/, docs/ and .ci/ scripts are not imported by any test: a syntax error there would go unnoticed."""
+    problems = {}
+    for name in _tracked_files():
+        if name.endswith(".py"):
+            try:
+                compile((REPO / name).read_text(encoding="utf-8"), name, "exec")
+            except SyntaxError as exc:
+                problems[name] = f"line {exc.lineno}: {exc.msg}"
+    assert problems == {}
