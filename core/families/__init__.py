@@ -73,7 +73,8 @@ def _unsupported(header: Header) -> Detection:
     return Detection("unknown", problem="is not a Stable Diffusion checkpoint this version knows")
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A diffusers config file (``model_index.json``, ``unet/config.json`` …) as a dict; ``{}`` when missing or not a JSON object."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -91,8 +92,8 @@ def detect(path: Path | str) -> Detection:
     if not path.exists():
         raise ModelLoadError(f"base model {path} does not exist")
     if path.is_dir():
-        model_index = _read_json(path / "model_index.json")
-        unet_config = _read_json(path / "unet" / "config.json")
+        model_index = read_json_object(path / "model_index.json")
+        unet_config = read_json_object(path / "unet" / "config.json")
         if not unet_config:
             raise ModelLoadError(f"base {path} is a folder but not a diffusers model (no unet/config.json)")
         for family in FAMILIES.values():

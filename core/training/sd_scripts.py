@@ -193,11 +193,13 @@ def build_command(config: TrainConfig, checkout: Path | None = None, accelerate:
 def predicts_v(config: TrainConfig, family) -> bool:
     """Whether the base predicts v, read where the built-in trainer reads it: a diffusers folder's
     ``scheduler/scheduler_config.json``, else ``base_config``'s, else the family's built-in config."""
+    from ..families import read_json_object
+
     base = Path(config.base) if config.base else None
     if base is not None and base.is_dir():
-        scheduler = _read_json_object(base / "scheduler" / "scheduler_config.json") or family.configs["scheduler/scheduler_config.json"]
+        scheduler = read_json_object(base / "scheduler" / "scheduler_config.json") or family.configs["scheduler/scheduler_config.json"]
     elif config.base_config is not None:
-        scheduler = _read_json_object(Path(config.base_config) / "scheduler" / "scheduler_config.json")
+        scheduler = read_json_object(Path(config.base_config) / "scheduler" / "scheduler_config.json")
     else:
         scheduler = family.configs["scheduler/scheduler_config.json"]
     return scheduler.get("prediction_type") == "v_prediction"
@@ -212,6 +214,8 @@ def write_tokenizer_cache(cache: Path, family, tokenizer_dirs: dict[str, Path]) 
     """Put each tokenizer the family's script loads where its ``--tokenizer_cache_dir`` finds it, so it never goes
     to the Hub: vocabulary and merges from our offline folder, ``model_max_length`` 77 and the slot's pad token
     (SDXL's second: ``!``) in its configs. Returns warnings (a folder sd-scripts' slow tokenizer cannot read)."""
+    from ..families import read_json_object
+
     warnings = []
     for slot in family.text_encoder_slots:
         hub_id = family.sd_scripts_tokenizers.get(slot.tokenizer)
@@ -228,7 +232,7 @@ def write_tokenizer_cache(cache: Path, family, tokenizer_dirs: dict[str, Path]) 
         for name in ("vocab.json", "merges.txt"):
             shutil.copyfile(source / name, target / name)
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            values = _read_json_object(source / name)
+            values = read_json_object(source / name)
             if name == "tokenizer_config.json":
                 values["model_max_length"] = CLIP_POSITIONS
                 values.pop("tokenizer_file", None)
@@ -237,16 +241,6 @@ def write_tokenizer_cache(cache: Path, family, tokenizer_dirs: dict[str, Path]) 
             _write_json(target / name, values)
         (target / "tokenizer.json").unlink(missing_ok=True)  # a stale fast tokenizer would disagree with the pad token
     return warnings
-
-
-def _read_json_object(path: Path) -> dict:
-    import json
-
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _write_json(path: Path, values: dict) -> None:

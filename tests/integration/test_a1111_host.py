@@ -480,6 +480,17 @@ def running_a1111(a1111_dir: Path, root: Path, checkpoint: Path, write_loras: Ca
                 process.wait()
 
 
+def _cell_faces(photos: Path, stems: Sequence[str]) -> dict[str, str]:
+    """The photo the test's hook puts in place of each cell's image: epoch 1 someone else (low score), epoch 2 the
+    person (not a reference photo), no LoRA someone else (the floor); the final file keeps its generated noise (no face)."""
+    photos.mkdir()
+    return {
+        stems[0]: str(_square_photo(BUSH[0], photos / "e1_bush.png")),
+        stems[1]: str(_square_photo(OBAMA[-1], photos / "e2_obama.png")),
+        "": str(_square_photo(BUSH[1], photos / "no_lora_bush.png")),
+    }
+
+
 @pytest.fixture(scope="module")
 def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
     assert (a1111_dir / "repositories" / "stable-diffusion-stability-ai" / "ldm").is_dir(), (
@@ -490,13 +501,7 @@ def a1111_server(a1111_dir: Path, tmp_path_factory) -> A1111Server:
         for epoch, stem in enumerate(STEMS, start=1):
             _write_lora(folder / f"{stem}.safetensors", epoch, seed=epoch)
 
-    photos = root / "photos"
-    photos.mkdir()
-    faces = {
-        STEMS[0]: str(_square_photo(BUSH[0], photos / "e1_bush.png")),      # someone else: low score
-        STEMS[1]: str(_square_photo(OBAMA[-1], photos / "e2_obama.png")),  # the person, not a reference photo
-        "": str(_square_photo(BUSH[1], photos / "no_lora_bush.png")),        # no LoRA loaded: the floor
-    }                                                                      # final: the generated noise, no face
+    faces = _cell_faces(root / "photos", STEMS)
     checkpoint = _sd15_checkpoint(_a1111_python())
     with running_a1111(a1111_dir, root, checkpoint, write_loras, faces, args=["--no-half"]) as server:
         yield server

@@ -34,15 +34,13 @@ from pathlib import Path
 
 import pytest
 from test_a1111_host import (  # noqa: F401  (a1111_dir: the shared module fixture)
-    BUSH,
-    OBAMA,
     _a1111_python,
     _cell_area,
+    _cell_faces,
     _close,
     _core_scores,
     _likeness,
     _likeness_args,
-    _square_photo,
     _txt2img,
     _umask,
     a1111_dir,
@@ -71,13 +69,7 @@ def sdxl_server(a1111_dir: Path, tmp_path_factory):
                 "ss_epoch": str(epoch), "ss_output_name": RUN, "ss_base_model_version": "sdxl_base_v1-0",
                 "ss_network_module": "networks.lora", "ss_network_dim": "4", "ss_network_alpha": "4"})
 
-    photos = root / "photos"
-    photos.mkdir()
-    faces = {
-        STEMS[0]: str(_square_photo(BUSH[0], photos / "e1_bush.png")),      # someone else: low score
-        STEMS[1]: str(_square_photo(OBAMA[-1], photos / "e2_obama.png")),  # the person, not a reference photo
-        "": str(_square_photo(BUSH[1], photos / "no_lora_bush.png")),        # no LoRA loaded: the floor
-    }
+    faces = _cell_faces(root / "photos", STEMS)
     checkpoint = sdxl_checkpoint(_a1111_python())
     with bigmem(), running_a1111(a1111_dir, root, checkpoint, write_loras, faces, args=["--precision", "half"],
                                   config={"lora_functional": True}, ready_s=900) as server:
