@@ -11,7 +11,6 @@ Location: ``$LIKENESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/lora-likeness``, else
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import struct
@@ -31,22 +30,6 @@ def default_cache_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME")
     return (Path(base).expanduser() if base else Path("~/.cache").expanduser()) / "lora-likeness"
-
-
-_DIGEST_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def model_file_digest(path: Path) -> str:
-    """sha256 of a model file, memoised per (path, size, mtime) for this process."""
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGEST_MEMO:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        _DIGEST_MEMO[key] = digest.hexdigest()
-    return _DIGEST_MEMO[key]
 
 
 # A blob: this header, then little-endian float32 boxes [n, 4], keypoints [n, 5, 2], detector scores [n] and

@@ -414,6 +414,22 @@ def detector_input_size(width: int, height: int, max_side: int = 640) -> tuple[i
     return (max_side, short_side) if width >= height else (short_side, max_side)
 
 
+_DIGEST_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def model_file_digest(path: Path) -> str:
+    """sha256 of a model file, memoised per (path, size, mtime) for this process."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGEST_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _DIGEST_MEMO[key] = digest.hexdigest()
+    return _DIGEST_MEMO[key]
+
+
 class FaceEngine:
     """Detector + recogniser of one pack, loaded once and reused for every image.
 
@@ -513,8 +529,6 @@ class FaceEngine:
     def fingerprint(self) -> str:
         """Identifies everything that shapes an embedding: model bytes and detection settings."""
         if self._fingerprint is None:
-            from .cache import model_file_digest
-
             digest = hashlib.sha256()
             for part in (
                 model_file_digest(self.location.detector),

@@ -44,7 +44,8 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _cell(value, digits: int = 3) -> str:
+def format_value(value, digits: int = 3) -> str:
+    """A table cell: ``digits`` decimals, or an en dash for a missing or non-finite value."""
     return _fmt(value, digits) or "–"
 
 
@@ -58,7 +59,7 @@ def summary_rows(run: ScoreRun) -> list[dict]:
     return rows
 
 
-def _csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
+def csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
@@ -68,12 +69,12 @@ def _csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
 
 
 def summary_csv(run: ScoreRun) -> str:
-    return _csv_text(SUMMARY_COLUMNS, summary_rows(run))
+    return csv_text(SUMMARY_COLUMNS, summary_rows(run))
 
 
 def scores_csv(run: ScoreRun) -> str:
     ref_paths = run.references.used_paths()
-    return _csv_text(SCORE_COLUMNS, [image.as_dict(ref_paths) for image in run.images])
+    return csv_text(SCORE_COLUMNS, [image.as_dict(ref_paths) for image in run.images])
 
 
 def report_json(run: ScoreRun) -> str:
@@ -88,8 +89,8 @@ def summary_table_text(run: ScoreRun) -> str:
         ci = f"{g.ci95[0]:.3f}–{g.ci95[1]:.3f}" if g.ci95 else "–"
         no_face = f"{g.no_face_rate:.0%}" if g.no_face_rate is not None else "–"
         lines.append(
-            f"| {g.label} | {g.n_images} | {g.n_faces} | {no_face} | {_cell(g.mean)} | {_cell(g.median)} | "
-            f"{_cell(g.std)} | {_cell(g.min)} | {_cell(g.max)} | {_cell(g.top3_mean)} | {ci} |"
+            f"| {g.label} | {g.n_images} | {g.n_faces} | {no_face} | {format_value(g.mean)} | {format_value(g.median)} | "
+            f"{format_value(g.std)} | {format_value(g.min)} | {format_value(g.max)} | {format_value(g.top3_mean)} | {ci} |"
         )
     row = baseline_row(run)
     if row is not None:
@@ -105,8 +106,8 @@ def baseline_row(run: ScoreRun) -> list[str] | None:
     loo = np.asarray(b.loo, dtype=np.float64)
     median = float(np.median(loo))
     std = float(loo.std(ddof=1)) if loo.size >= 2 else None
-    return ["(reference baseline)", str(refs.n), str(refs.n), "–", _cell(b.mean), _cell(median), _cell(std),
-            _cell(b.min), _cell(b.max), "–", "–"]
+    return ["(reference baseline)", str(refs.n), str(refs.n), "–", format_value(b.mean), format_value(median), format_value(std),
+            format_value(b.min), format_value(b.max), "–", "–"]
 
 
 def baseline_sentence(run: ScoreRun) -> str:
@@ -369,7 +370,7 @@ def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: i
         rows = max(1, math.ceil(len(members) / columns))
         block = Image.new("RGB", (width, 26 + rows * cell), (16, 16, 16))
         draw = ImageDraw.Draw(block)
-        stats = f"mean {_cell(group.mean)}  min {_cell(group.min)}  max {_cell(group.max)}  faces {group.n_faces}/{group.n_images}"
+        stats = f"mean {format_value(group.mean)}  min {format_value(group.min)}  max {format_value(group.max)}  faces {group.n_faces}/{group.n_images}"
         header_font, header = fonts.draw_font(f"{group.label}    {stats}", 15)
         draw.text((6, 4), header, fill=(235, 235, 235), font=header_font)
         for i, image in enumerate(members):

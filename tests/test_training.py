@@ -322,7 +322,7 @@ def test_early_stop_with_the_real_scorer(tiny, tmp_path):
 
 def test_cli_train_and_interrupt_handler(tiny, tmp_path, capsys):
     from lora_likeness.cli import main
-    from lora_likeness.training.command import _install_interrupt
+    from lora_likeness.console import interrupt_cancels
 
     base, data = tiny
     code = main(["train", "--base", str(base), "--data", str(data), "--out", str(tmp_path), "--name", "cli", "--epochs", "2",
@@ -339,14 +339,13 @@ def test_cli_train_and_interrupt_handler(tiny, tmp_path, capsys):
     import signal
 
     progress = Progress()
-    previous = _install_interrupt(progress)
-    try:
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt_cancels(progress):
         signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # first Ctrl-C: cancel between steps
         assert progress.cancelled()
         with pytest.raises(KeyboardInterrupt):  # second: stop at once
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGINT) is before  # Python's handler is back
 
 
 def test_cli_train_skips_a_truncated_image_and_names_uncaptioned_ones(tiny, tmp_path, capsys):

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ..console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, add_engine_arguments, make_console, print_error
+
 EPILOG = """\
 examples:
   likeness prepare --photos ~/Pictures/alice --trigger ohwx --class woman --out alice-dataset
@@ -41,7 +43,6 @@ def _framings(text: str) -> tuple[str, ...]:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``prepare`` sub-command to the CLI."""
-    from ..cli import _add_engine_arguments
     from ..families import FAMILIES
 
     parser = commands.add_parser(
@@ -82,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     thresholds.add_argument("--min-sharpness", metavar="VAR", type=float, default=20.0, help="Laplacian variance of the face at 128 px (default: 20)")
     thresholds.add_argument("--max-yaw", metavar="DEG", type=float, default=60.0, help="largest head turn in degrees (default: 60)")
     thresholds.add_argument("--max-padding", metavar="SHARE", type=float, default=0.15, help="largest share of a crop that may be padding (default: 0.15)")
-    _add_engine_arguments(parser)
+    add_engine_arguments(parser)
     parser.add_argument("--det-thresh", metavar="P", type=float, default=0.5, help="face detector confidence threshold (default: 0.5)")
     parser.add_argument("--cache-dir", metavar="DIR", type=Path, help="face cache folder (default: $LIKENESS_CACHE_DIR or ~/.cache/lora-likeness)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the face cache")
@@ -130,23 +131,22 @@ def build_config(args: argparse.Namespace):
 
 
 def command_prepare(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_CANCELLED, EXIT_USAGE, RichProgress, _console, _error
     from ..faces import FaceEngine, FaceModelError, PackNotFoundError
     from ..progress import Cancelled
     from .config import PrepareConfigError
     from .prepare import prepare_dataset
 
-    out, err = _console(), _console(stderr=True)
+    out, err = make_console(), make_console(stderr=True)
     try:
         config = build_config(args)
         config.validate()
     except PrepareConfigError as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
     try:
         engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
     except (PackNotFoundError, FaceModelError) as exc:
-        _error(err, exc)
+        print_error(err, exc)
         return EXIT_USAGE
     progress = RichProgress(err, enabled=not args.quiet)
     try:
@@ -155,7 +155,7 @@ def command_prepare(args: argparse.Namespace) -> int:
         finally:
             progress.close()
     except PrepareConfigError as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
     except (KeyboardInterrupt, Cancelled):
         err.print("cancelled; nothing in --out was changed (faces analysed so far are cached, so a re-run continues quickly).")
@@ -163,7 +163,7 @@ def command_prepare(args: argparse.Namespace) -> int:
     print_result(result, out)
     if result.nothing_kept:
         report = result.files.get("report.html")
-        _error(err, result.nothing_kept + (f"; every file and its reason: {report}" if report else ""))
+        print_error(err, result.nothing_kept + (f"; every file and its reason: {report}" if report else ""))
         return 1
     return 0
 

@@ -25,9 +25,9 @@ from .base import (
     ImageGeometry,
     LoadedModel,
     ModelFamily,
-    ModelLoadError,
     TextEncoderSlot,
 )
+from .errors import ModelLoadError
 from .sd1 import SD1
 from .sdxl import SDXL
 

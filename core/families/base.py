@@ -22,10 +22,8 @@ from typing import Any, ClassVar
 
 from ..safetensors_header import Header
 from ..training.kohya_format import PREFIX_UNET, LoraComponent, kohya_key
-
-
-class ModelLoadError(RuntimeError):
-    """The base model or its tokenizer cannot be loaded; the message says what to do."""
+from .errors import ModelLoadError
+from .tokenizers import TOKENIZER_FILES, copy_tokenizer_files, is_tokenizer_dir, resolve_tokenizer_dir  # noqa: F401 - TOKENIZER_FILES: re-exported
 
 
 @dataclass(frozen=True)
@@ -162,25 +160,6 @@ class LoadedModel:
         return {"unet": self.unet, **self.text_encoders}
 
 
-def is_tokenizer_dir(folder: Path | None) -> bool:
-    """A CLIP BPE tokenizer folder: vocab.json + merges.txt, or a fast tokenizer's tokenizer.json."""
-    if folder is None:
-        return False
-    folder = Path(folder)
-    return ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (folder / "tokenizer.json").is_file()
-
-
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json")
-
-
-def copy_tokenizer_files(tokenizer_dir: Path, target: Path) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (Path(tokenizer_dir) / name).is_file():
-            shutil.copyfile(Path(tokenizer_dir) / name, target / name)
-    return target
-
-
 def training_scheduler(config: Mapping[str, Any]):
     """A DDPM scheduler with the base model's betas and prediction type (what sd-scripts trains with)."""
     from diffusers import DDPMScheduler
@@ -234,8 +213,6 @@ class ModelFamily:
 
     def resolve_tokenizers(self, explicit: Mapping[str, Path | None], base: Path | None) -> dict[str, Path]:
         """The tokenizer folder of every text encoder, found offline (see :mod:`.tokenizers`)."""
-        from .tokenizers import resolve_tokenizer_dir
-
         out: dict[str, Path] = {}
         first: Path | None = None
         for slot in self.text_encoder_slots:

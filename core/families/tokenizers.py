@@ -15,9 +15,30 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
-from .base import TOKENIZER_FILES, ModelLoadError, is_tokenizer_dir
+from .errors import ModelLoadError
+
+
+def is_tokenizer_dir(folder: Path | None) -> bool:
+    """A CLIP BPE tokenizer folder: vocab.json + merges.txt, or a fast tokenizer's tokenizer.json."""
+    if folder is None:
+        return False
+    folder = Path(folder)
+    return ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (folder / "tokenizer.json").is_file()
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def copy_tokenizer_files(tokenizer_dir: Path, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copyfile(Path(tokenizer_dir) / name, target / name)
+    return target
+
 
 CLIP_L_ID = "openai/clip-vit-large-patch14"
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_CANCELLED = 130
+from ..console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, add_engine_arguments, interrupt_cancels, make_console, print_error
 
 
 def _sweep_options(parser: argparse.ArgumentParser, for_run: bool) -> None:
@@ -67,8 +66,6 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``sweep`` and ``run`` to the CLI."""
-    from ..cli import _add_engine_arguments
-
     sweep = commands.add_parser(
         "sweep", help="generate every checkpoint x strength x seed, score them and recommend one",
         description="Generate images for every LoRA checkpoint at every strength (plus a no-LoRA baseline) with fixed seeds, "
@@ -82,7 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--run", metavar="NAME", help="which training run in --loras when it holds several")
     sweep.add_argument("--refs", required=True, type=Path, metavar="DIR", help="real photos of the person")
     sweep.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (images/, report.html, recommendation.json, grid.jpg …)")
-    _add_engine_arguments(sweep)
+    add_engine_arguments(sweep)
     _sweep_options(sweep, for_run=False)
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(handler=command_sweep)
@@ -99,7 +96,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="SD1.x or SDXL base: diffusers folder or .safetensors checkpoint (the family and its defaults are detected)")
     run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (dataset/, training/, sweep/)")
     run.add_argument("--refs", type=Path, metavar="DIR", help="reference photos for scoring (default: --photos)")
-    _add_engine_arguments(run)
+    add_engine_arguments(run)
     run.add_argument("--epochs", type=int, default=10, help="training epochs, one checkpoint each (default 10)")
     run.add_argument("--resolution", type=int, help="training resolution and crop size (default: 512 for SD1.x, 1024 for SDXL)")
     run.add_argument("--max-images", type=int, default=50, help="keep at most this many photos (default 50)")
@@ -112,19 +109,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _with_progress(console, quiet: bool, work):
     """``work(progress)`` under one rich progress display; the first Ctrl-C cancels between items."""
-    import signal
-
-    from ..cli import RichProgress
-    from ..training.command import _install_interrupt
-
     progress = RichProgress(console, enabled=not quiet)
-    previous = _install_interrupt(progress)
     try:
-        return work(progress)
+        with interrupt_cancels(progress):
+            return work(progress)
     finally:
         progress.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 def _print_result(sweep, console) -> None:
@@ -176,7 +166,6 @@ def _loras_problem(config) -> str | None:
 
 
 def command_sweep(args: argparse.Namespace) -> int:
-    from ..cli import _console, _error
     from ..faces import FaceModelError, PackNotFoundError
     from ..families import ModelLoadError
     from ..progress import Cancelled
@@ -186,25 +175,25 @@ def command_sweep(args: argparse.Namespace) -> int:
     from .engine import run_sweep
     from .loras import LoraLoadError
 
-    err = _console(stderr=True)
-    out = _console()
+    err = make_console(stderr=True)
+    out = make_console()
     try:
         config = SweepConfig(base=args.base, loras=args.loras, refs=args.refs, out=args.out, prompts=list(args.prompts),
                              run=args.run, pack=args.pack, providers=args.providers).replace(**sweep_overrides(args))
         config.validate()
     except SweepConfigError as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
     if (message := _loras_problem(config) or _training_stack_problem()) is not None:
-        _error(err, message)
+        print_error(err, message)
         return EXIT_USAGE
     try:
         result = _with_progress(err, args.quiet, lambda progress: run_sweep(config, progress))
     except (SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError, ModelLoadError, LoraLoadError) as exc:
-        _error(err, exc)
+        print_error(err, exc)
         return EXIT_USAGE
     except ImportError as exc:  # a part of the stack that the check up front does not import
-        _error(err, describe_import_error(exc))
+        print_error(err, describe_import_error(exc))
         return EXIT_USAGE
     except (Cancelled, KeyboardInterrupt):
         err.print("cancelled: every image saved so far is reused when you run the same command again", markup=False)
@@ -214,21 +203,20 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from ..cli import _console, _error
     from ..dataset.config import PrepareConfigError
     from ..faces import FaceModelError, PackNotFoundError
     from ..families import ModelLoadError
     from ..progress import Cancelled
     from ..references import NoReferencesError
     from ..training.config import ConfigError, load_config_file
+    from ..training.result import TrainingCancelled
     from ..training.stack import describe_import_error
-    from ..training.trainer import TrainingCancelled
     from .config import SweepConfigError
     from .loras import LoraLoadError
     from .run import RunConfig, RunError, run_all
 
-    err = _console(stderr=True)
-    out = _console()
+    err = make_console(stderr=True)
+    out = make_console()
     try:
         train = {}
         if args.train_config is not None:
@@ -243,19 +231,19 @@ def command_run(args: argparse.Namespace) -> int:
                            epochs=args.epochs, max_images=args.max_images, prompt=args.prompt,
                            train_overrides=train, sweep_overrides=sweep_overrides(args))
     except (ConfigError, SweepConfigError) as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
     if (message := _training_stack_problem()) is not None:  # before the dataset is prepared, not after
-        _error(err, message)
+        print_error(err, message)
         return EXIT_USAGE
     try:
         result = _with_progress(err, args.quiet, lambda progress: run_all(config, progress))
     except (RunError, PrepareConfigError, ConfigError, SweepConfigError, PackNotFoundError, FaceModelError, NoReferencesError,
             ModelLoadError, LoraLoadError) as exc:
-        _error(err, exc)
+        print_error(err, exc)
         return EXIT_USAGE
     except ImportError as exc:  # a part of the stack that the check up front does not import
-        _error(err, describe_import_error(exc))
+        print_error(err, describe_import_error(exc))
         return EXIT_USAGE
     except TrainingCancelled as exc:
         err.print(f"cancelled during training: {exc}; run the same command again to continue", markup=False)

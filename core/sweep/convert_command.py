@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EXIT_USAGE = 2
+from ..console import EXIT_USAGE, make_console, print_error
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,18 +37,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def command_convert(args: argparse.Namespace) -> int:
-    from ..cli import _console, _error
     from .convert import ConversionError, convert_path
 
-    err = _console(stderr=True)
-    out = _console()
+    err = make_console(stderr=True)
+    out = make_console()
     if args.alpha is not None and not args.alpha > 0:
-        _error(err, f"--alpha {args.alpha}: must be a positive number")
+        print_error(err, f"--alpha {args.alpha}: must be a positive number")
         return EXIT_USAGE
     try:
         written, notes = convert_path(args.source, args.out, alpha=args.alpha, overwrite=args.force)
     except ConversionError as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
     for note in notes:
         err.print(f"note: {note}", markup=False)

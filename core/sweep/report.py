@@ -37,9 +37,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..grid import GridCell, draw_score, font, format_score, scored_grid
 from ..images import write_bytes_atomic, write_text_atomic
-from ..recommend import NO_LORA, CellResult, Recommendation
 from ..outputs import ReportFolder
-from ..report import _csv_text
+from ..recommend import NO_LORA, CellResult, Recommendation
+from ..report import csv_text
 from .results import SweepImage
 
 #: The files of one sweep report; an earlier set of these is moved to ``previous/<time>/``.
@@ -603,7 +603,7 @@ def cells_csv(recommendation: Recommendation) -> str:
     """``cells.csv``: :meth:`Recommendation.table`, one row per cell in sweep order."""
     table = recommendation.table()
     columns = list(table[0]) if table else list(CELL_COLUMNS)
-    return _csv_text(columns, table)
+    return csv_text(columns, table)
 
 
 def image_rows(images: Sequence[SweepImage], root: Path) -> list[dict]:
@@ -628,7 +628,7 @@ def image_rows(images: Sequence[SweepImage], root: Path) -> list[dict]:
 
 
 def images_csv(images: Sequence[SweepImage], root: Path) -> str:
-    return _csv_text(IMAGE_COLUMNS, image_rows(images, root))
+    return csv_text(IMAGE_COLUMNS, image_rows(images, root))
 
 
 def _jsonable(value):

@@ -222,7 +222,7 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
         has_state = False
     if same and final.exists():
         from ..checkpoints import run_checkpoints
-        from ..training.trainer import TrainResult
+        from ..training.result import TrainResult
 
         result.training = TrainResult(out=training_dir, name=config.name,
                                       checkpoints=[c.path for c in run_checkpoints(training_dir, config.name) if not c.final], final=final)

@@ -8,7 +8,7 @@ Front doors call one function::
 
 Modules: ``config`` (TrainConfig, TOML), ``data`` (Kohya layout, dataset.toml, buckets), ``network``
 (peft LoRA on Kohya's modules), ``kohya_format`` (key names both ways, file names, ss_*/sshs metadata),
-``trainer`` (the loop, resume), ``state``, ``loss_log``, ``samples`` (sample images, identity scores,
+``trainer`` (the loop, resume), ``result`` (TrainResult, TrainingCancelled: what either backend returns), ``state``, ``loss_log``, ``samples`` (sample images, identity scores,
 early stop), ``sd_scripts`` (the sd-scripts backend), ``command`` (the CLI). Loading a base model and
 everything particular to SD1.x or SDXL lives in :mod:`lora_likeness.families`. Importing this package
 imports nothing heavy.
@@ -25,7 +25,11 @@ def __getattr__(name: str):
         from . import config
 
         return getattr(config, name)
-    if name in ("TrainResult", "TrainingCancelled", "train_lora"):
+    if name in ("TrainResult", "TrainingCancelled"):
+        from . import result
+
+        return getattr(result, name)
+    if name == "train_lora":
         from . import trainer
 
         return getattr(trainer, name)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_CANCELLED = 130
+from ..console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, interrupt_cancels, make_console, print_error
 
 # flag -> (TrainConfig field, argparse keyword arguments); every default is None = "not given".
 _FLAGS: list[tuple[str, str, dict]] = [
@@ -98,40 +97,22 @@ def config_from_args(args: argparse.Namespace):
     return config.replace(**{dest: getattr(args, dest) for _, dest, _ in _FLAGS})
 
 
-def _install_interrupt(progress):
-    """First Ctrl-C cancels between steps (the state is saved); a second one stops at once."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def on_interrupt(signum, frame):
-        if progress.cancelled():
-            raise KeyboardInterrupt
-        progress.cancel()
-
-    return signal.signal(signal.SIGINT, on_interrupt)
-
-
 def command_train(args: argparse.Namespace) -> int:
     import json
     import shlex
-    import signal
     import sys
 
-    from ..cli import RichProgress, _console, _error
     from ..families import ModelLoadError
     from ..progress import Cancelled
     from .config import ConfigError
 
-    err = _console(stderr=True)
-    out = _console()
+    err = make_console(stderr=True)
+    out = make_console()
     try:
         config = config_from_args(args)
         config.validate()
     except ConfigError as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
 
     if args.print_command:
@@ -140,7 +121,7 @@ def command_train(args: argparse.Namespace) -> int:
         try:
             command, toml_path, info = prepare(config, resume=args.resume, write=True, strict=False)
         except (ConfigError, ModelLoadError) as exc:
-            _error(err, str(exc))
+            print_error(err, str(exc))
             return EXIT_USAGE
         if info.get("placeholders"):
             err.print(f"note: {info['placeholders']} (the command shows placeholder paths)", markup=False)
@@ -156,26 +137,25 @@ def command_train(args: argparse.Namespace) -> int:
         try:
             require_training_stack()
         except TrainingStackError as exc:
-            _error(err, str(exc))
+            print_error(err, str(exc))
             return EXIT_USAGE
 
-    from .trainer import TrainingCancelled, train_lora
+    from .result import TrainingCancelled
+    from .trainer import train_lora
 
     json_to_stdout = args.json is not None and str(args.json) == "-"
     progress = RichProgress(err, enabled=not args.quiet and not json_to_stdout)
-    previous = _install_interrupt(progress)
     try:
         try:
-            result = train_lora(config, progress, resume=args.resume)
+            with interrupt_cancels(progress):
+                result = train_lora(config, progress, resume=args.resume)
         finally:
             progress.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
     except (ConfigError, ModelLoadError) as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
     except ImportError as exc:  # a part of the stack that the check up front does not import
-        _error(err, describe_import_error(exc))
+        print_error(err, describe_import_error(exc))
         return EXIT_USAGE
     except TrainingCancelled as exc:
         err.print(f"cancelled: {exc}", markup=False)

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..progress import Cancelled, Progress
 from .config import ConfigError, TrainConfig
 from .kohya_format import epoch_file_name, final_file_name
+from .result import TrainingCancelled, TrainResult
 
 TQDM_RE = re.compile(r"(\d+)/(\d+) \[")
 RATE_RE = re.compile(r"([\d.]+)\s*(it/s|s/it)")
@@ -396,8 +397,6 @@ class OutputFollower:
 
 def train_with_sd_scripts(config: TrainConfig, progress: Progress, resume: bool = False):
     """Run sd-scripts for ``config`` and collect its checkpoints (see module docstring)."""
-    from .trainer import TrainingCancelled, TrainResult
-
     command, _, info = prepare(config, resume=resume, write=True)
     result = TrainResult(Path(config.out), config.name, command=command, warnings=list(info["warnings"]))
     log_path = Path(config.out) / f"{config.name}-sd-scripts.log"

@@ -75,7 +75,7 @@ def write_tiny_model(folder: Path, tokenizer_dir: Path, seed: int = 0, family: s
     from transformers import CLIPTokenizer
 
     from ..families import get_family
-    from ..families.base import copy_tokenizer_files
+    from ..families.tokenizers import copy_tokenizer_files
 
     spec = get_family(family)
     scheduler_config = spec.configs["scheduler/scheduler_config.json"]

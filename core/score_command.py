@@ -1,0 +1,152 @@
+"""``likeness score``: score a folder of images against reference photos and report per group.
+
+    likeness score --refs DIR --images DIR [--pack NAME|PATH] [--group-by folder|lora|none]
+                   [--aggregation max|mean|ism] [--out DIR] [--json FILE]
+
+Exit codes: 0 done (unreadable images are reported, not fatal); 2 a setting the user must fix
+(no face-model pack, no usable reference photo, a missing folder, an output path that cannot be
+written or that another run is writing to); 130 cancelled with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, add_engine_arguments, make_console, print_error
+from .progress import Cancelled
+
+
+def register(commands) -> None:
+    """Add ``score`` to the ``likeness`` sub-command parsers."""
+    score = commands.add_parser("score", help="score a folder of images against reference photos",
+                                description="Score every image under --images against the reference photos in --refs.")
+    score.add_argument("--refs", required=True, type=Path, help="folder (or one file) of real photos of the person")
+    score.add_argument("--images", required=True, type=Path, help="folder of generated images (searched recursively)")
+    add_engine_arguments(score)
+    score.add_argument("--group-by", choices=("folder", "lora", "none"), default="folder",
+                       help="group images by sub-folder, by the LoRA in their own metadata (A1111/ComfyUI), or not at all (default: folder)")
+    score.add_argument("--aggregation", choices=("max", "mean", "ism"), default="max",
+                       help="score of an image: best match to any reference (max), mean over references (mean), or similarity to the mean reference (ism) (default: max)")
+    score.add_argument("--face", choices=("largest", "best"), default="largest",
+                       help="which face of a multi-face image is scored (default: largest)")
+    score.add_argument("--out", type=Path, help="write scores.csv, summary.csv, report.json, report.md, scores.png and contact_sheet.png here")
+    score.add_argument("--json", type=Path, help="write the JSON report to this file ('-' for standard output)")
+    score.add_argument("--det-thresh", type=float, default=0.5, help="face detector confidence threshold (default: 0.5)")
+    score.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (default: 0)")
+    score.add_argument("--cache-dir", type=Path, help="face cache folder (default: $LIKENESS_CACHE_DIR or ~/.cache/lora-likeness)")
+    score.add_argument("--no-cache", action="store_true", help="do not read or write the face cache")
+    score.add_argument("--download", action="store_true", help="download the pack if it is not found (needs internet; off by default)")
+    score.add_argument("--no-contact-sheet", action="store_true", help="skip the contact sheet (faster on thousands of images)")
+    score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    score.set_defaults(handler=command_score)
+
+
+def command_score(args: argparse.Namespace) -> int:
+    err = make_console(stderr=True)
+    try:
+        return _score(args, err)
+    except (KeyboardInterrupt, Cancelled):
+        # Ctrl-C anywhere: nothing half-written is left (reports are staged and swapped in whole).
+        err.print("cancelled; faces analysed so far are cached, so a re-run continues quickly.", markup=False)
+        return EXIT_CANCELLED
+
+
+def _score(args: argparse.Namespace, err) -> int:
+    from contextlib import ExitStack
+
+    from .cache import FaceCache
+    from .faces import FaceEngine, FaceModelError, PackNotFoundError
+    from .outputs import OutputError, ReportFolder, check_output_file
+    from .pipeline import ScoreSettings, score_folder
+    from .references import NoReferencesError
+    from .report import REPORT_FILES, own_outputs, preserve_file, report_json, write_report_into
+
+    out = make_console()
+    json_to_stdout = args.json is not None and str(args.json) == "-"
+    for label, folder in (("--refs", args.refs), ("--images", args.images)):
+        if not folder.exists():
+            print_error(err, f"{label} {folder} does not exist")
+            return EXIT_USAGE
+    with ExitStack() as stack:
+        # Every output is checked, and --out created and locked, before any work: a path we cannot
+        # write or a folder another run is writing to is said at once, not after the analysis.
+        try:
+            if args.json is not None and not json_to_stdout:
+                check_output_file(args.json, "--json")
+            report = stack.enter_context(ReportFolder(args.out, REPORT_FILES, "--out")) if args.out is not None else None
+        except OutputError as exc:
+            print_error(err, str(exc))
+            return EXIT_USAGE
+        try:
+            engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
+        except (PackNotFoundError, FaceModelError) as exc:
+            print_error(err, exc)
+            return EXIT_USAGE
+        cache = None if args.no_cache else FaceCache(args.cache_dir)
+        progress = RichProgress(err, enabled=not args.quiet and not json_to_stdout)
+        # Never read our own outputs back as inputs: the report folder, its earlier reports, the cache.
+        exclude = own_outputs(args.out) if args.out is not None else []
+        if cache is not None:
+            exclude.append(cache.folder)
+        settings = ScoreSettings(aggregation=args.aggregation, face_choice=args.face, group_by=args.group_by, seed=args.seed)
+        try:
+            try:
+                run = score_folder(engine, args.refs, args.images, settings, cache=cache, progress=progress, exclude=exclude)
+            finally:
+                progress.close()
+        except NoReferencesError as exc:
+            print_error(err, str(exc))
+            return EXIT_USAGE
+
+        written = {}
+        if report is not None:
+            written = write_report_into(run, report, sheet=not args.no_contact_sheet)
+        if args.json is not None:
+            if json_to_stdout:
+                sys.stdout.write(report_json(run) + "\n")
+                for warning in run.warnings:
+                    err.print(f"warning: {warning}", markup=False)
+            else:
+                from .images import write_text_atomic
+
+                moved = preserve_file(args.json)
+                if moved is not None:
+                    run.warnings.append(f"the earlier {args.json.name} was kept as {moved.name}")
+                write_text_atomic(args.json, report_json(run))
+                written[args.json.name] = args.json
+    if not json_to_stdout:
+        print_summary(run, out)
+        for path in written.values():
+            out.print(f"wrote {path}", markup=False)
+    return 0
+
+
+def print_summary(run, console) -> None:
+    """The seed-style table: group | n | faces | no-face | mean | median | std | min | max | top-3 | 95% CI."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .report import baseline_row, baseline_sentence, format_value
+
+    model = run.model
+    table = Table(title=f"Likeness ({run.settings.aggregation}, pack {model.get('pack')}, {', '.join(model.get('providers', []))})", title_justify="left")
+    for column in ("group", "n", "faces", "no-face", "mean", "median", "std", "min", "max", "top-3", "95% CI"):
+        table.add_column(column, justify="left" if column == "group" else "right", no_wrap=column != "group")
+    best = max((g.mean for g in run.groups if g.mean is not None), default=None)
+    for g in run.groups:
+        ci = f"{g.ci95[0]:.3f}–{g.ci95[1]:.3f}" if g.ci95 else "–"
+        no_face = f"{g.no_face_rate:.0%}" if g.no_face_rate is not None else "–"
+        mean = format_value(g.mean)
+        if best is not None and g.mean == best and len(run.groups) > 1:
+            mean = f"[bold]{mean}[/bold]"
+        table.add_row(Text(g.label), str(g.n_images), str(g.n_faces), no_face, mean, format_value(g.median), format_value(g.std), format_value(g.min), format_value(g.max), format_value(g.top3_mean), ci)
+    row = baseline_row(run)
+    if row is not None:
+        table.add_section()
+        table.add_row(*row, style="green")
+    console.print(table)
+    console.print(baseline_sentence(run), markup=False)
+    for warning in run.warnings:
+        console.print(Text.assemble(("warning: ", "yellow"), warning))
