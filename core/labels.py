@@ -185,6 +185,65 @@ def loras_from_metadata(texts: dict[str, str]) -> list[LoraUse]:
     return []
 
 
+_PROMPT_KEYS = ("text", "text_g", "text_l", "prompt")
+
+
+def a1111_prompt(parameters: str) -> str:
+    """The positive prompt of A1111 infotext (what Likeness sweeps also write): the text before
+    ``Negative prompt:`` or, without one, before the ``Steps:`` line."""
+    prompt = parameters.split("\nNegative prompt:", 1)[0]
+    lines = prompt.split("\n")
+    if len(lines) > 1 and lines[-1].startswith("Steps:"):
+        lines = lines[:-1]
+    return "\n".join(lines).strip()
+
+
+def comfy_prompt_text(prompt: str | dict) -> str | None:
+    """The positive prompt text of a ComfyUI API graph: the text nodes a sampler's ``positive``
+    input links to, else every text-encoder node's text; ``None`` when there is none."""
+    try:
+        graph = json.loads(prompt) if isinstance(prompt, str) else prompt
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(graph, dict):
+        return None
+
+    def texts_of(node_id: str, seen: set[str]) -> list[str]:
+        # Follows links upstream (conditioning combiners, concat nodes) to the text that made them.
+        node = graph.get(str(node_id))
+        if node_id in seen or not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):
+            return []
+        seen.add(node_id)
+        found = [v for k, v in node["inputs"].items() if k in _PROMPT_KEYS and isinstance(v, str)]
+        for value in node["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)):
+                found += texts_of(str(value[0]), seen)
+        return found
+
+    positive: list[str] = []
+    for node_id in sorted(graph, key=natural_key):
+        node = graph[node_id]
+        link = node.get("inputs", {}).get("positive") if isinstance(node, dict) and isinstance(node.get("inputs"), dict) else None
+        if isinstance(link, list) and link:
+            positive += texts_of(str(link[0]), set())
+    if not positive:
+        positive = [v for node in graph.values() if isinstance(node, dict) and "CLIPTextEncode" in str(node.get("class_type", ""))
+                    for k, v in (node.get("inputs") or {}).items() if k in _PROMPT_KEYS and isinstance(v, str)]
+    return "\n".join(dict.fromkeys(positive)) if positive else None
+
+
+def prompt_from_metadata(texts: dict[str, str]) -> str | None:
+    """The positive prompt an image carries (ComfyUI graph, else A1111 / Likeness sweep infotext);
+    ``None`` when it carries none."""
+    if "prompt" in texts:
+        text = comfy_prompt_text(texts["prompt"])
+        if text is not None:
+            return text
+    if "parameters" in texts:
+        return a1111_prompt(texts["parameters"])
+    return None
+
+
 def lora_group(uses: Iterable[LoraUse]) -> tuple[str, dict]:
     """Group label and sortable fields for the LoRAs of one image."""
     uses = list(uses)

@@ -13,7 +13,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -21,10 +21,11 @@ from . import __version__
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
 from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, ImageScan, decode_image, from_array, relative_name, scan_images
-from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text
+from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, prompt_from_metadata, read_generation_text
 from .progress import Progress
-from .references import ReferenceSet, reference_names
-from .scoring import AGGREGATIONS, FACE_CHOICES, GroupStats, ImageScore, group_statistics, score_faces
+from .people import PeopleGroupStats, PeopleInImage, PeopleSet, expected_from_prompt, people_group_statistics, people_in_image
+from .references import NoReferencesError, ReferencePhoto, ReferenceSet, reference_names
+from .scoring import AGGREGATIONS, FACE_CHOICES, GroupStats, ImageScore, group_statistics, reference_baseline, score_faces
 
 GROUP_BY = ("folder", "lora", "none")
 
@@ -65,6 +66,10 @@ class ScoredImage:
     group: str
     result: FaceResult
     score: ImageScore
+    people: PeopleInImage | None = None
+    """Who is in the image, when the run scores several people (:class:`~lora_likeness.people.PeopleSet`)."""
+    expected_from: str | None = None
+    """Where the expected people came from: ``prompt``, ``--expect`` or ``everyone``."""
 
     @property
     def error(self) -> str | None:
@@ -89,7 +94,15 @@ class ScoredImage:
             "box": [round(float(v), 1) for v in face.box] if face is not None else None,
             "det_score": round(face.det_score, 4) if face is not None else None,
             "error": self.error,
+            **(self.people_dict() if self.people is not None else {}),
         }
+
+    def people_dict(self) -> dict:
+        """``people`` (name -> found / score / face_index …), ``blended`` and the rest of the image's people part."""
+        data = self.people.as_dict()
+        data["expected_from"] = self.expected_from
+        data["face_boxes"] = [[round(float(v), 1) for v in face.box] for face in self.result.faces]
+        return data
 
 
 @dataclass
@@ -106,10 +119,18 @@ class ScoreRun:
     timings: dict = field(default_factory=dict)
     # In-memory images (host tensors) when the run did not read files: the contact sheet draws these.
     arrays: list | None = field(default=None, repr=False, compare=False)
+    people: PeopleSet | None = None
+    """The people scored, when several are (``references`` then holds all their photos together)."""
+    people_groups: dict[str, PeopleGroupStats] = field(default_factory=dict)
+    """Per group label: per-person statistics, all-present rate, blend rate, worst-served person."""
 
     def as_dict(self) -> dict:
         ref_paths = self.references.used_paths()
-        return {
+        groups = [g.as_dict() for g in self.groups]
+        for group in groups:
+            if group["label"] in self.people_groups:
+                group.update(self.people_groups[group["label"]].as_dict())
+        data = {
             "tool": "likeness",
             "version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -123,11 +144,14 @@ class ScoreRun:
             },
             "model": self.model,
             "references": self.references.as_dict(),
-            "groups": [g.as_dict() for g in self.groups],
+            "groups": groups,
             "images": [i.as_dict(ref_paths) for i in self.images],
             "warnings": list(self.warnings),
             "timings": self.timings,
         }
+        if self.people is not None:
+            data["people"] = self.people.as_dict()
+        return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,12 +310,27 @@ def score_results(
     settings: ScoreSettings,
     model: dict,
     images_root: str | None = None,
+    people: PeopleSet | None = None,
+    prompts: Sequence[str | None] | None = None,
+    expect: Sequence[str] | None = None,
 ) -> ScoreRun:
-    """Score analysed images and compute group statistics (no I/O)."""
+    """Score analysed images and compute group statistics (no I/O).
+
+    With ``people`` (several people; ``references`` is then :func:`people_references`), every image's
+    faces are also assigned to the people (:func:`~lora_likeness.people.people_in_image`). The people
+    expected in an image are those whose name (their trigger word) its prompt names (``prompts``, one
+    per image, ``None`` when an image carries none); else ``expect``; else everyone.
+    """
     scored = [
         ScoredImage(path=name, group=label, result=result, score=score_result(result, references, settings))
         for result, name, (label, _) in zip(results, names, groups)
     ]
+    if people is not None:
+        prompts = list(prompts) if prompts is not None else [None] * len(scored)
+        for item, prompt in zip(scored, prompts):
+            expected, item.expected_from = expected_people(people, prompt, expect)
+            embeddings = [f.embedding for f in item.result.faces] if item.result.ok else []
+            item.people = people_in_image(people, embeddings, expected)
 
     by_group: dict[str, list[ScoredImage]] = {}
     infos: dict[str, dict] = {}
@@ -327,7 +366,57 @@ def score_results(
             f"{memorised} image(s) are closer to one reference photo than any two reference photos are to each "
             f"other (possible memorisation of a training photo)"
         )
-    return ScoreRun(settings=settings, model=model, references=references, images=scored, groups=stats, warnings=warnings, images_root=images_root)
+    run = ScoreRun(settings=settings, model=model, references=references, images=scored, groups=stats, warnings=warnings, images_root=images_root)
+    if people is not None:
+        run.people = people
+        for group in stats:
+            readable = [m.people for m in by_group[group.label] if m.error is None and m.people is not None]
+            run.people_groups[group.label] = people_group_statistics(people, readable, seed=settings.seed, n_boot=settings.n_boot)
+        run.warnings.extend(people_warnings(people, run))
+    return run
+
+
+def expected_people(people: PeopleSet, prompt: str | None, expect: Sequence[str] | None) -> tuple[list[str], str]:
+    """The people expected in one image and where that came from (``prompt`` | ``--expect`` | ``everyone``)."""
+    named = expected_from_prompt(prompt, {name: name for name in people.names})
+    if named:
+        return named, "prompt"
+    if expect:
+        return [name for name in people.names if name in set(expect)], "--expect"
+    return list(people.names), "everyone"
+
+
+def people_warnings(people: PeopleSet, run: ScoreRun) -> list[str]:
+    """Sentences about the people: someone expected who never appears, images where faces blended."""
+    warnings = [f"people: {w}" for w in people.warnings]
+    images = [i.people for i in run.images if i.people is not None and i.error is None]
+    for name in people.names:
+        expected = [i for i in images if name in i.expected]
+        if expected and not any(i.people[name].found for i in expected):
+            warnings.append(f"{name} is expected in {len(expected)} image(s) but never appears in any")
+    blended = sum(i.blended for i in images)
+    if blended:
+        warnings.append(f"{blended} of {len(images)} image(s) show blended faces (a face like two people, or one person's face on several)")
+    return warnings
+
+
+def people_references(people: PeopleSet) -> ReferenceSet:
+    """Every person's reference photos as one set (``name/photo`` paths): the classic per-image score
+    of a people run is the best match to anyone in the family; the per-person scores are in ``people``."""
+    photos: list[ReferencePhoto] = []
+    rows: list[np.ndarray] = []
+    warnings: list[str] = []
+    for name, reference in zip(people.names, people.references):
+        for photo in reference.photos:
+            row = None
+            if photo.row is not None:
+                row = len(rows)
+                rows.append(reference.embeddings[photo.row])
+            photos.append(ReferencePhoto(path=f"{name}/{photo.path}", n_faces=photo.n_faces, error=photo.error, row=row,
+                                         face_index=photo.face_index, loo=photo.loo, outlier=photo.outlier))
+        warnings.extend(f"{name}: {w}" for w in reference.warnings)
+    embeddings = np.stack(rows).astype(np.float32)
+    return ReferenceSet(embeddings=embeddings, photos=photos, baseline=reference_baseline(embeddings, people.aggregation), warnings=warnings)
 
 
 def collect_images(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
@@ -390,8 +479,14 @@ def score_arrays(
     settings: ScoreSettings | None = None,
     cache: FaceCache | None = None,
     progress: Progress | None = None,
+    people: PeopleSet | None = None,
+    prompts: Sequence[str | None] | None = None,
+    expect: Sequence[str] | None = None,
 ) -> ScoreRun:
     """Score in-memory images against ``references``: the same :class:`ScoreRun` as :func:`score_folder`.
+
+    With ``people`` (and ``references`` = :func:`people_references` of them), every person is scored
+    in every image; ``prompts`` (one per image, or ``None``) and ``expect`` say who is expected.
 
     Args:
         arrays: RGB images ``(H, W, 3)``, uint8 or float in 0..1.
@@ -406,7 +501,7 @@ def score_arrays(
     if len(groups) != len(arrays):
         raise ValueError(f"{len(groups)} labels for {len(arrays)} images")
     results = analyze_arrays(engine, arrays, names, cache=cache, progress=progress, description="images")
-    run = score_results(results, names, groups, references, settings, engine.describe())
+    run = score_results(results, names, groups, references, settings, engine.describe(), people=people, prompts=prompts, expect=expect)
     run.arrays = list(arrays)
     run.warnings = list(engine.warnings) + run.warnings
     run.timings = {
@@ -427,8 +522,13 @@ def score_image_folder(
     cache: FaceCache | None = None,
     progress: Progress | None = None,
     exclude: Sequence[Path] = (),
+    people: PeopleSet | None = None,
+    expect: Sequence[str] | None = None,
 ) -> ScoreRun:
     """Score every image file under ``images`` (recursively; or the one file given) against ``references``.
+
+    With ``people``, each image's prompt (its A1111 / ComfyUI / Likeness sweep metadata) says who is
+    expected in it (see :func:`score_results`).
 
     Files of any size and format are read (:func:`~lora_likeness.images.decode_image`); each image keeps
     its name, the path relative to ``images``, in natural order, and is grouped as ``settings.group_by``
@@ -446,7 +546,9 @@ def score_image_folder(
     results = analyze_paths(engine, paths, cache=cache, progress=progress, description="images")
     names = [relative_name(p, root) for p in paths]
     groups = image_groups(paths, root, settings.group_by)
-    run = score_results(results, names, groups, references, settings, engine.describe(), images_root=str(root))
+    prompts = [prompt_from_metadata(read_generation_text(p)) for p in paths] if people is not None else None
+    run = score_results(results, names, groups, references, settings, engine.describe(), images_root=str(root),
+                        people=people, prompts=prompts, expect=expect)
     run.warnings = list(engine.warnings) + run.warnings
     if scan.excluded:
         shown = [relative_name(p, root) + ("/" if p.is_dir() else "") for p in scan.excluded]
@@ -466,20 +568,70 @@ def score_image_folder(
     return run
 
 
+def build_people(
+    engine: FaceEngine,
+    folders: Mapping[str, Path] | Sequence[tuple[str, Path]],
+    cache: FaceCache | None = None,
+    progress: Progress | None = None,
+    aggregation: str = "max",
+) -> PeopleSet:
+    """One :class:`ReferenceSet` per person (name -> folder or file of their photos) and the
+    thresholds that tell them apart (:meth:`PeopleSet.build`).
+
+    Raises:
+        NoReferencesError: a person's photos hold no usable face (the message names the person).
+        PeopleError: names given twice, or a person who cannot be given a threshold.
+    """
+    items = list(folders.items()) if isinstance(folders, Mapping) else list(folders)
+    sets: list[tuple[str, ReferenceSet]] = []
+    for name, folder in items:
+        try:
+            sets.append((name, build_references(engine, Path(folder), cache=cache, progress=progress, aggregation=aggregation)))
+        except NoReferencesError as exc:
+            raise NoReferencesError(f"{name}: {exc}") from exc
+    return PeopleSet.build(sets, aggregation=aggregation)
+
+
+def people_folders(root: Path) -> list[tuple[str, Path]]:
+    """``--people DIR``: one person per sub-folder (its name is the person's name and trigger word),
+    in natural order; sub-folders without images are left out by the caller's reference check.
+
+    Raises:
+        PeopleError: ``root`` has no sub-folder.
+    """
+    from .images import natural_key
+    from .people import PeopleError
+
+    root = Path(root)
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    if not folders:
+        raise PeopleError(f"{root} has no sub-folders: --people needs one folder of photos per person (e.g. {root}/dad, {root}/mum)")
+    return [(p.name, p) for p in folders]
+
+
 def score_folder(
     engine: FaceEngine,
-    refs: Path | Sequence[Path],
+    refs: Path | Sequence[Path] | None,
     images: Path,
     settings: ScoreSettings | None = None,
     cache: FaceCache | None = None,
     progress: Progress | None = None,
     exclude: Sequence[Path] = (),
+    people: Mapping[str, Path] | Sequence[tuple[str, Path]] | None = None,
+    expect: Sequence[str] | None = None,
 ) -> ScoreRun:
-    """Score every image under ``images`` against the reference photos ``refs``."""
+    """Score every image under ``images`` against the reference photos ``refs``, or, with
+    ``people`` (name -> photos), every person in every image."""
     settings = settings or ScoreSettings()
     started = time.perf_counter()
-    references = build_references(engine, refs, cache=cache, progress=progress, aggregation=settings.aggregation)
+    people_set = None
+    if people is not None:
+        people_set = build_people(engine, people, cache=cache, progress=progress, aggregation=settings.aggregation)
+        references = people_references(people_set)
+    else:
+        references = build_references(engine, refs, cache=cache, progress=progress, aggregation=settings.aggregation)
     refs_done = time.perf_counter()
-    run = score_image_folder(engine, references, images, settings, cache=cache, progress=progress, exclude=exclude)
+    run = score_image_folder(engine, references, images, settings, cache=cache, progress=progress, exclude=exclude,
+                             people=people_set, expect=expect)
     run.timings = {"references_s": round(refs_done - started, 3), **run.timings}
     return run

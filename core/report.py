@@ -98,6 +98,55 @@ def summary_table_text(run: ScoreRun) -> str:
     return "\n".join(lines)
 
 
+PEOPLE_COLUMNS = ("group", "person", "expected", "present", "mean", "95% CI", "served", "all present", "blended")
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:.0%}" if value is not None else "–"
+
+
+def people_rows(run: ScoreRun) -> list[list[str]]:
+    """The per-person table: one row per group and person (:data:`PEOPLE_COLUMNS`); the worst-served
+    person of each group is marked ``(worst)``. Empty for a single-person run."""
+    rows: list[list[str]] = []
+    for group in run.groups:
+        stats = run.people_groups.get(group.label)
+        if stats is None:
+            continue
+        for name, person in stats.people.items():
+            ci = f"{person.ci95[0]:.3f}–{person.ci95[1]:.3f}" if person.ci95 else "–"
+            shown = name + (" (worst)" if name == stats.worst_served and len(stats.people) > 1 else "")
+            rows.append([group.label, shown, str(person.n_expected), _rate(person.presence_rate), format_value(person.mean), ci,
+                         format_value(person.served), _rate(stats.all_present_rate), _rate(stats.blend_rate)])
+    return rows
+
+
+def people_table_text(run: ScoreRun) -> str:
+    """:func:`people_rows` as a Markdown table ("" for a single-person run)."""
+    rows = people_rows(run)
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(PEOPLE_COLUMNS) + " |", "|" + "---|" * len(PEOPLE_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def people_header(stats) -> str:
+    """One group's people in a line: ``dad 0.61 (90%)  mum 0.48 (70%)  all 65%  blend 10%``."""
+    parts = [f"{name} {format_value(p.mean, 2)} ({_rate(p.presence_rate)})" for name, p in stats.people.items() if p.n_expected]
+    return "  ".join(parts + [f"all {_rate(stats.all_present_rate)}", f"blend {_rate(stats.blend_rate)}"])
+
+
+def people_sentence(run: ScoreRun) -> str:
+    """How each person's acceptance threshold came about, for the report and the console."""
+    if run.people is None:
+        return ""
+    parts = [f"{name} {run.people.thresholds[i]:.3f}" for i, name in enumerate(run.people.names)]
+    return ("Per-person acceptance thresholds (halfway between the person's least typical own photo and the most alike "
+            "photo of someone else; see README): " + ", ".join(parts) + ". Presence: share of the images expecting the "
+            "person where a face cleared it; served: mean score counting a missing person as 0.")
+
+
 def baseline_row(run: ScoreRun) -> list[str] | None:
     """The reference baseline as a table row beside the groups (the ceiling to compare with)."""
     b, refs = run.references.baseline, run.references
@@ -137,6 +186,8 @@ def report_markdown(run: ScoreRun, files: dict[str, Path] | None = None) -> str:
         baseline_sentence(run),
         "",
     ]
+    if run.people is not None:
+        lines += ["## People", "", people_table_text(run), "", people_sentence(run), ""]
     if files and "scores.png" in files:
         lines += ["![scores per group](scores.png)", ""]
     if files and "contact_sheet.png" in files:
@@ -339,6 +390,11 @@ def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, size: int =
         value = image.score.value(run.settings.aggregation)
         colour = score_colour(value, run.references.baseline.mean)
         scale = factor / loaded.scale
+        if image.people is not None and run.people is not None:
+            draw_people(draw, image, run, scale, offset, small_size)
+            draw.rectangle([0, cell - SCORE_BAND, cell, cell], fill=(0, 0, 0))
+            people_line(draw, image, run, (4, cell - SCORE_BAND + 1), cell - 8, small_size + 1)
+            return canvas
         for index, face in enumerate(image.result.faces):
             box = [face.box[0] * scale + offset[0], face.box[1] * scale + offset[1], face.box[2] * scale + offset[0], face.box[3] * scale + offset[1]]
             chosen = index == image.score.face_index
@@ -358,6 +414,43 @@ def annotate_thumbnail(image: ScoredImage, run: ScoreRun, cell: int, size: int =
     return canvas
 
 
+def draw_people(draw: ImageDraw.ImageDraw, image: ScoredImage, run: ScoreRun, scale: float, offset: tuple[int, int], size: int = 10) -> None:
+    """Each face boxed in its person's colour with the name above it (grey and unnamed when it
+    matches nobody; ``+`` between names for a blend). ``scale``: source px -> drawing px."""
+    from .people import NOBODY_COLOUR, person_colour
+
+    assigned = {p.face_index: name for name, p in image.people.people.items() if p.found}
+    blends = {f.index: f.accepted_by for f in image.people.faces if f.blend}
+    font, _ = fonts.draw_font("", size)
+    for index, face in enumerate(image.result.faces):
+        box = [face.box[0] * scale + offset[0], face.box[1] * scale + offset[1], face.box[2] * scale + offset[0], face.box[3] * scale + offset[1]]
+        name = assigned.get(index)
+        colour = person_colour(run.people.index(name)) if name is not None else NOBODY_COLOUR
+        draw.rectangle(box, outline=colour, width=2 if name is not None else 1)
+        label = "+".join(blends[index]) if index in blends else name
+        if label:
+            label_font, label = fonts.draw_font(label, size)
+            draw.text((box[0], max(0, box[1] - size - 2)), label, fill=colour, font=label_font)
+
+
+def people_line(draw: ImageDraw.ImageDraw, image: ScoredImage, run: ScoreRun, xy: tuple[float, float], width: int, size: int = 11) -> None:
+    """``dad 0.61  mum –`` in the people's colours (expected people only; ``blend!`` when faces blended)."""
+    from .people import person_colour
+
+    x, y = xy
+    parts = [(name, p) for name, p in image.people.people.items() if p.expected or p.found]
+    for name, person in parts:
+        text = f"{name} {person.score:.2f}" if person.found else f"{name} –"
+        font, text = fonts.draw_font(text, size)
+        if x + _text_width(draw, text, font) > xy[0] + width:
+            break
+        draw.text((x, y), text, fill=person_colour(run.people.index(name)) if person.found else (120, 120, 120), font=font)
+        x += _text_width(draw, text + "  ", font)
+    if image.people.blended and x < xy[0] + width - 20:
+        font, text = fonts.draw_font("blend!", size)
+        draw.text((x, y), text, fill=(230, 80, 80), font=font)
+
+
 def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: int = 64) -> Image.Image:
     """One block per group (in group order): a header with its statistics, then its images."""
     by_group: dict[str, list[ScoredImage]] = {}
@@ -371,6 +464,8 @@ def contact_sheet(run: ScoreRun, cell: int = 160, columns: int = 8, per_group: i
         block = Image.new("RGB", (width, 26 + rows * cell), (16, 16, 16))
         draw = ImageDraw.Draw(block)
         stats = f"mean {format_value(group.mean)}  min {format_value(group.min)}  max {format_value(group.max)}  faces {group.n_faces}/{group.n_images}"
+        if group.label in run.people_groups:
+            stats = people_header(run.people_groups[group.label])
         header_font, header = fonts.draw_font(f"{group.label}    {stats}", 15)
         draw.text((6, 4), header, fill=(235, 235, 235), font=header_font)
         for i, image in enumerate(members):
