@@ -7,7 +7,7 @@
 # supported numpy and Pillow are what A1111 1.10 ships (numpy 1.26.2) and our own lower bound
 # (Pillow 9.5); opencv-python must then be <= 4.11 because 4.12+ requires numpy 2; insightface
 # 0.7.3 (built from its sdist) is what A1111 face extensions such as ReActor still carry;
-# matplotlib 3.7 and rich 13 are pyproject's lower bounds (tested here, not merely declared). Those are
+# matplotlib 3.7, rich 13 and scipy 1.11 are pyproject's lower bounds (tested here, not merely declared). Those are
 # pinned through a constraints file so that `pip install -e .` cannot lift them; everything
 # else resolves to the newest release compatible with them. torch is not installed: the hosts own
 # it and the core must not need it (so the test tools are installed by name, not through the
@@ -33,10 +33,11 @@ opencv-python==4.11.0.86
 insightface==0.7.3
 matplotlib==3.7.5
 rich==13.0.0
+scipy==1.11.4
 EOF
 
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@"; }
-pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86 insightface==0.7.3 matplotlib==3.7.5 rich==13.0.0
+pip_install numpy==1.26.2 Pillow==9.5.0 opencv-python==4.11.0.86 insightface==0.7.3 matplotlib==3.7.5 rich==13.0.0 scipy==1.11.4
 # What a host user runs: install.py adds what is missing (insightface 0.7.3 brings no
 # onnxruntime) without moving the pins above.
 "$py" install.py
@@ -49,7 +50,7 @@ echo "== install took $((SECONDS - start)) s"
 # with "numpy.dtype size changed" or "_ARRAY_API not found"), and pip must see no conflict.
 "$py" -m pip check --disable-pip-version-check
 MPLBACKEND=Agg "$py" -c "
-import numpy, PIL.Image, cv2, onnxruntime, matplotlib.pyplot, rich, insightface
+import numpy, PIL.Image, cv2, onnxruntime, matplotlib.pyplot, rich, insightface, scipy.optimize
 from insightface.app import FaceAnalysis
 print('== dependencies import: numpy', numpy.__version__, '| cv2', cv2.__version__,
       '| onnxruntime', onnxruntime.__version__, '| insightface', insightface.__version__)

@@ -45,6 +45,7 @@ REQUIREMENTS: tuple[str, ...] = (
     "insightface>=0.7.3,<3",
     "matplotlib>=3.7,<4",
     "rich>=13,<16",
+    "scipy>=1.11,<2",
 )
 
 #: pyproject's ``train`` extra: the training stack in the ranges the tests run on. Lowest versions:

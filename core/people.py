@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -67,6 +68,18 @@ def check_person_name(name: str) -> str:
     if not cleaned or not NAME_PATTERN.match(cleaned):
         raise PeopleError(f"{name!r} cannot name a person: use letters, digits, '_' or '-' (no '=', ',' or slashes)")
     return cleaned
+
+
+def parse_person_option(text: str) -> tuple[str, Path]:
+    """``--person NAME=FOLDER`` -> ``(name, folder)``; the name is also the person's trigger word.
+
+    Raises:
+        PeopleError: no ``=``, an empty side, or a name that cannot name a person.
+    """
+    name, separator, folder = text.partition("=")
+    if not separator or not folder.strip():
+        raise PeopleError(f"--person {text!r}: write NAME=FOLDER, e.g. --person ohwxdad=refs/dad (the name is the person's trigger word)")
+    return check_person_name(name), Path(folder.strip()).expanduser()
 
 
 def _person_similarities(embeddings: np.ndarray, references: np.ndarray, aggregation: str) -> np.ndarray:

@@ -420,14 +420,14 @@ def draw_people(draw: ImageDraw.ImageDraw, image: ScoredImage, run: ScoreRun, sc
     from .people import NOBODY_COLOUR, person_colour
 
     assigned = {p.face_index: name for name, p in image.people.people.items() if p.found}
+    again = {f: name for name, p in image.people.people.items() for f in p.also_faces}  # one person's face twice
     blends = {f.index: f.accepted_by for f in image.people.faces if f.blend}
-    font, _ = fonts.draw_font("", size)
     for index, face in enumerate(image.result.faces):
         box = [face.box[0] * scale + offset[0], face.box[1] * scale + offset[1], face.box[2] * scale + offset[0], face.box[3] * scale + offset[1]]
-        name = assigned.get(index)
+        name = assigned.get(index, again.get(index))
         colour = person_colour(run.people.index(name)) if name is not None else NOBODY_COLOUR
-        draw.rectangle(box, outline=colour, width=2 if name is not None else 1)
-        label = "+".join(blends[index]) if index in blends else name
+        draw.rectangle(box, outline=colour, width=2 if index in assigned else 1)
+        label = "+".join(blends[index]) if index in blends else (f"{name} again" if index in again and index not in assigned else name)
         if label:
             label_font, label = fonts.draw_font(label, size)
             draw.text((box[0], max(0, box[1] - size - 2)), label, fill=colour, font=label_font)

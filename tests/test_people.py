@@ -10,6 +10,8 @@ genuine_low(B) = 0.64, impostor_high(B) = max(a1 vs B, a2 vs B) = 0.6, threshold
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from lora_likeness.people import (
     PeopleSet,
     assign_faces,
     expected_from_prompt,
+    parse_person_option,
     people_group_statistics,
     people_in_image,
 )
@@ -175,3 +178,28 @@ def test_worst_served_is_relative_to_each_persons_own_baseline():
     assert image.people["A"].score == pytest.approx(0.75) and image.people["B"].score == pytest.approx(0.63)
     stats = people_group_statistics(family5, [image], n_boot=50)
     assert stats.worst_served == "A"  # although B's raw score is the lower one
+
+
+def test_person_option():
+    assert parse_person_option("ohwxdad=refs/dad") == ("ohwxdad", Path("refs/dad"))
+    for bad in ("refs/dad", "=refs/dad", "dad=", "a,b=refs"):
+        with pytest.raises(PeopleError):
+            parse_person_option(bad)
+
+
+def test_prompt_text_from_a1111_and_comfyui_metadata():
+    from lora_likeness.labels import prompt_from_metadata
+
+    infotext = "photo of ohwxdad and ohwxmum <lora:family:0.8>\nNegative prompt: ohwxkid\nSteps: 20, Seed: 1"
+    assert prompt_from_metadata({"parameters": infotext}) == "photo of ohwxdad and ohwxmum <lora:family:0.8>"
+    assert prompt_from_metadata({"parameters": "ohwxkid at the beach\nSteps: 20, Seed: 1"}) == "ohwxkid at the beach"
+    graph = {
+        "3": {"class_type": "KSampler", "inputs": {"positive": ["6", 0], "negative": ["7", 0], "model": ["4", 0]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "ohwxdad and ohwxkid", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "ohwxmum", "clip": ["4", 1]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
+    }
+    import json
+
+    assert prompt_from_metadata({"prompt": json.dumps(graph)}) == "ohwxdad and ohwxkid"  # not the negative's ohwxmum
+    assert prompt_from_metadata({}) is None

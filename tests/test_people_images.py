@@ -1,0 +1,180 @@
+"""Several people in real images: group pictures pasted from the real photos in ../shared/faces (each
+person's last photo held out of their references), and the real group photos. Known answers:
+who is pasted where, who is missing, who is pasted twice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from likeness_assets import FACES, PEOPLE
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from lora_likeness import pipeline
+from lora_likeness.pipeline import ScoreSettings, score_folder
+from lora_likeness.report import contact_sheet, people_table_text, report_json, report_markdown
+
+SCHEMA = json.loads((Path(pipeline.__file__).parent / "report.schema.json").read_text())
+
+FAMILY = {"obama": PEOPLE / "obama", "jolie": PEOPLE / "angelina_jolie", "powell": PEOPLE / "lfw_colin_powell"}
+
+
+@pytest.fixture(scope="module")
+def family_refs(tmp_path_factory):
+    """Each person's photos but the last (held out: it is pasted into the group pictures)."""
+    root = tmp_path_factory.mktemp("people")
+    held_out = {}
+    for name, folder in FAMILY.items():
+        photos = sorted(folder.iterdir())
+        (root / name).mkdir()
+        for photo in photos[:-1]:
+            shutil.copy(photo, root / name / photo.name)
+        held_out[name] = photos[-1]
+    return root, held_out
+
+
+def portrait(path, height: int = 420) -> Image.Image:
+    """A person's photo scaled to ``height`` px: three of them side by side make a 1200 px wide group."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        return image.resize((max(1, round(image.width * height / image.height)), height))
+
+
+def group_picture(path, photos, prompt: str | None = None) -> None:
+    tiles = [portrait(p) for p in photos]
+    canvas = Image.new("RGB", (sum(t.width for t in tiles) + 20 * (len(tiles) + 1), 460), (200, 200, 200))
+    x = 20
+    for tile in tiles:
+        canvas.paste(tile, (x, 20))
+        x += tile.width + 20
+    info = None
+    if prompt is not None:
+        info = PngInfo()
+        info.add_text("parameters", f"{prompt}\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, Seed: 1")
+    canvas.save(path, pnginfo=info)
+
+
+@pytest.fixture(scope="module")
+def scored(family_refs, tmp_path_factory):
+    root, held = family_refs
+    images = tmp_path_factory.mktemp("generated")
+    (images / "e1").mkdir()
+    (images / "e2").mkdir()
+    group_picture(images / "e1" / "all_three.png", [held["obama"], held["jolie"], held["powell"]], "photo of obama, jolie and powell")
+    group_picture(images / "e1" / "obama_twice.png", [held["obama"], held["obama"]], "photo of obama and jolie")
+    group_picture(images / "e2" / "jolie_missing.png", [held["obama"], held["powell"]], "photo of obama, jolie and powell, christmas")
+    group_picture(images / "e2" / "no_prompt.jpg", [held["jolie"], held["powell"]])
+    from likeness_assets import PACK_DIR
+
+    from lora_likeness.faces import FaceEngine
+
+    engine = FaceEngine.load(PACK_DIR, providers="cpu")
+    run = score_folder(engine, None, images, ScoreSettings(n_boot=200), people=[(n, root / n) for n in FAMILY], expect=["jolie", "powell"])
+    return run
+
+
+def image(run, name):
+    return next(i for i in run.images if i.path.endswith(name))
+
+
+def test_three_pasted_people_are_each_found_in_their_place(scored):
+    item = image(scored, "all_three.png")
+    people = item.people.people
+    assert all(p.found for p in people.values()) and item.expected_from == "prompt"
+    # Boxes left to right: the faces' x order is obama, jolie, powell.
+    x = {name: float(item.result.faces[p.face_index].box[0]) for name, p in people.items()}
+    assert x["obama"] < x["jolie"] < x["powell"]
+    for index, name in enumerate(scored.people.names):
+        assert people[name].score > scored.people.thresholds[index]
+    assert not item.people.blended and item.people.all_present
+
+
+def test_the_same_person_twice_is_a_blend_and_the_other_is_missing(scored):
+    item = image(scored, "obama_twice.png")
+    assert item.people.people["obama"].found and len(item.people.people["obama"].also_faces) == 1
+    assert not item.people.people["jolie"].found
+    assert item.people.blended and not item.people.all_present
+    assert item.people.expected == ("obama", "jolie")
+
+
+def test_a_missing_person_is_missing(scored):
+    item = image(scored, "jolie_missing.png")
+    assert item.people.people["obama"].found and item.people.people["powell"].found
+    assert not item.people.people["jolie"].found and item.people.people["jolie"].expected
+    assert not item.people.blended and not item.people.all_present
+
+
+def test_without_a_prompt_the_expect_option_says_who_is_expected(scored):
+    item = image(scored, "no_prompt.jpg")
+    assert item.expected_from == "--expect" and item.people.expected == ("jolie", "powell")
+    assert item.people.all_present and not item.people.people["obama"].found
+
+
+def test_group_statistics_and_report(scored, tmp_path):
+    e1 = scored.people_groups["e1"]
+    assert e1.people["jolie"].presence_rate == 0.5  # found in all_three, missing in obama_twice
+    assert e1.people["obama"].presence_rate == 1.0 and e1.all_present_rate == 0.5 and e1.blend_rate == 0.5
+    assert e1.worst_served == "jolie"
+    e2 = scored.people_groups["e2"]
+    assert e2.people["jolie"].n_expected == 2 and e2.people["jolie"].presence_rate == 0.5
+    assert e2.people["obama"].n_expected == 1  # no_prompt.jpg expects jolie and powell only
+    report = json.loads(report_json(scored))
+    jsonschema.validate(report, SCHEMA)
+    first = next(i for i in report["images"] if i["path"].endswith("all_three.png"))
+    assert set(first["people"]) == {"obama", "jolie", "powell"} and first["blended"] is False
+    assert first["people"]["jolie"]["found"] is True and isinstance(first["people"]["jolie"]["face_index"], int)
+    group = next(g for g in report["groups"] if g["label"] == "e1")
+    assert group["people"]["jolie"]["presence_rate"] == 0.5 and group["all_present_rate"] == 0.5
+    assert set(group["people"]["obama"]) >= {"mean", "ci95", "presence_rate"}
+    assert report["people"]["people"]["obama"]["threshold"] > report["people"]["people"]["obama"]["impostor_high"]
+    assert "| e1 | jolie (worst) |" in people_table_text(scored)
+    assert "## People" in report_markdown(scored)
+    assert any("blended faces" in w for w in scored.warnings)
+
+
+def test_contact_sheet_boxes_each_face_in_its_persons_colour(scored, monkeypatch):
+    from PIL import ImageDraw
+
+    from lora_likeness.people import person_colour
+
+    texts = []
+    original = ImageDraw.ImageDraw.text
+
+    def recording(self, xy, text, *args, **kwargs):
+        texts.append(text)
+        return original(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording)
+    sheet = contact_sheet(scored, cell=200, columns=4)
+    assert {"obama", "jolie", "powell"} <= set(texts)
+    assert any(t.startswith("jolie –") for t in texts)  # missing in a picture that expected her
+    pixels = {tuple(int(v) for v in row) for row in np.unique(np.asarray(sheet).reshape(-1, 3), axis=0)}
+    assert person_colour(0) in pixels and person_colour(1) in pixels and person_colour(2) in pixels
+
+
+def test_real_group_photos(engine, tmp_path):
+    refs = tmp_path / "refs"
+    (refs / "biden").mkdir(parents=True)
+    for photo in sorted((FACES / "others").glob("biden_*.jpg")):
+        shutil.copy(photo, refs / "biden" / photo.name)
+    shutil.copytree(PEOPLE / "obama", refs / "obama")
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("obama_and_biden.jpg", "two_people.jpg", "insightface_t1_group.jpg"):
+        shutil.copy(FACES / "group_photos" / name, images / name)
+    from lora_likeness.pipeline import people_folders
+
+    run = score_folder(engine, None, images, ScoreSettings(group_by="none", n_boot=100), people=people_folders(refs))
+    both = image(run, "obama_and_biden.jpg").people
+    assert both.people["obama"].found and both.people["biden"].found and not both.blended
+    assert both.people["obama"].face_index != both.people["biden"].face_index
+    assert both.unmatched_faces == [i for i in range(3) if i not in (both.people["obama"].face_index, both.people["biden"].face_index)]
+    two = image(run, "two_people.jpg").people
+    assert two.people["obama"].found and two.people["biden"].found  # face_recognition's two_people.jpg is them too
+    strangers = image(run, "insightface_t1_group.jpg").people
+    assert not any(p.found for p in strangers.people.values()) and len(strangers.unmatched_faces) == 6
