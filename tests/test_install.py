@@ -47,6 +47,7 @@ SATISFIED = {
     "insightface": "0.7.3",
     "matplotlib": "3.9.2",
     "rich": "13.9.4",
+    "scipy": "1.14.1",
     "onnxruntime": "1.19.2",
 }
 
