@@ -1,0 +1,185 @@
+"""Sweeps of a family LoRA: one prompt per group of people the dataset covers, and the cell that is
+best for the worst-served person.
+
+A dataset made by ``likeness prepare --identity`` records its people (trigger word, reference photos,
+class word) and its coverage matrix (how many kept photos show exactly each subset of them) in its
+``report.json``; :func:`read_dataset_people` reads them back and :func:`subset_prompts` writes one
+sweep prompt per covered subset (each person, each pair, all). :func:`recommend_for_people` ranks the
+sweep's cells by their worst-served person (:func:`~lora_likeness.people.relative_served`), so the
+checkpoint it picks is the one the whole family can use, not the one that is best for dad alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .people import PeopleGroupStats, PeopleInImage, PeopleSet, people_group_statistics, relative_served
+from .recommend import NO_FACE_RISE, NO_FACE_RISE_MIN_RATE
+
+#: Blending that climbs by this much (absolute, 0..1) from the first checkpoint to the last at one
+#: strength, ending at least this high, is flagged: the same rule as a rising no-face rate.
+BLEND_RISE = NO_FACE_RISE
+BLEND_RISE_MIN_RATE = NO_FACE_RISE_MIN_RATE
+
+
+@dataclass(frozen=True)
+class DatasetPeople:
+    """The people of a multi-identity dataset.
+
+    Attributes:
+        names: trigger words, in the dataset's order.
+        refs: each person's reference photos (folder or file), as the dataset was prepared with.
+        class_words: each person's class word (``man``, ``woman``, ``girl``…), ``""`` when none.
+        covered: the subsets with at least one kept photo showing exactly them, singles first.
+    """
+
+    names: tuple[str, ...]
+    refs: dict[str, Path]
+    class_words: dict[str, str]
+    covered: tuple[tuple[str, ...], ...]
+
+
+def read_dataset_people(dataset: Path) -> DatasetPeople | None:
+    """The people recorded in ``dataset/report.json`` by ``likeness prepare --identity``; ``None``
+    for a single-person dataset or a folder without that report. Relative reference folders are
+    taken relative to where ``prepare`` ran, as recorded, else to the dataset's parent."""
+    try:
+        report = json.loads((Path(dataset) / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    identities = (report.get("settings") or {}).get("identities") or []
+    if not isinstance(identities, list) or len(identities) < 2:
+        return None
+    names, refs, classes = [], {}, {}
+    default_class = (report.get("settings") or {}).get("class_word") or ""
+    for item in identities:
+        if not isinstance(item, dict) or not item.get("name"):
+            continue
+        name = str(item["name"])
+        names.append(name)
+        folder = Path(str(item.get("refs") or ""))
+        if not folder.is_absolute() and not folder.exists():
+            folder = Path(dataset).resolve().parent / folder
+        refs[name] = folder
+        classes[name] = str(item.get("class_word") or default_class)
+    covered = tuple(tuple(row["identities"]) for row in report.get("coverage") or []
+                    if isinstance(row, dict) and row.get("exactly", 0) > 0 and set(row.get("identities", ())) <= set(names))
+    return DatasetPeople(tuple(names), refs, classes, covered)
+
+
+def people_phrase(names: Sequence[str], class_words: dict[str, str] | None = None) -> str:
+    """``ohwxdad man``, ``ohwxdad man and ohwxmum woman``, ``a, b and c``: how a prompt names people."""
+    parts = [f"{name} {class_words[name]}".strip() if class_words and class_words.get(name) else name for name in names]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def subset_prompts(people: DatasetPeople, template: str = "photo of {people}") -> list[str]:
+    """One prompt per covered subset (``template``'s ``{people}`` is :func:`people_phrase`); every
+    subset of one or more people when the dataset records no coverage."""
+    subsets = people.covered or tuple((name,) for name in people.names) + (tuple(people.names),)
+    return [template.format(people=people_phrase(subset, people.class_words)) for subset in subsets]
+
+
+# --------------------------------------------------------------------------------------------
+# Recommendation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PeopleCell:
+    """One sweep cell's images, as people: ``images`` holds each readable image's assignment."""
+
+    checkpoint: str
+    strength: float | None
+    epoch: int | None
+    order: int
+    images: list[PeopleInImage] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.checkpoint if self.strength is None else f"{self.checkpoint} @ {self.strength:g}"
+
+
+@dataclass
+class PeopleCellResult:
+    """A cell's per-person statistics and its worst-served person's relative served score."""
+
+    cell: PeopleCell
+    stats: PeopleGroupStats
+    worst_relative: float | None
+
+    def as_dict(self) -> dict:
+        return {"checkpoint": self.cell.checkpoint, "strength": self.cell.strength, "epoch": self.cell.epoch,
+                "n_images": len(self.cell.images), "worst_relative": self.worst_relative, **self.stats.as_dict()}
+
+
+@dataclass
+class PeopleRecommendation:
+    """The cell best for the worst-served person, every cell's breakdown, and warnings."""
+
+    best: PeopleCellResult | None
+    results: list[PeopleCellResult]
+    warnings: list[str] = field(default_factory=list)
+    reason: str | None = None
+    """Why there is no recommendation, when there is none."""
+
+    def as_dict(self) -> dict:
+        return {"best": self.best.as_dict() if self.best else None, "reason": self.reason,
+                "cells": [r.as_dict() for r in self.results], "warnings": list(self.warnings)}
+
+    def sentence(self) -> str:
+        if self.best is None:
+            return f"No checkpoint for the family: {self.reason}"
+        stats = self.best.stats
+        parts = [f"{name} {p.mean:.3f} (present {p.presence_rate:.0%})" for name, p in stats.people.items()
+                 if p.mean is not None and p.presence_rate is not None]
+        return (f"Best for the whole family: {self.best.cell.label}; its worst-served person is {stats.worst_served} at "
+                f"{self.best.worst_relative:.0%} of their own photos' likeness. Per person: {', '.join(parts)}; "
+                f"all present in {stats.all_present_rate:.0%}, blended in {stats.blend_rate:.0%} of images.")
+
+
+def recommend_for_people(people: PeopleSet, cells: Sequence[PeopleCell], seed: int = 0, n_boot: int = 2000) -> PeopleRecommendation:
+    """Rank LoRA cells (``strength`` not ``None``) by the relative served score of their worst-served
+    person, ties broken by the all-present rate then by a lower blend rate.
+
+    Warnings: a person expected in the sweep who never appears in any LoRA cell; blending that rises
+    with epochs at one strength (:data:`BLEND_RISE`)."""
+    results = []
+    for cell in cells:
+        stats = people_group_statistics(people, cell.images, seed=seed, n_boot=n_boot)
+        worst = stats.people.get(stats.worst_served) if stats.worst_served else None
+        results.append(PeopleCellResult(cell, stats, relative_served(people, worst) if worst else None))
+    candidates = [r for r in results if r.cell.strength is not None and r.worst_relative is not None]
+    warnings: list[str] = []
+    lora_results = [r for r in results if r.cell.strength is not None]
+    for name in people.names:
+        expected = sum(r.stats.people[name].n_expected for r in lora_results)
+        if expected and not any(r.stats.people[name].n_found for r in lora_results):
+            warnings.append(f"{name} never appears: expected in {expected} image(s) over every checkpoint and strength, found in none "
+                            f"(the LoRA has not learnt {name}, or another person's face takes their place)")
+    warnings.extend(_rising_blend_warnings(lora_results))
+    if not candidates:
+        return PeopleRecommendation(None, results, warnings, reason="no LoRA cell has an image that expects anyone")
+    best = max(candidates, key=lambda r: (r.worst_relative, r.stats.all_present_rate or 0.0, -(r.stats.blend_rate or 0.0)))
+    return PeopleRecommendation(best, results, warnings)
+
+
+def _rising_blend_warnings(results: Sequence[PeopleCellResult]) -> list[str]:
+    by_strength: dict[float, list[PeopleCellResult]] = {}
+    for result in results:
+        if result.stats.blend_rate is not None:
+            by_strength.setdefault(result.cell.strength, []).append(result)
+    warnings = []
+    for strength, series in sorted(by_strength.items()):
+        series.sort(key=lambda r: r.cell.order)
+        if len(series) < 2:
+            continue
+        first, last = series[0], series[-1]
+        if last.stats.blend_rate - first.stats.blend_rate >= BLEND_RISE - 1e-9 and last.stats.blend_rate >= BLEND_RISE_MIN_RATE - 1e-9:
+            warnings.append(f"blending rises with training at strength {strength:g}: {first.stats.blend_rate:.0%} at {first.cell.checkpoint}, "
+                            f"{last.stats.blend_rate:.0%} at {last.cell.checkpoint} (faces merge into one another; an earlier checkpoint "
+                            f"or more photos of each person alone help)")
+    return warnings
