@@ -2,6 +2,10 @@
 
     likeness score --refs DIR --images DIR [--pack NAME|PATH] [--group-by folder|lora|none]
                    [--aggregation max|mean|ism] [--out DIR] [--json FILE]
+    likeness score --person NAME=DIR [--person NAME=DIR ...] | --people DIR  --images DIR [--expect NAME ...]
+
+With several people (a family LoRA), every face of every image is assigned to one person, and each
+person is reported found or missing with their own score; see :mod:`lora_likeness.people`.
 
 Exit codes: 0 done (unreadable images are reported, not fatal); 2 a setting the user must fix
 (no face-model pack, no usable reference photo, a missing folder, an output path that cannot be
@@ -22,7 +26,12 @@ def register(commands) -> None:
     """Add ``score`` to the ``likeness`` sub-command parsers."""
     score = commands.add_parser("score", help="score a folder of images against reference photos",
                                 description="Score every image under --images against the reference photos in --refs.")
-    score.add_argument("--refs", required=True, type=Path, help="folder (or one file) of real photos of the person")
+    who = score.add_mutually_exclusive_group(required=True)
+    who.add_argument("--refs", type=Path, help="folder (or one file) of real photos of the person")
+    who.add_argument("--person", action="append", metavar="NAME=DIR",
+                     help="one person of a family LoRA and their photos; repeat per person. NAME is their trigger word: "
+                          "a prompt naming it expects them in the image")
+    who.add_argument("--people", type=Path, metavar="DIR", help="a folder with one sub-folder of photos per person (its name is the trigger word)")
     score.add_argument("--images", required=True, type=Path, help="folder of generated images (searched recursively)")
     add_engine_arguments(score)
     score.add_argument("--group-by", choices=("folder", "lora", "none"), default="folder",
@@ -31,6 +40,8 @@ def register(commands) -> None:
                        help="score of an image: best match to any reference (max), mean over references (mean), or similarity to the mean reference (ism) (default: max)")
     score.add_argument("--face", choices=("largest", "best"), default="largest",
                        help="which face of a multi-face image is scored (default: largest)")
+    score.add_argument("--expect", nargs="+", metavar="NAME",
+                       help="with several people: who is expected in images whose prompt names nobody (default: everyone)")
     score.add_argument("--out", type=Path, help="write scores.csv, summary.csv, report.json, report.md, scores.png and contact_sheet.png here")
     score.add_argument("--json", type=Path, help="write the JSON report to this file ('-' for standard output)")
     score.add_argument("--det-thresh", type=float, default=0.5, help="face detector confidence threshold (default: 0.5)")
@@ -63,9 +74,33 @@ def _score(args: argparse.Namespace, err) -> int:
     from .references import NoReferencesError
     from .report import REPORT_FILES, own_outputs, preserve_file, report_json, write_report_into
 
+    from .people import PeopleError, parse_person_option
+    from .pipeline import people_folders
+
     out = make_console()
     json_to_stdout = args.json is not None and str(args.json) == "-"
-    for label, folder in (("--refs", args.refs), ("--images", args.images)):
+    people = None
+    try:
+        if args.person:
+            people = [parse_person_option(text) for text in args.person]
+        elif args.people is not None:
+            if not args.people.is_dir():
+                print_error(err, f"--people {args.people} is not a folder (it needs one sub-folder of photos per person)")
+                return EXIT_USAGE
+            people = people_folders(args.people)
+    except PeopleError as exc:
+        print_error(err, str(exc))
+        return EXIT_USAGE
+    if args.expect and people is None:
+        print_error(err, "--expect names people: use it with --person or --people")
+        return EXIT_USAGE
+    if args.expect:
+        unknown = [name for name in args.expect if name not in {n for n, _ in people}]
+        if unknown:
+            print_error(err, f"--expect names {', '.join(unknown)}, who is not one of the people ({', '.join(n for n, _ in people)})")
+            return EXIT_USAGE
+    inputs = [("--refs", args.refs)] if people is None else [(f"--person {name}", folder) for name, folder in people]
+    for label, folder in (*inputs, ("--images", args.images)):
         if not folder.exists():
             print_error(err, f"{label} {folder} does not exist")
             return EXIT_USAGE
@@ -93,10 +128,11 @@ def _score(args: argparse.Namespace, err) -> int:
         settings = ScoreSettings(aggregation=args.aggregation, face_choice=args.face, group_by=args.group_by, seed=args.seed)
         try:
             try:
-                run = score_folder(engine, args.refs, args.images, settings, cache=cache, progress=progress, exclude=exclude)
+                run = score_folder(engine, args.refs, args.images, settings, cache=cache, progress=progress, exclude=exclude,
+                                   people=people, expect=args.expect)
             finally:
                 progress.close()
-        except NoReferencesError as exc:
+        except (NoReferencesError, PeopleError) as exc:
             print_error(err, str(exc))
             return EXIT_USAGE
 
@@ -148,5 +184,26 @@ def print_summary(run, console) -> None:
         table.add_row(*row, style="green")
     console.print(table)
     console.print(baseline_sentence(run), markup=False)
+    if run.people is not None:
+        print_people(run, console)
     for warning in run.warnings:
         console.print(Text.assemble(("warning: ", "yellow"), warning))
+
+
+def print_people(run, console) -> None:
+    """The per-person table: group | person | expected | present | mean | 95% CI | served | all present | blended."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .people import person_colour
+    from .report import PEOPLE_COLUMNS, people_rows, people_sentence
+
+    table = Table(title="People (each face assigned to one person)", title_justify="left")
+    for column in PEOPLE_COLUMNS:
+        table.add_column(column, justify="left" if column in ("group", "person") else "right", no_wrap=column != "group")
+    for row in people_rows(run):
+        name = row[1].removesuffix(" (worst)")
+        colour = "#%02x%02x%02x" % person_colour(run.people.index(name))
+        table.add_row(Text(row[0]), Text(row[1], style=colour + (" bold" if row[1].endswith("(worst)") else "")), *row[2:])
+    console.print(table)
+    console.print(people_sentence(run), markup=False)

@@ -60,7 +60,9 @@ def group_picture(path, photos, prompt: str | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def scored(family_refs, tmp_path_factory):
+def generated(family_refs, tmp_path_factory):
+    """e1/all_three.png, e1/obama_twice.png, e2/jolie_missing.png (prompts in A1111 infotext) and
+    e2/no_prompt.jpg (jolie and powell, no metadata)."""
     root, held = family_refs
     images = tmp_path_factory.mktemp("generated")
     (images / "e1").mkdir()
@@ -69,6 +71,13 @@ def scored(family_refs, tmp_path_factory):
     group_picture(images / "e1" / "obama_twice.png", [held["obama"], held["obama"]], "photo of obama and jolie")
     group_picture(images / "e2" / "jolie_missing.png", [held["obama"], held["powell"]], "photo of obama, jolie and powell, christmas")
     group_picture(images / "e2" / "no_prompt.jpg", [held["jolie"], held["powell"]])
+    return images
+
+
+@pytest.fixture(scope="module")
+def scored(family_refs, generated):
+    root, _ = family_refs
+    images = generated
     from likeness_assets import PACK_DIR
 
     from lora_likeness.faces import FaceEngine
@@ -178,3 +187,55 @@ def test_real_group_photos(engine, tmp_path):
     assert two.people["obama"].found and two.people["biden"].found  # face_recognition's two_people.jpg is them too
     strangers = image(run, "insightface_t1_group.jpg").people
     assert not any(p.found for p in strangers.people.values()) and len(strangers.unmatched_faces) == 6
+
+
+def run_cli(args, capsys):
+    from lora_likeness import cli
+
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_scores_every_person(family_refs, generated, tmp_path, capsys):
+    from likeness_assets import PACK_DIR
+
+    root, _ = family_refs
+    out = tmp_path / "report"
+    code, stdout, _ = run_cli(["score", "--people", root, "--images", generated, "--pack", PACK_DIR, "--out", out,
+                               "--expect", "jolie", "powell", "--quiet", "--cache-dir", tmp_path / "cache"], capsys)
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert report["people"]["names"] == ["jolie", "obama", "powell"]  # sub-folders in natural order
+    images = {i["path"]: i for i in report["images"]}
+    assert images["e2/jolie_missing.png"]["people"]["jolie"]["found"] is False
+    assert images["e1/obama_twice.png"]["blended"] is True
+    assert images["e2/no_prompt.jpg"]["expected_from"] == "--expect"
+    e1 = next(g for g in report["groups"] if g["label"] == "e1")
+    assert e1["all_present_rate"] == 0.5 and e1["worst_served"] == "jolie"
+    assert "People (each face assigned to one person)" in stdout and "jolie (worst)" in stdout
+    assert "## People" in (out / "report.md").read_text()
+
+
+def test_cli_person_options_and_their_mistakes(family_refs, generated, tmp_path, capsys):
+    from likeness_assets import PACK_DIR
+
+    root, _ = family_refs
+    base = ["score", "--images", generated / "e1", "--pack", PACK_DIR, "--quiet", "--no-cache"]
+    code, _, err = run_cli([*base, "--person", f"obama={root / 'obama'}", "--person", f"jolie={root / 'jolie'}",
+                            "--json", tmp_path / "r.json"], capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["people"]["names"] == ["obama", "jolie"]
+    assert report["groups"][0]["people"]["jolie"]["presence_rate"] == 0.5
+    code, _, err = run_cli([*base, "--person", str(root / "obama")], capsys)
+    assert code == 2 and "NAME=FOLDER" in " ".join(err.split())
+    code, _, err = run_cli([*base, "--person", f"obama={root / 'nobody'}"], capsys)
+    assert code == 2 and "does not exist" in err
+    code, _, err = run_cli([*base, "--person", f"obama={root / 'obama'}", "--person", f"obama={root / 'jolie'}"], capsys)
+    assert code == 2 and "given twice" in err
+    code, _, err = run_cli([*base, "--people", root, "--expect", "bush"], capsys)
+    assert code == 2 and "bush" in err
+    code, _, err = run_cli([*base, "--refs", root / "obama", "--expect", "obama"], capsys)
+    assert code == 2 and "--person or --people" in err
