@@ -21,8 +21,9 @@ def _sweep_options(parser: argparse.ArgumentParser, for_run: bool) -> None:
 
     group = parser.add_argument_group("sweep")
     if not for_run:
-        group.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT", required=True,
-                           help="prompt (repeatable: each prompt is generated with every seed in every cell)")
+        group.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                           help="prompt (repeatable: each prompt is generated with every seed in every cell); optional with --people "
+                                "naming a multi-identity dataset (one prompt per group of people it covers)")
     group.add_argument("--negative", metavar="TEXT", help="negative prompt")
     group.add_argument("--seeds", metavar="LIST", help="seeds, e.g. 1236,1237 or 1236-1239 (default 1236,1237)")
     group.add_argument("--strengths", metavar="LIST", help="LoRA strengths, e.g. 0.6,0.8,1.0 (default)")
@@ -77,7 +78,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--loras", required=True, type=Path, metavar="DIR",
                        help="a Kohya run folder (name-000010.safetensors …), a folder of diffusers/PEFT run folders, or one LoRA file")
     sweep.add_argument("--run", metavar="NAME", help="which training run in --loras when it holds several")
-    sweep.add_argument("--refs", required=True, type=Path, metavar="DIR", help="real photos of the person")
+    who = sweep.add_mutually_exclusive_group(required=True)
+    who.add_argument("--refs", type=Path, metavar="DIR", help="real photos of the person")
+    who.add_argument("--people", type=Path, metavar="DIR",
+                     help="a family LoRA: a `likeness prepare --identity` dataset, or a folder of one photo folder per person "
+                          "(each person scored in every image; the recommendation is best for the worst-served person)")
     sweep.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (images/, report.html, recommendation.json, grid.jpg …)")
     add_engine_arguments(sweep)
     _sweep_options(sweep, for_run=False)
@@ -122,6 +127,8 @@ def _print_result(sweep, console) -> None:
     console.print(f"{sweep.generated} image(s) generated, {sweep.reused} reused", markup=False)
     for line in recommendation.lines():
         console.print(line, markup=False)
+    if getattr(sweep, "people", None) is not None:
+        console.print(sweep.people.sentence(), markup=False)
     for path in sweep.files.values():
         console.print(f"wrote {path}", markup=False)
 
@@ -178,7 +185,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     err = make_console(stderr=True)
     out = make_console()
     try:
-        config = SweepConfig(base=args.base, loras=args.loras, refs=args.refs, out=args.out, prompts=list(args.prompts),
+        config = SweepConfig(base=args.base, loras=args.loras, refs=args.refs, people=args.people, out=args.out, prompts=list(args.prompts or []),
                              run=args.run, pack=args.pack, providers=args.providers).replace(**sweep_overrides(args))
         config.validate()
     except SweepConfigError as exc:

@@ -46,6 +46,10 @@ class SweepConfig:
     folders (``exp_e10/pytorch_lora_weights.safetensors`` …), or one LoRA file."""
     refs: Path | None = None
     """Real photos of the person (a folder): the references every image is scored against."""
+    people: Path | None = None
+    """Several people (a family LoRA) instead of ``refs``: a ``likeness prepare --identity`` dataset (its people,
+    their reference photos and the subsets it covers) or a folder with one sub-folder of photos per person. Every
+    person is scored in every image; without ``prompts``, one prompt per covered subset is generated."""
     out: Path | None = None
     """Output folder: ``images/``, ``report.html``, ``recommendation.json``, ``grid.jpg`` …"""
     prompts: list[str] = field(default_factory=list)
@@ -99,16 +103,24 @@ class SweepConfig:
 
     def validate(self) -> SweepConfig:
         """Check every setting; paths become :class:`~pathlib.Path`. Raises :class:`SweepConfigError`."""
-        for name in ("base", "loras", "refs", "out"):
+        for name in ("base", "loras", "out"):
             if getattr(self, name) in (None, ""):
                 raise SweepConfigError(f"--{name} is required")
-        for name in ("base", "loras", "refs", "out", "tokenizer", "tokenizer_2", "base_config", "clip"):
+        if self.refs in (None, "") and self.people in (None, ""):
+            raise SweepConfigError("--refs is required (or --people for a LoRA of several people)")
+        for name in ("base", "loras", "refs", "people", "out", "tokenizer", "tokenizer_2", "base_config", "clip"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
-        for name in ("base", "loras", "refs"):
-            if not getattr(self, name).exists():
+        for name in ("base", "loras", "refs", "people"):
+            if getattr(self, name) is not None and not getattr(self, name).exists():
                 raise SweepConfigError(f"--{name} {getattr(self, name)} does not exist")
+        if self.people is not None and not self.prompts:
+            from ..people_sweep import read_dataset_people, subset_prompts
+
+            dataset = read_dataset_people(self.people)
+            if dataset is not None:
+                self.prompts = subset_prompts(dataset)
         from ..outputs import OutputError, check_output_folder
 
         try:
@@ -117,7 +129,8 @@ class SweepConfig:
             raise SweepConfigError(str(exc)) from None
         self.prompts = [p.strip() for p in self.prompts if p and p.strip()]
         if not self.prompts:
-            raise SweepConfigError("--prompt is required: the text every image is generated from (e.g. 'photo of ohwx man')")
+            raise SweepConfigError("--prompt is required: the text every image is generated from (e.g. 'photo of ohwx man'); "
+                                   "with --people naming a `likeness prepare --identity` dataset, one prompt per covered group is made")
         if not self.seeds:
             raise SweepConfigError("--seeds needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):

@@ -88,9 +88,12 @@ class SweepResult:
     reused: int = 0
     warnings: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    people: object | None = None
+    """With several people (``config.people``): the :class:`~..people_sweep.PeopleRecommendation`."""
 
     def as_dict(self) -> dict:
         return {"generated": self.generated, "reused": self.reused, "images": len(self.images),
+                **({"people": self.people.as_dict()} if self.people is not None else {}),
                 "checkpoints": [{"label": c.label, "epoch": c.epoch, "path": str(c.path), "format": c.format} for c in self.checkpoints],
                 "recommendation": self.recommendation.headline(), "warnings": list(self.warnings),
                 "files": {k: str(v) for k, v in self.files.items()}, "timings": self.timings}
@@ -353,8 +356,9 @@ def generate_missing(config: SweepConfig, todo: list[PlannedImage], progress: Pr
 # ------------------------------------------------------------------------------------------------
 
 
-def score_images(records: list[SweepImage], engine, references, cache, progress: Progress) -> None:
-    """Fill ``score``, ``box`` and ``memorised`` of each record from its PNG (faces cached by content)."""
+def score_images(records: list[SweepImage], engine, references, cache, progress: Progress) -> list:
+    """Fill ``score``, ``box`` and ``memorised`` of each record from its PNG (faces cached by content);
+    returns each record's :class:`~..faces.FaceResult`."""
     from ..pipeline import ScoreSettings, analyze_paths, score_result
 
     settings = ScoreSettings(group_by="none")
@@ -368,6 +372,39 @@ def score_images(records: list[SweepImage], engine, references, cache, progress:
         record.memorised = bool(scored.memorised)
         if scored.face_index is not None:
             record.box = [round(float(v), 1) for v in result.faces[scored.face_index].box]
+    return results
+
+
+def people_set_for(config: SweepConfig, engine, cache, progress: Progress):
+    """The :class:`~..people.PeopleSet` of ``config.people``: a multi-identity dataset's people and their
+    reference folders, else one sub-folder of photos per person."""
+    from ..people_sweep import read_dataset_people
+    from ..pipeline import build_people, people_folders
+
+    dataset = read_dataset_people(config.people)
+    folders = list(dataset.refs.items()) if dataset is not None else people_folders(config.people)
+    return build_people(engine, folders, cache=cache, progress=progress)
+
+
+def recommend_people(records: list[SweepImage], results: list, people) -> object:
+    """Assign every image's faces to the people (expected: the trigger words its prompt names) and
+    recommend the cell best for the worst-served person; each record's ``extra`` gets ``people``/``blended``."""
+    from ..people import expected_from_prompt, people_in_image
+    from ..people_sweep import PeopleCell, recommend_for_people
+
+    cells: dict[tuple, PeopleCell] = {}
+    for record, result in zip(records, results):
+        key = (record.checkpoint, record.strength)
+        cell = cells.setdefault(key, PeopleCell(record.checkpoint, record.strength, record.epoch, record.order))
+        if result.error:
+            continue
+        expected = expected_from_prompt(record.prompt, {name: name for name in people.names}) or None
+        assigned = people_in_image(people, [f.embedding for f in result.faces], expected)
+        record.extra["people"] = {name: person.as_dict() for name, person in assigned.people.items()}
+        record.extra["blended"] = assigned.blended
+        cell.images.append(assigned)
+    ordered = sorted(cells.values(), key=lambda c: (c.strength is not None, c.order, c.strength or 0.0))
+    return recommend_for_people(people, ordered)
 
 
 def measure_adherence(records: list[SweepImage], config: SweepConfig, progress: Progress, warnings: list[str]) -> dict | None:
@@ -442,7 +479,13 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
     checkpoints = sweep_checkpoints(config, family.name)
     engine = engine or FaceEngine.load(config.pack or DEFAULT_PACK, providers=config.providers)
     cache = cache if cache is not None else FaceCache()
-    references = build_references(engine, config.refs, cache=cache, progress=progress)
+    people = people_set_for(config, engine, cache, progress) if config.people is not None else None
+    if people is not None:
+        from ..pipeline import people_references
+
+        references = people_references(people)
+    else:
+        references = build_references(engine, config.refs, cache=cache, progress=progress)
 
     planned = plan_images(config, checkpoints, base_fingerprint(config.base))
     done, todo, stale = split_done(planned)
@@ -457,7 +500,8 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
 
     records = [item.record() for item in planned]
     mark = time.perf_counter()
-    score_images(records, engine, references, cache, progress)
+    face_results = score_images(records, engine, references, cache, progress)
+    people_recommendation = recommend_people(records, face_results, people) if people is not None else None
     timings["scoring_s"] = round(time.perf_counter() - mark, 3)
     adherence = measure_adherence(records, config, progress, warnings)
 
@@ -465,8 +509,11 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
                                 "key": r.key, "memorised": r.memorised, "adherence": r.adherence} for r in records)
     recommendation = recommend(cells, ceiling=references.baseline.mean, max_no_face=config.max_no_face)
     recommendation.warnings = list(references.warnings) + warnings + list(recommendation.warnings)
+    if people_recommendation is not None:
+        # The family's warnings lead: the classic recommendation scores the largest face against everyone's photos.
+        recommendation.warnings = [f"people: {w}" for w in people.warnings] + list(people_recommendation.warnings) + recommendation.warnings
     result = SweepResult(config=config, checkpoints=checkpoints, images=records, recommendation=recommendation,
-                         generated=generated, reused=len(done), warnings=warnings, timings=timings)
+                         generated=generated, reused=len(done), warnings=warnings, timings=timings, people=people_recommendation)
     if write:
         from .report import write_sweep_report
 
@@ -474,7 +521,15 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
                     "references": len(references.used_paths()), "generated": generated, "reused": len(done)}
         if adherence:
             settings.update(adherence)
+        if people is not None:
+            settings["people"] = people.as_dict()
         result.files = write_sweep_report(Path(config.out), records, recommendation, settings)
+        if people_recommendation is not None:
+            from ..images import write_text_atomic
+
+            people_file = Path(config.out) / "people.json"
+            write_text_atomic(people_file, json.dumps(people_recommendation.as_dict(), indent=2, allow_nan=False) + "\n")
+            result.files["people.json"] = people_file
         from ..images import write_text_atomic
 
         manifest = Path(config.out) / MANIFEST
