@@ -20,6 +20,7 @@ from lora_likeness import faces as core_faces
 from lora_likeness import pipeline
 from lora_likeness.cache import FaceCache
 from lora_likeness.faces import FaceEngine, FaceResult, PackNotFoundError
+from lora_likeness.people import PeopleError, PeopleInImage, PeopleSet, parse_people_text, people_in_image
 from lora_likeness.references import NoReferencesError, ReferenceSet
 from lora_likeness.scoring import AGGREGATIONS, ImageScore
 
@@ -68,6 +69,9 @@ class ScoredImage:
     result: FaceResult
     score: ImageScore
     aggregation: str
+    people: PeopleInImage | None = None
+    """With named reference folders: who is in the image (expected: the people its prompt names)."""
+    prompt: str | None = None
 
     @property
     def value(self) -> float | None:
@@ -84,15 +88,25 @@ class ScoredImage:
     def note(self) -> str | None:
         return "memorised?" if self.score.memorised else None
 
+    @property
+    def people_text(self) -> str | None:
+        """``obama 0.820, jolie -, blended``: the infotext's per-person scores (``None`` for one person)."""
+        if self.people is None:
+            return None
+        parts = [f"{name} {p.score:.3f}" if p.found else f"{name} -" for name, p in self.people.people.items() if p.expected or p.found]
+        return ", ".join(parts + (["blended"] if self.people.blended else []))
+
 
 class Scorer:
     """Scores PIL images against one reference set with one engine."""
 
-    def __init__(self, engine: FaceEngine, references: ReferenceSet, settings: pipeline.ScoreSettings, refs_folder: Path) -> None:
+    def __init__(self, engine: FaceEngine, references: ReferenceSet, settings: pipeline.ScoreSettings, refs_folder: Path,
+                 people: PeopleSet | None = None) -> None:
         self.engine = engine
         self.references = references
         self.settings = settings
         self.refs_folder = refs_folder
+        self.people = people
         self.memory = _MEMORY
 
     @property
@@ -103,24 +117,29 @@ class Scorer:
         arrays = [np.asarray(image.convert("RGB")) for image in images]
         return pipeline.analyze_arrays(self.engine, arrays, names, cache=self.memory)
 
-    def score_result(self, result: FaceResult, name: str) -> ScoredImage:
+    def score_result(self, result: FaceResult, name: str, prompt: str | None = None) -> ScoredImage:
         score = pipeline.score_result(result, self.references, self.settings)
-        return ScoredImage(name=name, result=result, score=score, aggregation=self.settings.aggregation)
+        people = None
+        if self.people is not None and result.ok:
+            expected, _ = pipeline.expected_people(self.people, prompt, None)
+            people = people_in_image(self.people, [f.embedding for f in result.faces], expected)
+        return ScoredImage(name=name, result=result, score=score, aggregation=self.settings.aggregation, people=people, prompt=prompt)
 
     def missing_image(self, name: str, error: str) -> ScoredImage:
         """An image that was never made (its generation failed): an error result, which the core's
         statistics count as missing, not as an image without a face."""
         return self.score_result(FaceResult(path=None, sha256="", size=(0, 0), error=error), name)
 
-    def score_images(self, images: Sequence, names: Sequence[str]) -> list[ScoredImage]:
-        """Detect, embed and score each PIL image (any mode)."""
-        return [self.score_result(r, n) for r, n in zip(self.analyze(images, names), names)]
+    def score_images(self, images: Sequence, names: Sequence[str], prompt: str | None = None) -> list[ScoredImage]:
+        """Detect, embed and score each PIL image (any mode); ``prompt`` says who is expected with people."""
+        return [self.score_result(r, n, prompt) for r, n in zip(self.analyze(images, names), names)]
 
     def run(self, scored: Sequence[ScoredImage], groups: Sequence[tuple[str, dict]]) -> pipeline.ScoreRun:
-        """The core's :class:`ScoreRun` (report.json shape) over already analysed images."""
+        """The core's :class:`ScoreRun` (report.json shape) over already analysed images; with people,
+        per-person fields in every image and group (the CSV/JSON next to the grid carry them)."""
         run = pipeline.score_results(
             [s.result for s in scored], [s.name for s in scored], list(groups), self.references,
-            self.settings, self.engine.describe(),
+            self.settings, self.engine.describe(), people=self.people, prompts=[s.prompt for s in scored],
         )
         run.warnings = list(self.engine.warnings) + run.warnings
         return run
@@ -165,6 +184,12 @@ def get_scorer(refs: str, pack: str, aggregation: str = "max", face_choice: str 
     text = (refs or "").strip().strip('"')
     if not text:
         raise LikenessSetupError("Likeness: set the reference folder (real photos of the person) to score images")
+    try:
+        named = parse_people_text(text)
+    except PeopleError as error:
+        raise LikenessSetupError(f"Likeness: {error} (several people: name=folder; name=folder)") from error
+    if named is not None:
+        return _people_scorer(named, pack, aggregation, face_choice)
     folder = Path(text).expanduser()
     if not folder.is_dir():
         raise LikenessSetupError(f"Likeness: the reference folder {folder} does not exist (or is not a folder)")
@@ -184,6 +209,21 @@ def get_scorer(refs: str, pack: str, aggregation: str = "max", face_choice: str 
         with _LOCK:
             _REFERENCES[key] = references
     return Scorer(engine, references, settings, folder)
+
+
+def _people_scorer(named: list[tuple[str, Path]], pack: str, aggregation: str, face_choice: str) -> Scorer:
+    """A :class:`Scorer` for named reference folders (a family LoRA): each person's references as
+    :func:`get_scorer` keeps them, joined into one people set."""
+    sets = []
+    for name, folder in named:
+        single = get_scorer(str(folder), pack, aggregation, face_choice)  # cached per folder; says what is wrong
+        sets.append((name, single.references))
+    try:
+        people = PeopleSet.build(sets, aggregation=aggregation)
+    except PeopleError as error:
+        raise LikenessSetupError(f"Likeness: {error}") from error
+    settings = pipeline.ScoreSettings(aggregation=aggregation, face_choice=face_choice, group_by="none")
+    return Scorer(single.engine, pipeline.people_references(people), settings, Path(named[0][1]), people=people)
 
 
 def available_packs() -> list[str]:

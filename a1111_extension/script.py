@@ -18,7 +18,7 @@ from modules import scripts
 
 from . import axes
 from .scorer import DEFAULT_PACK, available_packs, get_scorer
-from .xyz_hooks import CELL_ATTRIBUTE, INFOTEXT_KEY, CellScores
+from .xyz_hooks import CELL_ATTRIBUTE, INFOTEXT_KEY, PEOPLE_INFOTEXT_KEY, CellScores
 
 TITLE = "Likeness identity score"
 AGGREGATION_CHOICES = ["max", "mean", "ism"]
@@ -37,6 +37,15 @@ def infotext_value(p=None, index=None, use_main_prompt=False, **_):
     return core_grid.format_score(scored.value) if scored is not None else None
 
 
+def people_infotext_value(p=None, index=None, use_main_prompt=False, **_):
+    """``Likeness people`` in an image's infotext with named reference folders: ``dad 0.612, mum -, blended``."""
+    cell = vars(p).get(CELL_ATTRIBUTE) if p is not None else None
+    if cell is None or not cell.images or use_main_prompt:
+        return None
+    scored = getattr(p, "likeness_positions", {}).get((getattr(p, "iteration", 0), index))
+    return scored.people_text if scored is not None else None
+
+
 class LikenessScript(scripts.Script):
     """Enable checkbox, reference folder, face pack, aggregation."""
 
@@ -51,7 +60,8 @@ class LikenessScript(scripts.Script):
         with gr.Accordion(TITLE, open=False, elem_id=self.elem_id("likeness")):
             enabled = gr.Checkbox(label="Enable: score every generated image (and every X/Y/Z cell)", value=False,
                                   elem_id=self.elem_id("likeness_enabled"))
-            refs = gr.Textbox(label="Reference folder", placeholder="folder of real photos of the person",
+            refs = gr.Textbox(label="Reference folder",
+                              placeholder="folder of real photos of the person; several people: name=folder; name=folder",
                               elem_id=self.elem_id("likeness_refs"))
             with gr.Row():
                 pack = gr.Dropdown(label="Face pack", choices=packs or [DEFAULT_PACK],
@@ -73,6 +83,8 @@ class LikenessScript(scripts.Script):
         setattr(p, CELL_ATTRIBUTE, CellScores(scorer, lora=state.info() if state is not None else {}, prompt=prompt))
         p.likeness_positions = {}
         p.extra_generation_params[INFOTEXT_KEY] = infotext_value
+        if scorer.people is not None:
+            p.extra_generation_params[PEOPLE_INFOTEXT_KEY] = people_infotext_value
 
     def postprocess_image_after_composite(self, p, pp, *args):
         cell = vars(p).get(CELL_ATTRIBUTE)
@@ -80,7 +92,9 @@ class LikenessScript(scripts.Script):
             return
         position = (getattr(p, "iteration", 0), getattr(p, "batch_index", len(cell.images)))
         name = f"image {len(cell.images) + 1}"
-        scored = cell.scorer.score_images([pp.image], [name])[0]
+        prompts = getattr(p, "prompts", None) or []  # this batch's prompts: the people they name are expected
+        index = position[1] if isinstance(position[1], int) and position[1] < len(prompts) else None
+        scored = cell.scorer.score_images([pp.image], [name], prompts[index] if index is not None else cell.prompt)[0]
         cell.images.append(scored)
         cell.pil_images.append(pp.image)
         seeds = getattr(p, "seeds", None) or []  # this batch's seeds (A1111 sets them per iteration)

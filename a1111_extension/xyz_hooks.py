@@ -50,6 +50,8 @@ from .recommendation import caption_below, recommend_grid, recommendation_lines
 from .scorer import ScoredImage, Scorer
 
 INFOTEXT_KEY = "Likeness"
+PEOPLE_INFOTEXT_KEY = "Likeness people"
+"""Per-person scores of one image with named reference folders (``dad 0.612, mum -, blended``)."""
 CELL_ATTRIBUTE = "likeness_cell"
 """Where our always-on script keeps a cell's :class:`CellScores` on its processing object."""
 RECOMMENDATION_KEY = "Likeness recommendation"

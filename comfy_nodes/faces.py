@@ -10,6 +10,7 @@ import numpy as np
 from lora_likeness import faces, grid, pipeline
 from lora_likeness.cache import FaceCache
 from lora_likeness.images import decode_image
+from lora_likeness.people import PeopleSet
 from lora_likeness.references import ReferenceSet, reference_names
 from lora_likeness.scoring import AGGREGATIONS
 from PIL import Image
@@ -230,6 +231,63 @@ class ReferenceFaces(io.ComfyNode):
                              ui=host.preview_images(preview, cls))
 
 
+#: How many Reference Faces the People node joins.
+MAX_PEOPLE = 4
+
+
+class People(io.ComfyNode):
+    """Several Reference Faces, each named -> one people set (a family LoRA): Score Images then finds and
+    scores every person in every image."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LikenessPeople",
+            display_name="People (family LoRA)",
+            category=CATEGORY,
+            description=(
+                "Joins the Reference Faces of several people into one set, each with a name (their trigger word). Score "
+                "Images then assigns every face to one person, scores each person, reports who is missing and whether "
+                "faces blended, and labels each face with its person's name. Each person's acceptance threshold comes "
+                "from the reference photos (halfway between their least typical own photo and the most alike photo of "
+                "someone else)."
+            ),
+            inputs=[
+                io.String.Input("names", default="",
+                                tooltip="The people's names (trigger words), comma-separated, in the order of the connected "
+                                        "references inputs."),
+                *[ReferencesType.Input(f"references_{i}", optional=True) for i in range(1, MAX_PEOPLE + 1)],
+            ],
+            outputs=[
+                ReferencesType.Output("people", display_name="people"),
+                io.String.Output("summary", display_name="summary"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, names: str = "", references_1=None, references_2=None, references_3=None, references_4=None):
+        from lora_likeness.pipeline import people_references
+
+        connected = [r for r in (references_1, references_2, references_3, references_4) if r is not None]
+        given = [name.strip() for name in (names or "").split(",") if name.strip()]
+        if not connected:
+            raise ValueError("People: connect the Reference Faces of at least one person (references_1, references_2, …)")
+        if len(given) != len(connected):
+            raise ValueError(f"People: {len(connected)} references connected but {len(given)} name(s) given ({names!r}); "
+                             f"give one name per connected references input, comma-separated, in order")
+        engines = {id(r.engine) for r in connected}
+        if len(engines) > 1:
+            raise ValueError("People: every Reference Faces must use the same Face Model (scores of different packs do not compare)")
+        aggregation = connected[0].references.baseline.aggregation
+        people = PeopleSet.build(list(zip(given, (r.references for r in connected))), aggregation=aggregation)
+        for message in people.warnings:
+            log.warning("[Likeness] %s", message)
+        source = " + ".join(f"{name}: {r.source}" for name, r in zip(given, connected))
+        summary = "\n".join([f"{name}: {r.references.n} photo(s), acceptance threshold {people.thresholds[i]:.3f}"
+                             for i, (name, r) in enumerate(zip(given, connected))] + [f"warning: {w}" for w in people.warnings])
+        return io.NodeOutput(References(connected[0].engine, people_references(people), source, people=people), summary)
+
+
 def _lazy_source(path: Path):
     """Decode a reference photo again only for its preview tile: ``(rgb, source px per px)``."""
 
@@ -240,4 +298,4 @@ def _lazy_source(path: Path):
     return load
 
 
-NODES = [FaceModel, ReferenceFaces]
+NODES = [FaceModel, ReferenceFaces, People]

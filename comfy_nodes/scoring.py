@@ -7,7 +7,7 @@ import math
 
 from lora_likeness import grid, pipeline
 from lora_likeness.cache import FaceCache
-from lora_likeness.report import annotated_image, summary_table_text
+from lora_likeness.report import annotated_image, people_sentence, people_table_text, summary_table_text
 from lora_likeness.scoring import FACE_CHOICES
 
 from . import host
@@ -40,14 +40,31 @@ def scored_face_box(item) -> list[float] | None:
 
 
 def summary_text(run) -> str:
-    """The group table (Markdown) and the run's warnings, as the STRING output shows them."""
+    """The group table (Markdown), the per-person table of a people run, and the run's warnings, as the
+    STRING output shows them."""
     lines = [summary_table_text(run)]
+    if run.people is not None:
+        lines += ["", people_table_text(run), people_sentence(run)]
     lines += [f"warning: {w}" for w in run.warnings]
     return "\n".join(lines)
 
 
-def score_folder_run(references: References, folder: str, face: str):
-    """The core's scoring of every image file under ``folder`` (any sizes; names and sub-folder groups kept)."""
+def expected_names(references: References, expect: str) -> list[str] | None:
+    """``expect`` (comma-separated names) checked against the people; ``None`` when empty."""
+    names = [name.strip() for name in (expect or "").split(",") if name.strip()]
+    if not names:
+        return None
+    if references.people is None:
+        raise ValueError("Score Images: 'expect' names people; connect a People node as references")
+    unknown = [name for name in names if name not in references.people.names]
+    if unknown:
+        raise ValueError(f"Score Images: expect names {', '.join(unknown)}, who is not one of the people ({', '.join(references.people.names)})")
+    return names
+
+
+def score_folder_run(references: References, folder: str, face: str, expect: list[str] | None = None):
+    """The core's scoring of every image file under ``folder`` (any sizes; names and sub-folder groups kept);
+    with people, each image's own prompt (else ``expect``, else everyone) says who is expected."""
     root = host.resolve_folder(folder)
     if not root.exists():
         raise FileNotFoundError(f"Score Images: folder {root} does not exist (a relative path is looked up in ComfyUI's "
@@ -55,7 +72,7 @@ def score_folder_run(references: References, folder: str, face: str):
     settings = pipeline.ScoreSettings(aggregation=references.references.baseline.aggregation, face_choice=face,
                                       group_by="folder")
     return pipeline.score_image_folder(references.engine, references.references, root, settings, cache=FaceCache(),
-                                       progress=host.HostProgress())
+                                       progress=host.HostProgress(), people=references.people, expect=expect)
 
 
 class ScoreImages(io.ComfyNode):
@@ -85,6 +102,9 @@ class ScoreImages(io.ComfyNode):
                 io.String.Input("folder", default="", optional=True,
                                 tooltip="A folder of images to score instead of a batch: any sizes, searched recursively, "
                                         "each sub-folder a group; a relative path is looked up in ComfyUI's input folder."),
+                io.String.Input("expect", default="", optional=True,
+                                tooltip="With People as references: who is expected in each image (comma-separated names). "
+                                        "Default: the people a file's own prompt names, else everyone."),
             ],
             outputs=[
                 io.Float.Output("scores", display_name="scores", is_output_list=True,
@@ -99,12 +119,13 @@ class ScoreImages(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, images=None, references=None, face="largest", labels=None, folder=""):
+    def fingerprint_inputs(cls, images=None, references=None, face="largest", labels=None, folder="", expect=""):
         return folder_fingerprint(folder)  # re-run when the folder's files change
 
     @classmethod
-    def execute(cls, references: References, images=None, face: str = "largest", labels=None, folder: str = ""):
+    def execute(cls, references: References, images=None, face: str = "largest", labels=None, folder: str = "", expect: str = ""):
         folder = (folder or "").strip()
+        expected = expected_names(references, expect)
         if images is not None and folder:
             raise ValueError("Score Images got both an IMAGE batch and a folder: connect the images or type a folder, not both")
         if images is None and not folder:
@@ -116,7 +137,7 @@ class ScoreImages(io.ComfyNode):
             if labels is not None:
                 raise ValueError("Score Images: labels belong to Epoch Sweep's images; a folder is grouped by its sub-folders "
                                  "(disconnect labels)")
-            run = score_folder_run(references, folder, face)
+            run = score_folder_run(references, folder, face, expected)
             if not run.images:
                 raise ValueError(f"Score Images: no image files in {run.images_root}")
             labels = [(item.group, {}) for item in run.images]
@@ -128,7 +149,7 @@ class ScoreImages(io.ComfyNode):
             settings = pipeline.ScoreSettings(aggregation=refs.baseline.aggregation, face_choice=face, group_by="none")
             run = pipeline.score_arrays(
                 references.engine, refs, arrays, names=image_names(labels, len(arrays)), groups=labels,
-                settings=settings, progress=host.HostProgress(),
+                settings=settings, progress=host.HostProgress(), people=references.people, expect=expected,
             )
             labels = labels or [(item.group, {}) for item in run.images]
             side = None  # the batch's own size

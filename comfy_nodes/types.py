@@ -29,6 +29,7 @@ from .host import io
 
 if TYPE_CHECKING:  # pragma: no cover
     from lora_likeness.faces import FaceEngine
+    from lora_likeness.people import PeopleSet
     from lora_likeness.pipeline import ScoreRun
     from lora_likeness.references import ReferenceSet
 
@@ -51,6 +52,8 @@ class References:
     engine: FaceEngine
     references: ReferenceSet
     source: str  # where the photos came from, for messages
+    people: PeopleSet | None = None
+    """Several people (People node): ``references`` then holds all their photos together."""
 
 
 @dataclass

@@ -82,6 +82,20 @@ def parse_person_option(text: str) -> tuple[str, Path]:
     return check_person_name(name), Path(folder.strip()).expanduser()
 
 
+def parse_people_text(text: str) -> list[tuple[str, Path]] | None:
+    """Named reference folders in one text field (a host's setting): ``dad=/photos/dad; mum=/photos/mum``
+    (``;`` or new lines between people) -> ``[(name, folder), …]``; ``None`` when the text names no
+    person (a plain folder of one person's photos).
+
+    Raises:
+        PeopleError: a part without ``=`` among named ones, or a bad name.
+    """
+    parts = [part.strip() for part in re.split(r"[;\n]", text or "") if part.strip()]
+    if not parts or not any("=" in part for part in parts):
+        return None
+    return [parse_person_option(part) for part in parts]
+
+
 def _person_similarities(embeddings: np.ndarray, references: np.ndarray, aggregation: str) -> np.ndarray:
     """Similarity of each row of ``embeddings (N, D)`` to one person's ``references (R, D)`` as
     ``aggregation`` says (``max`` | ``mean`` | ``ism``): shape ``(N,)``."""

@@ -73,8 +73,17 @@ def summary_csv(run: ScoreRun) -> str:
 
 
 def scores_csv(run: ScoreRun) -> str:
+    """One row per image; a people run adds ``<name>_score`` (empty when missing), ``<name>_face`` per
+    person, ``blended`` and ``all_present``."""
     ref_paths = run.references.used_paths()
-    return csv_text(SCORE_COLUMNS, [image.as_dict(ref_paths) for image in run.images])
+    rows = [image.as_dict(ref_paths) for image in run.images]
+    if run.people is None:
+        return csv_text(SCORE_COLUMNS, rows)
+    extra = [f"{name}_{part}" for name in run.people.names for part in ("score", "face")] + ["blended", "all_present"]
+    for row in rows:
+        for name, person in (row.get("people") or {}).items():
+            row[f"{name}_score"], row[f"{name}_face"] = person["score"], person["face_index"]
+    return csv_text((*SCORE_COLUMNS, *extra), rows)
 
 
 def report_json(run: ScoreRun) -> str:
@@ -250,6 +259,8 @@ def plot_png(run: ScoreRun) -> bytes:
         axes.fill_between(xs, lows, highs, color="tab:blue", alpha=0.12, label="min–max", zorder=1)
         ci = np.array([g.ci95 for g in groups if g.mean is not None])
         axes.errorbar(xs, means, yerr=[means - ci[:, 0], ci[:, 1] - means], fmt="o-", color="tab:blue", capsize=4, label="mean, 95% CI", zorder=3)
+    if run.people is not None:
+        plot_people(axes, run, x)
     baseline = run.references.baseline
     if baseline.mean is not None:
         axes.axhline(baseline.mean, color="tab:green", linestyle="--", label=f"reference baseline {baseline.mean:.3f}")
@@ -270,6 +281,28 @@ def plot_png(run: ScoreRun) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def plot_people(axes, run: ScoreRun, x: np.ndarray) -> None:
+    """Each person's mean score with its 95% CI per group, in the person's colour, a little apart from
+    the others; the label carries the presence rate over all groups (curves per epoch of a family LoRA)."""
+    from .people import person_colour
+
+    count = run.people.n
+    for p, name in enumerate(run.people.names):
+        shift = (p - (count - 1) / 2) * 0.08
+        points = [(i + shift, s.people[name]) for i, g in enumerate(run.groups)
+                  if (s := run.people_groups.get(g.label)) is not None and s.people[name].mean is not None]
+        if not points:
+            continue
+        xs = np.array([point[0] for point in points])
+        means = np.array([point[1].mean for point in points])
+        ci = np.array([point[1].ci95 for point in points])
+        colour = tuple(c / 255 for c in person_colour(p))
+        expected = sum(s.people[name].n_expected for s in run.people_groups.values())
+        found = sum(s.people[name].n_found for s in run.people_groups.values())
+        axes.errorbar(xs, means, yerr=[means - ci[:, 0], ci[:, 1] - means], fmt="s--", color=colour, capsize=3, markersize=4,
+                      label=f"{name} (present {found}/{expected})", zorder=4)
 
 
 def _thumbnail_source(image: ScoredImage, run: ScoreRun, cell: int):
@@ -297,6 +330,15 @@ def annotated_image(run: ScoreRun, index: int, max_side: int | None = None) -> I
         tile = Image.new("RGB", (256, 256), (40, 40, 40))
         ImageDraw.Draw(tile).text((8, 8), "unreadable", fill=(230, 80, 80), font=fonts.draw_font("unreadable", 16)[0])
         return tile
+    if item.people is not None and run.people is not None:
+        picture = Image.fromarray(loaded.rgb).convert("RGB")
+        draw = ImageDraw.Draw(picture)
+        size = max(10, min(40, min(picture.size) // 24))
+        draw_people(draw, item, run, 1.0 / loaded.scale, (0, 0), size)  # source px -> these px
+        band = size + 8
+        draw.rectangle([0, picture.height - band, picture.width, picture.height], fill=(0, 0, 0))
+        people_line(draw, item, run, (4, picture.height - band + 3), picture.width - 8, size)
+        return picture
     box = None
     if item.score.face_index is not None:
         box = [float(v) / loaded.scale for v in item.result.faces[item.score.face_index].box]  # source px -> these px

@@ -235,6 +235,37 @@ def test_scorer_refuses_a_reference_folder_without_faces(tmp_path):
         scorer.get_scorer(str(tmp_path), str(PACK_DIR), "max")
 
 
+def _pair(left: Path, right: Path, side: int = 256) -> Image.Image:
+    """Two photos side by side: a picture of two people."""
+    canvas = Image.new("RGB", (2 * side, side), (127, 127, 127))
+    canvas.paste(_square(left, side), (0, 0))
+    canvas.paste(_square(right, side), (side, 0))
+    return canvas
+
+
+def test_named_reference_folders_score_each_person_and_write_them_in_the_reports(tmp_path):
+    for name, photos in (("obama", OBAMA[:-1]), ("bush", BUSH[1:])):
+        (tmp_path / name).mkdir()
+        for photo in photos:
+            (tmp_path / name / photo.name).write_bytes(photo.read_bytes())
+    s = scorer.get_scorer(f"obama={tmp_path / 'obama'}; bush={tmp_path / 'bush'}", str(PACK_DIR), "max")
+    assert s.people.names == ["obama", "bush"]
+    both, twice = s.score_images([_pair(OBAMA[-1], BUSH[0]), _pair(OBAMA[-1], OBAMA[-1])], ["both", "twice"],
+                                 prompt="photo of obama and bush")
+    assert both.people.all_present and not both.people.blended
+    assert twice.people.blended and not twice.people.people["bush"].found
+    assert twice.people_text.startswith("obama 0.") and twice.people_text.endswith("bush -, blended")
+    run = s.run([both, twice], [("cell", {}), ("cell", {})])
+    report = json.loads(json.dumps(run.as_dict()))
+    assert report["groups"][0]["people"]["bush"]["presence_rate"] == 0.5 and report["images"][1]["blended"] is True
+    from lora_likeness import report as core_report
+
+    header = core_report.scores_csv(run).splitlines()[0]
+    assert "obama_score" in header and "bush_score" in header and "blended" in header
+    with pytest.raises(scorer.LikenessSetupError, match="name=folder"):
+        scorer.get_scorer(f"obama={tmp_path / 'obama'}; {tmp_path / 'bush'}", str(PACK_DIR), "max")
+
+
 # --- the tab's "score a folder" action -----------------------------------------------------------
 
 

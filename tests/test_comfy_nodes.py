@@ -104,7 +104,7 @@ def test_standin_only_where_comfyui_is_absent():
 
 def test_every_node_schema_matches_its_execute():
     assert [n.define_schema().node_id for n in pack.NODES] == [
-        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessScoreImages", "LikenessLoraCheckpoints",
+        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessPeople", "LikenessScoreImages", "LikenessLoraCheckpoints",
         "LikenessEpochSweep", "LikenessScoredGrid", "LikenessPrepareDataset", "LikenessTrainLora",
     ]
     for node in pack.NODES:
@@ -284,6 +284,40 @@ def test_score_images_groups_by_labels(obama_refs):
     assert [i.path for i in scored.run.images][:2] == ["image 1 (run e10 @1 seed 1)", "image 2 (run e2 @1 seed 1)"]
     with pytest.raises(ValueError, match="2 labels for 3 images"):
         scoring_nodes.ScoreImages.execute(images=images, references=obama_refs, labels=labels[:2])
+
+
+def side_by_side(*paths, height: int = 200):
+    """One IMAGE of photos pasted side by side (a family picture), on a 640 x 240 grey canvas."""
+    canvas = Image.new("RGB", (640, 240), (127, 127, 127))
+    x = 10
+    for path in paths:
+        photo = Image.open(path).convert("RGB")
+        photo = photo.resize((round(photo.width * height / photo.height), height))
+        canvas.paste(photo, (x, 20))
+        x += photo.width + 10
+    return torch.from_numpy(np.asarray(canvas, np.float32)[None] / 255.0)
+
+
+def test_people_node_scores_each_person_and_labels_their_faces(face_model, obama_refs):
+    jolie_refs = faces_nodes.ReferenceFaces.execute(face_model, "max", images=image_batch(JOLIE[:4])).args[0]
+    people, summary = faces_nodes.People.execute("obama, jolie", references_1=obama_refs, references_2=jolie_refs).args
+    assert people.people.names == ["obama", "jolie"] and "jolie: 4 photo(s), acceptance threshold" in summary
+    images = torch.cat([side_by_side(OBAMA[3], JOLIE[5]), side_by_side(OBAMA[3], OBAMA[3])])
+    scores, summary, annotated, scored = scoring_nodes.ScoreImages.execute(images=images, references=people).args
+    first, second = scored.run.images
+    assert first.people.people["obama"].found and first.people.people["jolie"].found and not first.people.blended
+    assert second.people.blended and not second.people.people["jolie"].found
+    assert "| all | jolie (worst) | 2 | 50% |" in summary
+    assert tuple(annotated.shape) == tuple(images.shape) and not torch.equal(annotated, images)
+    # Only jolie expected: obama's absence from the second picture is no loss, jolie's is.
+    scored = scoring_nodes.ScoreImages.execute(images=images, references=people, expect="jolie").args[3]
+    assert scored.run.people_groups["all"].people["obama"].n_expected == 0
+    with pytest.raises(ValueError, match="one name per connected"):
+        faces_nodes.People.execute("obama", references_1=obama_refs, references_2=jolie_refs)
+    with pytest.raises(ValueError, match="not one of the people"):
+        scoring_nodes.ScoreImages.execute(images=images, references=people, expect="bush")
+    with pytest.raises(ValueError, match="connect a People node"):
+        scoring_nodes.ScoreImages.execute(images=images, references=obama_refs, expect="obama")
 
 
 @pytest.fixture()

@@ -216,6 +216,12 @@ def test_cli_scores_every_person(family_refs, generated, tmp_path, capsys):
     assert e1["all_present_rate"] == 0.5 and e1["worst_served"] == "jolie"
     assert "People (each face assigned to one person)" in stdout and "jolie (worst)" in stdout
     assert "## People" in (out / "report.md").read_text()
+    import csv
+
+    rows = {r["path"]: r for r in csv.DictReader((out / "scores.csv").open())}
+    missing = rows["e2/jolie_missing.png"]
+    assert missing["jolie_score"] == "" and float(missing["obama_score"]) > 0.5 and missing["all_present"] == "False"
+    assert rows["e1/obama_twice.png"]["blended"] == "True"
 
 
 def test_cli_person_options_and_their_mistakes(family_refs, generated, tmp_path, capsys):
@@ -239,3 +245,21 @@ def test_cli_person_options_and_their_mistakes(family_refs, generated, tmp_path,
     assert code == 2 and "bush" in err
     code, _, err = run_cli([*base, "--refs", root / "obama", "--expect", "obama"], capsys)
     assert code == 2 and "--person or --people" in err
+
+
+def test_scores_plot_has_a_curve_per_person(scored, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from lora_likeness.report import plot_png
+
+    labels = []
+    original = Axes.errorbar
+
+    def recording(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", recording)
+    assert plot_png(scored)[:4] == b"\x89PNG"
+    # jolie is expected in e1 (2: all_three, obama_twice) and e2 (2: jolie_missing, no_prompt via --expect), found in 2.
+    assert "jolie (present 2/4)" in labels and "obama (present 3/3)" in labels
