@@ -9,7 +9,7 @@ import logging
 from lora_likeness import grid
 from lora_likeness.images import save_png_atomic, write_text_atomic
 from lora_likeness.recommend import NO_LORA, Recommendation, cells_from_records, recommend
-from lora_likeness.report import contact_sheet, run_image, write_report
+from lora_likeness.report import annotated_image, contact_sheet, run_image, write_report
 from PIL import Image
 
 from . import host
@@ -85,6 +85,10 @@ def grid_image(arrays, scores: Scores, labels) -> tuple[Image.Image, dict | None
     otherwise the core's contact sheet of the scored images, grouped as they were scored, and no layout.
     ``arrays`` None: the images the run scored (its batch, or its files read again)."""
     run = scores.run
+    if run.people is not None:  # a family: every face boxed in its person's colour and named, in every cell
+        import numpy as np
+
+        arrays = [np.asarray(annotated_image(run, i)) for i in range(len(run.images))]
     if arrays is None:
         arrays = [scored_pixels(run, i) for i in range(len(run.images))]
     cells = grid_cells(arrays, scores, labels)

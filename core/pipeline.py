@@ -328,9 +328,10 @@ def score_results(
     if people is not None:
         prompts = list(prompts) if prompts is not None else [None] * len(scored)
         for item, prompt in zip(scored, prompts):
+            if not item.result.ok:
+                continue  # an unreadable image says nothing about who is in it
             expected, item.expected_from = expected_people(people, prompt, expect)
-            embeddings = [f.embedding for f in item.result.faces] if item.result.ok else []
-            item.people = people_in_image(people, embeddings, expected)
+            item.people = people_in_image(people, [f.embedding for f in item.result.faces], expected)
 
     by_group: dict[str, list[ScoredImage]] = {}
     infos: dict[str, dict] = {}

@@ -312,6 +312,8 @@ def test_people_node_scores_each_person_and_labels_their_faces(face_model, obama
     # Only jolie expected: obama's absence from the second picture is no loss, jolie's is.
     scored = scoring_nodes.ScoreImages.execute(images=images, references=people, expect="jolie").args[3]
     assert scored.run.people_groups["all"].people["obama"].n_expected == 0
+    grid, layout = report_nodes.grid_image(None, scored, None)  # no labels: the contact sheet, faces named
+    assert grid.width > 0 and layout is None
     with pytest.raises(ValueError, match="one name per connected"):
         faces_nodes.People.execute("obama", references_1=obama_refs, references_2=jolie_refs)
     with pytest.raises(ValueError, match="not one of the people"):

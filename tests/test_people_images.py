@@ -71,6 +71,7 @@ def generated(family_refs, tmp_path_factory):
     group_picture(images / "e1" / "obama_twice.png", [held["obama"], held["obama"]], "photo of obama and jolie")
     group_picture(images / "e2" / "jolie_missing.png", [held["obama"], held["powell"]], "photo of obama, jolie and powell, christmas")
     group_picture(images / "e2" / "no_prompt.jpg", [held["jolie"], held["powell"]])
+    (images / "e2" / "broken.png").write_bytes(b"not a picture")  # unreadable: reported, not counted as anyone missing
     return images
 
 
@@ -134,6 +135,8 @@ def test_group_statistics_and_report(scored, tmp_path):
     assert e2.people["obama"].n_expected == 1  # no_prompt.jpg expects jolie and powell only
     report = json.loads(report_json(scored))
     jsonschema.validate(report, SCHEMA)
+    broken = next(i for i in report["images"] if i["path"].endswith("broken.png"))
+    assert broken["error"] and "people" not in broken
     first = next(i for i in report["images"] if i["path"].endswith("all_three.png"))
     assert set(first["people"]) == {"obama", "jolie", "powell"} and first["blended"] is False
     assert first["people"]["jolie"]["found"] is True and isinstance(first["people"]["jolie"]["face_index"], int)
