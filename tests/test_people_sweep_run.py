@@ -91,6 +91,9 @@ def test_family_sweep_recommends_the_checkpoint_best_for_everyone(tiny, family_d
     saved = json.loads((tmp_path / "sweep" / "people.json").read_text())
     assert saved["best"]["checkpoint"] == "e2" and saved["best"]["worst_served"] in ("ohwxa", "ohwxb")
     assert "Best for the whole family: e2 @ 1" in second.people.sentence()
+    page = (tmp_path / "sweep" / "report.html").read_text()
+    assert "<h2>Family</h2>" in page and "<tr class='best'><td>e2 @ 1</td>" in page
+    assert any(p.name == "people.json" for p in (tmp_path / "sweep" / "previous").rglob("*.json"))  # the first run's, kept
 
 
 def test_family_sweep_needs_refs_or_people(tiny, tmp_path):  # noqa: F811

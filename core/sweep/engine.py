@@ -523,13 +523,7 @@ def run_sweep(config: SweepConfig, progress: Progress | None = None, engine=None
             settings.update(adherence)
         if people is not None:
             settings["people"] = people.as_dict()
-        result.files = write_sweep_report(Path(config.out), records, recommendation, settings)
-        if people_recommendation is not None:
-            from ..images import write_text_atomic
-
-            people_file = Path(config.out) / "people.json"
-            write_text_atomic(people_file, json.dumps(people_recommendation.as_dict(), indent=2, allow_nan=False) + "\n")
-            result.files["people.json"] = people_file
+        result.files = write_sweep_report(Path(config.out), records, recommendation, settings, people=people_recommendation)
         from ..images import write_text_atomic
 
         manifest = Path(config.out) / MANIFEST

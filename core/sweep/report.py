@@ -45,7 +45,7 @@ from .results import SweepImage
 #: The files of one sweep report; an earlier set of these is moved to ``previous/<time>/``.
 SWEEP_REPORT_FILES = (
     "report.html", "grid.jpg", "curves.png", "heatmap.png", "trade_off.png", "cells.csv", "images.csv",
-    "recommendation.json", "recommendation.txt",
+    "recommendation.json", "recommendation.txt", "people.json",
 )
 IMAGE_COLUMNS = (
     "path", "checkpoint", "epoch", "strength", "seed", "prompt_index", "score", "memorised", "adherence", "box", "error",
@@ -913,8 +913,10 @@ def report_html(
     plots: Mapping[str, bytes],
     load: Loader | None = None,
     thumb_size: int = THUMB_SIZE,
+    people=None,
 ) -> str:
     """One self-contained HTML page: every picture a ``data:`` URI, inline CSS, no script, no link out.
+    With ``people`` (a :class:`~..people_sweep.PeopleRecommendation`), a "Family" section leads.
 
     Args:
         files: the report's other files (name → path), listed as links relative to the page.
@@ -936,6 +938,8 @@ def report_html(
         "<h1>Likeness sweep</h1>",
         f"<p class='headline'>{_e(headline)}</p>",
     ]
+    if people is not None:
+        parts.append(f"<h2>Family</h2><p class='headline'>{_e(people.sentence())}</p>{_people_table(people)}")
     if recommendation.warnings:
         parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in recommendation.warnings) + "</ul>")
     # The results first (cells, curves, grid); the settings after them, folded.
@@ -960,6 +964,25 @@ def report_html(
     return "\n".join(parts)
 
 
+def _people_table(people) -> str:
+    """Per cell: each person's mean (presence), all present, blended, worst served; the best cell marked."""
+    names = list(people.results[0].stats.people) if people.results else []
+    head = "".join(f"<th>{_e(n)}</th>" for n in ["cell", *names, "all present", "blended", "worst served"])
+    rows = []
+    for result in people.results:
+        stats = result.stats
+        cells = [_e(result.cell.label)]
+        for name in names:
+            person = stats.people[name]
+            cells.append("–" if person.n_expected == 0 else
+                         f"{_num(person.mean)} ({person.presence_rate:.0%})" if person.mean is not None else f"missing ({person.presence_rate:.0%})")
+        cells += [f"{stats.all_present_rate:.0%}" if stats.all_present_rate is not None else "–",
+                  f"{stats.blend_rate:.0%}" if stats.blend_rate is not None else "–", _e(stats.worst_served or "–")]
+        mark = " class='best'" if people.best is result else ""
+        rows.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
@@ -971,8 +994,10 @@ def write_sweep_report(
     recommendation: Recommendation,
     settings: Mapping,
     load: Loader | None = None,
+    people=None,
 ) -> dict[str, Path]:
-    """Write the sweep report into ``out_dir`` (see the module docstring for the files).
+    """Write the sweep report into ``out_dir`` (see the module docstring for the files); with ``people``
+    (a :class:`~..people_sweep.PeopleRecommendation`) also ``people.json`` and the page's Family section.
 
     One run at a time: the report is staged and swapped in at the end (an interrupted run leaves the
     earlier one in place), report files already there moving to ``out_dir/previous/<time>/`` then.
@@ -1003,8 +1028,11 @@ def write_sweep_report(
         put("images.csv", images_csv(images, out_dir))
         put("recommendation.json", recommendation_json(recommendation, settings))
         put("recommendation.txt", recommendation_text(recommendation))
+        if people is not None:
+            put("people.json", json.dumps(_jsonable(people.as_dict()), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
         files["report.html"] = out_dir / "report.html"
         listed = dict(files, **({"previous": moved} if moved is not None else {}))
-        write_text_atomic(report.path("report.html"), report_html(recommendation, images, listed, settings, grid, plots, load=load))
+        write_text_atomic(report.path("report.html"), report_html(recommendation, images, listed, settings, grid, plots, load=load,
+                                                                  people=people))
         report.commit()
     return listed
