@@ -56,6 +56,7 @@ RUN_TIMEOUT_S = 600
 LIKENESS_NODES = {
     "LikenessFaceModel": "Face Model",
     "LikenessReferenceFaces": "Reference Faces",
+    "LikenessPeople": "People (family LoRA)",
     "LikenessScoreImages": "Score Images",
     "LikenessLoraCheckpoints": "LoRA Checkpoints",
     "LikenessEpochSweep": "Epoch Sweep",
