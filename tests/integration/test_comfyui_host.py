@@ -479,9 +479,11 @@ def test_every_likeness_node_in_object_info(comfyui_server) -> None:
     assert pack[1]["options"] == ["likeness_test"], pack
     runs = ours["LikenessLoraCheckpoints"]["input"]["required"]["run"][1]["options"]
     assert runs == [XL_RUN, RUN, f"{SDXL_RUN}/{SDXL_RUN}"], runs
-    # Score Images reads a folder itself (its last input); Train LoRA's resolution 0 is the model family's.
+    # Score Images reads a folder itself, then who is expected with People (its last inputs, in the order they
+    # were added); Train LoRA's resolution 0 is the model family's.
     assert ours["LikenessScoreImages"]["input"]["optional"]["folder"][0] == "STRING"
-    assert ours["LikenessScoreImages"]["input_order"]["optional"][-1] == "folder"
+    assert ours["LikenessScoreImages"]["input_order"]["optional"][-2:] == ["folder", "expect"]
+    assert ours["LikenessPeople"]["output"] == ["LIKENESS_REFERENCES", "STRING"]
     assert ours["LikenessTrainLora"]["input"]["required"]["resolution"][1]["default"] == 0
     samplers = ours["LikenessEpochSweep"]["input"]["required"]["sampler_name"][1]["options"]
     assert samplers == info["KSampler"]["input"]["required"]["sampler_name"][0]
