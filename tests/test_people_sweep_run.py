@@ -106,3 +106,30 @@ def test_family_sweep_needs_refs_or_people(tiny, tmp_path):  # noqa: F811
     folder.mkdir()
     with pytest.raises(SweepConfigError, match="--prompt is required"):  # a plain folder of people makes no prompts
         SweepConfig(base=base, loras=loras, people=folder, out=tmp_path / "s").validate()
+
+
+def test_run_with_identities_prepares_a_family_and_sweeps_every_person(tmp_path):
+    """`likeness run --identity …`: the dataset is labelled per person, the LoRA is named after the people,
+    and the sweep makes one prompt per group the dataset covers and scores each person."""
+    from test_sweep_run import SWEEP, TOKENIZER, TRAIN
+
+    from lora_likeness.dataset.config import IdentitySpec
+    from lora_likeness.sweep.run import RunConfig, run_all
+    from lora_likeness.training.tiny import write_tiny_model
+
+    base = write_tiny_model(tmp_path / "base", TOKENIZER)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for folder in ("obama", "lfw_colin_powell"):
+        for photo in sorted((PEOPLE / folder).iterdir()):
+            shutil.copy(photo, photos / photo.name)
+    identities = [IdentitySpec("ohwxa", PEOPLE / "obama"), IdentitySpec("ohwxb", PEOPLE / "lfw_colin_powell")]
+    config = RunConfig(photos=photos, trigger=None, class_word="man", base=base, out=tmp_path / "run", pack=str(PACK_DIR),
+                       providers="cpu", epochs=1, resolution=512, identities=identities, train_overrides=dict(TRAIN),
+                       sweep_overrides={**SWEEP, "seeds": [1], "strengths": [1.0], "steps": 1})
+    result = run_all(config)
+    assert {name for kept in result.dataset.kept for name in kept.identities} == {"ohwxa", "ohwxb"}
+    assert result.training.final.name == "ohwxa_ohwxb.safetensors"
+    assert result.sweep.config.prompts == ["photo of ohwxa man", "photo of ohwxb man"]  # each alone: no photo of the pair
+    assert result.sweep.people is not None and (tmp_path / "run" / "sweep" / "people.json").is_file()
+    assert any("never appears" in w for w in result.sweep.people.warnings)  # a tiny random model draws no faces

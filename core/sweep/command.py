@@ -95,7 +95,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "recommendation. Every stage's output is kept under --out; re-running skips what is done.",
     )
     run.add_argument("--photos", required=True, type=Path, metavar="DIR", help="photos of the person (never modified)")
-    run.add_argument("--trigger", required=True, metavar="WORD", help="rare trigger word for the person, e.g. ohwx")
+    run.add_argument("--trigger", metavar="WORD", help="rare trigger word for the person, e.g. ohwx (with --identity: the LoRA's name)")
+    run.add_argument("--identity", action="append", default=[], metavar="NAME[:CLASS]=REF_DIR",
+                     help="several people in one LoRA (a family): each person's trigger word, class and reference photos; repeat "
+                          "per person. The sweep then scores every person and recommends the checkpoint best for the worst-served one")
     run.add_argument("--class", dest="class_word", required=True, metavar="WORD", help="class word: man, woman, person, …")
     run.add_argument("--base", required=True, type=Path, metavar="MODEL",
                      help="SD1.x or SDXL base: diffusers folder or .safetensors checkpoint (the family and its defaults are detected)")
@@ -233,11 +236,14 @@ def command_run(args: argparse.Namespace) -> int:
             defaults = TrainConfig().to_dict()
             loaded = load_config_file(args.train_config).to_dict()
             train = {k: v for k, v in loaded.items() if k not in ("base", "data", "out", "name") and v != defaults.get(k)}
+        from ..dataset.config import parse_identity
+
         config = RunConfig(photos=args.photos, trigger=args.trigger, class_word=args.class_word, base=args.base, out=args.out,
+                           identities=[parse_identity(text) for text in args.identity],
                            refs=args.refs, pack=args.pack, providers=args.providers, tokenizer=args.tokenizer, resolution=args.resolution,
                            epochs=args.epochs, max_images=args.max_images, prompt=args.prompt,
                            train_overrides=train, sweep_overrides=sweep_overrides(args))
-    except (ConfigError, SweepConfigError) as exc:
+    except (ConfigError, SweepConfigError, PrepareConfigError) as exc:
         print_error(err, str(exc))
         return EXIT_USAGE
     if (message := _training_stack_problem()) is not None:  # before the dataset is prepared, not after

@@ -35,7 +35,7 @@ class RunConfig:
     """The settings of a whole run; ``train_overrides`` / ``sweep_overrides`` reach the stage configs as they are."""
 
     photos: Path
-    trigger: str
+    trigger: str | None
     class_word: str
     base: Path
     out: Path
@@ -50,7 +50,10 @@ class RunConfig:
     epochs: int = 10
     max_images: int = 50
     prompt: str | None = None
-    """Sweep prompt; default ``photo of <trigger> <class>``."""
+    """Sweep prompt; default ``photo of <trigger> <class>``, or with ``identities`` one per group of people the dataset covers."""
+    identities: list = field(default_factory=list)
+    """Several people in one LoRA (:class:`~..dataset.config.IdentitySpec`: trigger, reference photos, class word):
+    the dataset is labelled with who is in each photo, and the sweep scores every person in every image."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
     sweep_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -62,8 +65,10 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        """The LoRA's file name: the trigger word (``ohwx-000003.safetensors``)."""
-        return "".join(c if c.isalnum() or c in "-_" else "_" for c in self.trigger) or "lora"
+        """The LoRA's file name: the trigger word (``ohwx-000003.safetensors``); with several people,
+        their triggers joined by ``_`` unless ``trigger`` names the run."""
+        text = self.trigger if self.trigger and self.trigger.strip() else "_".join(i.name for i in self.identities)
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "lora"
 
 
 class StageProgress(Progress):
@@ -143,13 +148,18 @@ def train_config(config: RunConfig, dataset_dir: Path, family):
 
 
 def sweep_config(config: RunConfig, training_dir: Path, family) -> SweepConfig:
-    prompt = config.prompt or f"photo of {config.trigger} {config.class_word}"
-    values = {"prompts": [prompt], **config.sweep_overrides}
+    """The sweep of a run: ``photo of <trigger> <class>``; with several people, the prepared dataset's
+    people (one prompt per group of them it covers, unless ``prompt`` is given)."""
+    if config.identities:
+        values = {"prompts": [config.prompt] if config.prompt else [], **config.sweep_overrides}
+        who = {"refs": None, "people": config.out / "dataset"}
+    else:
+        values = {"prompts": [config.prompt or f"photo of {config.trigger} {config.class_word}"], **config.sweep_overrides}
+        who = {"refs": config.refs or config.photos}
     if config.tokenizer is not None:
         values["tokenizer"] = config.tokenizer
-    return SweepConfig().replace(**values).replace(base=config.base, loras=training_dir, refs=config.refs or config.photos,
-                                                   out=config.out / "sweep", pack=config.pack, providers=config.providers,
-                                                   run=config.name).for_family(family)
+    return SweepConfig().replace(**values).replace(base=config.base, loras=training_dir, out=config.out / "sweep", pack=config.pack,
+                                                   providers=config.providers, run=config.name, **who).for_family(family)
 
 
 def run_all(config: RunConfig, progress: Progress | None = None, engine=None, cache=None) -> RunResult:
@@ -171,8 +181,8 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
     for name in ("photos", "base"):
         if not getattr(config, name).exists():
             raise RunError(f"--{name} {getattr(config, name)} does not exist")
-    if not config.trigger or not config.trigger.strip():
-        raise RunError("--trigger is required: a rare word that will mean this person (e.g. ohwx)")
+    if not config.identities and (not config.trigger or not config.trigger.strip()):
+        raise RunError("--trigger is required: a rare word that will mean this person (e.g. ohwx), unless --identity names several people")
     from ..families import detect_family
 
     # The base's family (a header read) sets the crop size, training resolution and sweep defaults;
@@ -195,7 +205,8 @@ def run_all(config: RunConfig, progress: Progress | None = None, engine=None, ca
 
     # 1. the dataset
     progress.stage = "1/3 prepare"
-    prepare = PrepareConfig(photos=config.photos, out=out / "dataset", trigger=config.trigger, class_word=config.class_word,
+    prepare = PrepareConfig(photos=config.photos, out=out / "dataset", trigger=None if config.identities else config.trigger,
+                            class_word=config.class_word, identities=list(config.identities),
                             family=family.name, size=resolution if resolution in (512, 768, 1024) else family.defaults.prepare_size,
                             max_images=config.max_images)
     result.dataset = prepare_dataset(engine, prepare, progress, cache=cache)
