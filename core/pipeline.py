@@ -21,12 +21,12 @@ from . import __version__
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
 from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, ImageScan, decode_image, from_array, relative_name, scan_images
-from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text
+from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, read_generation_text, step_group
 from .progress import Progress
 from .references import ReferenceSet, reference_names
 from .scoring import AGGREGATIONS, FACE_CHOICES, GroupStats, ImageScore, group_statistics, score_faces
 
-GROUP_BY = ("folder", "lora", "none")
+GROUP_BY = ("folder", "lora", "step", "none")
 
 
 @dataclass
@@ -36,7 +36,8 @@ class ScoreSettings:
     Attributes:
         aggregation: ``max`` | ``mean`` | ``ism`` — which per-image score the group statistics use.
         face_choice: ``largest`` | ``best`` — which face of a multi-face image is scored.
-        group_by: ``folder`` | ``lora`` | ``none``.
+        group_by: ``folder`` | ``lora`` | ``step`` (a trainer's sample images, by the step their names or
+            metadata say: :mod:`~.trainer_outputs`) | ``none``.
         seed: bootstrap seed (same seed, same confidence intervals).
         n_boot: bootstrap resamples.
     """
@@ -106,6 +107,9 @@ class ScoreRun:
     timings: dict = field(default_factory=dict)
     # In-memory images (host tensors) when the run did not read files: the contact sheet draws these.
     arrays: list | None = field(default=None, repr=False, compare=False)
+    # Groups that are checkpoints or training steps (``--group-by lora|step``): the recommendation over them
+    # (a :class:`~.steps.StepVerdict`, set by the caller), ``recommendation`` in the JSON report.
+    verdict: object | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         ref_paths = self.references.used_paths()
@@ -127,6 +131,7 @@ class ScoreRun:
             "images": [i.as_dict(ref_paths) for i in self.images],
             "warnings": list(self.warnings),
             "timings": self.timings,
+            **({"recommendation": self.verdict.as_dict()} if self.verdict is not None else {}),
         }
 
 
@@ -269,6 +274,8 @@ def image_groups(paths: Sequence[Path], root: Path | None, group_by: str) -> lis
         if root is None:
             return [(Path(p).parent.name or "all", {}) for p in paths]
         return [(folder_group(Path(p), root), {}) for p in paths]
+    if group_by == "step":
+        return [step_group(Path(p), root if root is not None else Path(p).parent) for p in paths]
     return [lora_group(loras_from_metadata(read_generation_text(Path(p)))) for p in paths]
 
 
