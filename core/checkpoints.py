@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import struct
 from collections import Counter
@@ -229,12 +230,22 @@ def _folder_checkpoints(paths: list[Path], root: Path) -> list[LoraCheckpoint]:
     return out
 
 
-def _lora_files(root: Path) -> list[Path]:
+def _lora_files(root: Path, max_depth: int | None = None) -> list[Path]:
+    """LoRA files under ``root``; ``max_depth`` bounds how many folders down (0: ``root`` itself only), so that
+    a look around a trainer's output folder never walks a whole disk."""
+    if max_depth is None:
+        found = [p for p in root.rglob(f"*{LORA_SUFFIX}") if p.is_file()]
+    else:
+        found = []
+        for folder, subfolders, names in os.walk(root):
+            depth = len(Path(folder).relative_to(root).parts)
+            if depth >= max_depth:
+                subfolders[:] = []
+            found.extend(Path(folder) / n for n in names if n.endswith(LORA_SUFFIX) and (Path(folder) / n).is_file())
     files = [
         p
-        for p in root.rglob(f"*{LORA_SUFFIX}")
-        if p.is_file()
-        and not p.name.endswith(TRAINING_STATE_SUFFIX)  # an earlier version's training state, not a LoRA
+        for p in found
+        if not p.name.endswith(TRAINING_STATE_SUFFIX)  # an earlier version's training state, not a LoRA
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
@@ -270,8 +281,9 @@ def no_lora_found_message(root: Path) -> str:
             f"you trust, with torch.load(path, weights_only=True) and safetensors.torch.save_file) and run again")
 
 
-def scan_loras(root: Path) -> list[LoraCheckpoint]:
-    """Every ``*.safetensors`` under ``root`` (recursively), in natural name order.
+def scan_loras(root: Path, max_depth: int | None = None) -> list[LoraCheckpoint]:
+    """Every ``*.safetensors`` under ``root`` (recursively; at most ``max_depth`` folders down when given), in
+    natural name order.
 
     Kohya files are named by their file names; diffusers/PEFT files with a fixed name
     (:data:`FOLDER_LORA_FILES`) by their folders.
@@ -279,7 +291,7 @@ def scan_loras(root: Path) -> list[LoraCheckpoint]:
     root = Path(root)
     if not root.is_dir():
         return []
-    files = _lora_files(root)
+    files = _lora_files(root, max_depth)
     kohya = {p: _checkpoint(p, root) for p in files if not is_folder_lora(p)}
     taken = {c.run for c in kohya.values()}
     folders = {}
@@ -290,10 +302,10 @@ def scan_loras(root: Path) -> list[LoraCheckpoint]:
     return [folders[p] if p in folders else kohya[p] for p in files]
 
 
-def list_runs(root: Path) -> dict[str, list[LoraCheckpoint]]:
-    """Run key -> its checkpoints in epoch order (final last), runs in natural order."""
+def list_runs(root: Path, max_depth: int | None = None) -> dict[str, list[LoraCheckpoint]]:
+    """Run key -> its checkpoints in epoch order (final last), runs in natural order (``max_depth``: see :func:`scan_loras`)."""
     runs: dict[str, list[LoraCheckpoint]] = {}
-    for checkpoint in scan_loras(root):
+    for checkpoint in scan_loras(root, max_depth):
         runs.setdefault(checkpoint.run, []).append(checkpoint)
     return {run: sorted(runs[run], key=LoraCheckpoint.sort_key) for run in sorted(runs, key=natural_key)}
 

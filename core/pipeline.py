@@ -25,6 +25,7 @@ from .labels import folder_group, group_sort_key, lora_group, loras_from_metadat
 from .progress import Progress
 from .references import ReferenceSet, reference_names
 from .scoring import AGGREGATIONS, FACE_CHOICES, GroupStats, ImageScore, group_statistics, score_faces
+from .steps import output_checkpoints, step_verdict
 
 GROUP_BY = ("folder", "lora", "step", "none")
 
@@ -463,6 +464,11 @@ def score_image_folder(
         run.warnings.append(cache.disabled_reason)
     if not paths:
         run.warnings.append(f"no image files found under {images}")
+    if settings.group_by in ("step", "lora"):
+        # The groups are checkpoints or training steps: the sweep's recommendation over them, with the saved
+        # checkpoint closest to the best step (a trainer saves beside or just below its samples folder).
+        checkpoints = output_checkpoints(root) + output_checkpoints(root.parent) if settings.group_by == "step" else []
+        run.verdict = step_verdict(run, list({c.path: c for c in checkpoints}.values()))
     run.timings = {
         "images_s": round(time.perf_counter() - started, 3),
         "n_references": len(references.photos),

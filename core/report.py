@@ -25,7 +25,7 @@ from .outputs import PREVIOUS, ReportFolder
 from .outputs import preserve_file, preserve_previous  # noqa: F401 - imported from here by training, sweep and dataset
 from .pipeline import ScoredImage, ScoreRun
 
-REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png")
+REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png", "curves.png")
 SUMMARY_COLUMNS = (
     "label", "n_images", "n_faces", "n_errors", "no_face_rate", "mean", "median", "std", "min", "max",
     "top3_mean", "ci95_low", "ci95_high", "n_memorised",
@@ -137,6 +137,10 @@ def report_markdown(run: ScoreRun, files: dict[str, Path] | None = None) -> str:
         baseline_sentence(run),
         "",
     ]
+    if run.verdict is not None:  # --group-by lora|step: which checkpoint or step (lora_likeness.steps)
+        lines += ["## Recommendation", "", *[f"- {line}" for line in run.verdict.lines()], ""]
+    if files and "curves.png" in files:
+        lines += ["![identity by step](curves.png)", ""]
     if files and "scores.png" in files:
         lines += ["![scores per group](scores.png)", ""]
     if files and "contact_sheet.png" in files:
@@ -417,6 +421,11 @@ def write_report_into(run: ScoreRun, report: ReportFolder, plot: bool = True, sh
     if plot:
         write_bytes_atomic(report.path("scores.png"), plot_png(run))
         files["scores.png"] = report.final("scores.png")
+    if plot and run.verdict is not None:  # groups are checkpoints or steps: the sweep's identity curve
+        from .sweep.report import curves_png  # imported here: the sweep's report imports this module
+
+        write_bytes_atomic(report.path("curves.png"), curves_png(run.verdict.recommendation))
+        files["curves.png"] = report.final("curves.png")
     if sheet and run.images:
         save_png_atomic(contact_sheet(run), report.path("contact_sheet.png"), optimize=False)
         files["contact_sheet.png"] = report.final("contact_sheet.png")

@@ -154,13 +154,18 @@ def nearest_checkpoint(step: int | None, epoch: int | None, checkpoints: list[Lo
     return None
 
 
+#: How deep :func:`output_checkpoints` looks: OneTrainer's ``save/`` and diffusers' ``checkpoint-500/`` sit one
+#: folder below the output folder, sd-scripts' and ai-toolkit's files in it.
+CHECKPOINT_DEPTH = 1
+
+
 def output_checkpoints(folder: Path | None) -> list[LoraCheckpoint]:
-    """Every LoRA checkpoint under a trainer's output folder (the samples folder's parent), all runs together;
-    ``[]`` when there is none or the folder cannot be read."""
+    """The LoRA checkpoints a trainer saved in its output folder (the samples folder's parent) and one folder
+    below it (all runs together); ``[]`` when there is none or the folder cannot be read."""
     if folder is None or not Path(folder).is_dir():
         return []
     try:
-        return [c for items in list_runs(Path(folder)).values() for c in items]
+        return [c for items in list_runs(Path(folder), max_depth=CHECKPOINT_DEPTH).values() for c in items]
     except OSError:
         return []
 
