@@ -121,6 +121,7 @@ _ONETRAINER_SAMPLE = re.compile(
 _ONETRAINER_PROMPT_FOLDER = re.compile(r"^(?P<prompt>\d+) - ")
 # Folders a sample sits in that name a step (ComfyUI SaveImage prefixes such as "samples/step_500/…").
 _STEP_PART = re.compile(r"(?:^|[_\-. ])(?:step|steps|global_step)[_\-]?(?P<step>\d+)(?:$|[_\-. ])", re.IGNORECASE)
+_LIKENESS_SAMPLE = re.compile(r"^likeness_sample_(?P<prompt>\d+)$")
 # A1111 infotext "…, Seed: 1234, …"; ComfyUI sampler inputs.
 _A1111_SEED = re.compile(r"(?:^|[\s,])Seed:\s*(?P<seed>-?\d+)")
 _COMFY_SEED_INPUTS = ("seed", "noise_seed")
@@ -189,7 +190,8 @@ def parse_sample_path(relative: str) -> SampleLabel | None:
     for part in reversed([*path.parent.parts, stem]):
         found = _STEP_PART.search(part)
         if found:
-            return SampleLabel(int(found["step"]), None, None, None, "folder")
+            own = _LIKENESS_SAMPLE.match(stem)  # a host node's validation images (lora_likeness.watch.VALIDATION_NAME)
+            return SampleLabel(int(found["step"]), None, int(own["prompt"]) if own else None, None, "folder")
     return None
 
 

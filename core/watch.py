@@ -281,3 +281,43 @@ def _settling(watcher: SampleWatcher) -> bool:
 def _once_extra_rounds(watcher: SampleWatcher) -> int:
     """How many more looks ``--once`` spends on files still being written: until their write timeout."""
     return max(0, int(watcher.settings.write_timeout_s / max(min(watcher.settings.interval_s, 1.0), 1e-3)))
+
+
+# --------------------------------------------------------------------------------------------
+# For hosts: a trainer's sample folder scored in one go, and validation images kept by step
+# --------------------------------------------------------------------------------------------
+
+#: How :func:`save_validation_images` names a host's validation image (``step_000500/likeness_sample_00.png``);
+#: :mod:`.trainer_outputs` reads the step from the folder and the prompt index from the name.
+VALIDATION_NAME = "step_{step:06d}/likeness_sample_{index:02d}.png"
+
+
+def save_validation_images(arrays: Sequence, folder: Path, step: int) -> list[Path]:
+    """Keep a training node's validation images (``(H, W, 3)`` uint8 RGB arrays, one per validation prompt, in
+    prompt order) as the samples of ``step`` under ``folder``, so that every step's images can be scored together.
+    A step's images replace that step's earlier ones (the same step validated again); each file is written
+    atomically. Returns the paths, in order."""
+    import io
+
+    from PIL import Image
+
+    if step < 0:
+        raise ValueError(f"the training step must be 0 or more, not {step}")
+    paths = []
+    for index, array in enumerate(arrays):
+        path = Path(folder) / VALIDATION_NAME.format(step=int(step), index=index)
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        write_bytes_atomic(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def score_samples_folder(engine: FaceEngine, references: ReferenceSet, samples: Path, face_choice: str = "largest",
+                         cache: FaceCache | None = None, progress=None) -> ScoreRun:
+    """Every sample under a trainer's sample folder scored and grouped by step, with the verdict (best step,
+    trend, closest checkpoint) in ``run.verdict``; what ``likeness watch --once`` reports, for a host's node."""
+    from .pipeline import score_image_folder
+
+    settings = ScoreSettings(aggregation=references.baseline.aggregation, face_choice=face_choice, group_by="step")
+    return score_image_folder(engine, references, Path(samples), settings, cache=cache, progress=progress)
