@@ -1,6 +1,6 @@
 """``likeness score``: score a folder of images against reference photos and report per group.
 
-    likeness score --refs DIR --images DIR [--pack NAME|PATH] [--group-by folder|lora|none]
+    likeness score --refs DIR --images DIR [--pack NAME|PATH] [--group-by folder|lora|step|none]
                    [--aggregation max|mean|ism] [--out DIR] [--json FILE]
 
 Exit codes: 0 done (unreadable images are reported, not fatal); 2 a setting the user must fix
@@ -25,13 +25,17 @@ def register(commands) -> None:
     score.add_argument("--refs", required=True, type=Path, help="folder (or one file) of real photos of the person")
     score.add_argument("--images", required=True, type=Path, help="folder of generated images (searched recursively)")
     add_engine_arguments(score)
-    score.add_argument("--group-by", choices=("folder", "lora", "none"), default="folder",
-                       help="group images by sub-folder, by the LoRA in their own metadata (A1111/ComfyUI), or not at all (default: folder)")
+    score.add_argument("--group-by", choices=("folder", "lora", "step", "none"), default="folder",
+                       help="group images by sub-folder, by the LoRA in their own metadata (A1111/ComfyUI), by the training step "
+                            "of a trainer's sample images (sd-scripts/kohya_ss, musubi-tuner, ai-toolkit, OneTrainer names, "
+                            "step_N folders), or not at all (default: folder). With lora or step the report ends with the "
+                            "recommended checkpoint/step")
     score.add_argument("--aggregation", choices=("max", "mean", "ism"), default="max",
                        help="score of an image: best match to any reference (max), mean over references (mean), or similarity to the mean reference (ism) (default: max)")
     score.add_argument("--face", choices=("largest", "best"), default="largest",
                        help="which face of a multi-face image is scored (default: largest)")
-    score.add_argument("--out", type=Path, help="write scores.csv, summary.csv, report.json, report.md, scores.png and contact_sheet.png here")
+    score.add_argument("--out", type=Path, help="write scores.csv, summary.csv, report.json, report.md, scores.png and contact_sheet.png "
+                                                "here (and curves.png with --group-by lora|step)")
     score.add_argument("--json", type=Path, help="write the JSON report to this file ('-' for standard output)")
     score.add_argument("--det-thresh", type=float, default=0.5, help="face detector confidence threshold (default: 0.5)")
     score.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (default: 0)")
@@ -108,6 +112,9 @@ def _score(args: argparse.Namespace, err) -> int:
                 sys.stdout.write(report_json(run) + "\n")
                 for warning in run.warnings:
                     err.print(f"warning: {warning}", markup=False)
+                if run.verdict is not None:
+                    for line in run.verdict.lines():
+                        err.print(line, markup=False)
             else:
                 from .images import write_text_atomic
 
@@ -150,3 +157,9 @@ def print_summary(run, console) -> None:
     console.print(baseline_sentence(run), markup=False)
     for warning in run.warnings:
         console.print(Text.assemble(("warning: ", "yellow"), warning))
+    if run.verdict is not None:  # --group-by lora|step: the checkpoint or step to use (lora_likeness.steps)
+        for line in run.verdict.lines():
+            if line.startswith("warning: "):
+                console.print(Text.assemble(("warning: ", "yellow"), line[len("warning: "):]))
+            else:
+                console.print(Text(line, style="bold" if line.startswith(("Recommended", "No recommendation")) else None))

@@ -182,9 +182,8 @@ def step_verdict(run, checkpoints: list[LoraCheckpoint] | None = None, patience:
     cells = cells_from_records(records)
     if not any(not c.is_baseline for c in cells):
         return None
-    if run.settings.group_by == "step":
-        for cell in cells:  # samples are made with the LoRA being trained, at full strength: no strength to name
-            cell.show_strength = False
+    for cell in cells:  # a step's samples have no strength; a LoRA group's label names its strength already
+        cell.show_strength = False
     recommendation = recommend(cells, ceiling=run.references.baseline.mean, max_no_face=max_no_face,
                                n_boot=run.settings.n_boot, seed=run.settings.seed)
     unit = "sample rounds" if run.settings.group_by == "step" else "checkpoints"

@@ -16,10 +16,9 @@ pack, no usable reference photo, a missing folder, an output path that cannot be
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-EXIT_USAGE = 2
+from .console import EXIT_CANCELLED, EXIT_USAGE, add_engine_arguments, make_console, print_error
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -46,9 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoints", type=Path,
                         help="where the trainer saves checkpoints, to name the one closest to the best step (default: the "
                              "samples folder's parent)")
-    parser.add_argument("--pack", default=os.environ.get("LIKENESS_PACK", "buffalo_l"),
-                        help="face-model pack: a name searched in the usual places, or a folder path (default: buffalo_l, or $LIKENESS_PACK)")
-    parser.add_argument("--providers", default="auto", help="onnxruntime providers: auto, cpu, cuda, … (default: auto)")
+    add_engine_arguments(parser)
     parser.add_argument("--aggregation", choices=("max", "mean", "ism"), default="max", help="per-image score (default: max)")
     parser.add_argument("--face", choices=("largest", "best"), default="largest", help="which face is scored (default: largest)")
     parser.add_argument("--det-thresh", type=float, default=0.5, help="face detector confidence threshold (default: 0.5)")
@@ -87,12 +84,10 @@ def live_table(run):
 
 
 def command_watch(args: argparse.Namespace) -> int:
-    from .cli import EXIT_CANCELLED, _console
-
     try:
         return _watch(args)
     except KeyboardInterrupt:  # before the watch began (loading the pack, the reference photos): nothing written
-        _console(stderr=True).print("cancelled; faces analysed so far are cached, so a re-run continues quickly.", markup=False)
+        make_console(stderr=True).print("cancelled; faces analysed so far are cached, so a re-run continues quickly.", markup=False)
         return EXIT_CANCELLED
 
 
@@ -101,7 +96,6 @@ def _watch(args: argparse.Namespace) -> int:
     import threading
 
     from .cache import FaceCache
-    from .cli import _console, _error
     from .faces import FaceEngine, FaceModelError, PackNotFoundError
     from .images import write_text_atomic
     from .outputs import OutputError, check_output_file
@@ -110,17 +104,17 @@ def _watch(args: argparse.Namespace) -> int:
     from .report import preserve_file, report_json
     from .watch import SampleWatcher, WatchReport, WatchSettings, watch
 
-    err = _console(stderr=True)
-    out = _console()
+    err = make_console(stderr=True)
+    out = make_console()
     for label, folder in (("--refs", args.refs), ("--samples", args.samples)):
         if not folder.exists():
-            _error(err, f"{label} {folder} does not exist")
+            print_error(err, f"{label} {folder} does not exist")
             return EXIT_USAGE
     if not args.samples.is_dir():
-        _error(err, f"--samples {args.samples} is a file: pass the folder the trainer writes its samples into")
+        print_error(err, f"--samples {args.samples} is a file: pass the folder the trainer writes its samples into")
         return EXIT_USAGE
     if not args.interval > 0:
-        _error(err, f"--interval {args.interval}: must be a number of seconds above 0")
+        print_error(err, f"--interval {args.interval}: must be a number of seconds above 0")
         return EXIT_USAGE
     json_to_stdout = args.json is not None and str(args.json) == "-"
     out_dir = args.out if args.out is not None else args.samples.resolve().parent / "likeness_watch"
@@ -130,20 +124,20 @@ def _watch(args: argparse.Namespace) -> int:
         report = WatchReport(out_dir, "--out")
         report.__enter__()
     except OutputError as exc:
-        _error(err, str(exc))
+        print_error(err, str(exc))
         return EXIT_USAGE
     try:
         try:
             engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
         except (PackNotFoundError, FaceModelError) as exc:
-            _error(err, exc)
+            print_error(err, exc)
             return EXIT_USAGE
         cache = None if args.no_cache else FaceCache(args.cache_dir)
         score = ScoreSettings(aggregation=args.aggregation, face_choice=args.face, group_by="step", seed=args.seed)
         try:
             references = build_references(engine, args.refs, cache=cache, aggregation=args.aggregation)
         except NoReferencesError as exc:
-            _error(err, str(exc))
+            print_error(err, str(exc))
             return EXIT_USAGE
         settings = WatchSettings(args.samples, checkpoints=args.checkpoints, interval_s=args.interval,
                                  write_timeout_s=args.write_timeout, patience=args.patience, score=score)
@@ -182,7 +176,7 @@ def _watch(args: argparse.Namespace) -> int:
                 err.print(f"note: the earlier {args.json.name} was kept as {moved.name}", markup=False)
             write_text_atomic(args.json, report_json(run))
     if not json_to_stdout:
-        from .cli import print_summary
+        from .score_command import print_summary
 
         print_summary(run, out)
         if run.verdict is not None:
