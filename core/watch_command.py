@@ -63,7 +63,7 @@ def live_table(run):
     from rich.table import Table
     from rich.text import Text
 
-    from .report import _cell
+    from .report import format_value
 
     table = Table(title=f"Likeness by step — {run.images_root}", title_justify="left")
     for column in ("step", "epoch", "n", "faces", "mean", "95% CI", ""):
@@ -76,7 +76,7 @@ def live_table(run):
         bar = "█" * max(0, round(20 * g.mean / top)) if g.mean is not None and top and top > 0 else ""
         style = "bold green" if g.label == best else None
         epoch = g.info.get("epoch")
-        table.add_row(Text(g.label), "" if epoch is None else str(epoch), str(g.n_images), str(g.n_faces), _cell(g.mean), ci,
+        table.add_row(Text(g.label), "" if epoch is None else str(epoch), str(g.n_images), str(g.n_faces), format_value(g.mean), ci,
                       bar, style=style)
     lines = verdict.lines() if verdict is not None else ["waiting for samples with a face…"]
     texts = [Text(line, style="yellow" if line.startswith("warning") else None) for line in lines]

@@ -87,6 +87,10 @@ def test_checkpoints_of_each_trainer_by_step(tmp_path):
     assert runs["sd-scripts/output/jx_face"] == ["step 500", "step 1000", "final (e3)"]
     assert runs["ai-toolkit/output/jx_face/jx_face"] == ["step 500", "step 1000"]
     assert runs["onetrainer/workspace/save/onetrainer"] == ["step 500", "step 1000"]
+    # likeness sweep compares one run with the same labels, in step order
+    from lora_likeness.checkpoints import sweep_checkpoints
+
+    assert [c.label for c in sweep_checkpoints(tmp_path / "ai-toolkit" / "output", base=None)] == ["step 500", "step 1000"]
 
 
 def test_epoch_files_carry_their_step_from_metadata(tmp_path):

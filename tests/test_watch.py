@@ -124,7 +124,7 @@ def test_stopping_the_live_watch_leaves_a_complete_report(engine, refs, tmp_path
 
 def test_ctrl_c_during_the_watch_leaves_a_complete_report(engine, refs, tmp_path, cache):
     samples = LAYOUTS["sd-scripts"](tmp_path)
-    watcher = SampleWatcher(engine, refs, WatchSettings(samples, interval_s=0.01), cache=cache)
+    watcher = SampleWatcher(engine, refs, WatchSettings(samples, interval_s=0.01, patience=2), cache=cache)
 
     class InterruptingEvent(threading.Event):
         """Raises KeyboardInterrupt where the watch waits once everything is scored (Ctrl-C at the terminal)."""
@@ -140,6 +140,8 @@ def test_ctrl_c_during_the_watch_leaves_a_complete_report(engine, refs, tmp_path
     with WatchReport(earlier) as report:
         run = watch(watcher, report, stop=InterruptingEvent())
     assert len(run.images) == 20
+    # the best step is two sample rounds back: with patience 2 the trend says the curve has stopped improving
+    assert run.verdict.trend[0].endswith("; no gain over the last 2 sample rounds")
     data = json.loads((earlier / "report.json").read_text())
     assert data["recommendation"]["best_step"] == BEST_STEP
     kept = list((earlier / "previous").rglob("report.json"))

@@ -94,3 +94,20 @@ def test_score_group_by_lora_recommends_the_checkpoint_paired_by_seed(tmp_path, 
     assert recommendation["best_epoch"] == best_epoch and recommendation["paired"] is True
     assert recommendation["n_pairs"] == 4  # the four seeds of the grid
     assert "Recommended: jx e3" in stdout and "likely over-training" in stdout
+
+
+def test_live_table_shows_every_step_and_the_verdict(engine, tmp_path, cache):
+    from lora_likeness.pipeline import build_references
+    from lora_likeness.watch import SampleWatcher, WatchSettings, watch
+    from lora_likeness.watch_command import live_table
+    from rich.console import Console
+
+    samples = LAYOUTS["musubi-tuner"](tmp_path)
+    watcher = SampleWatcher(engine, build_references(engine, references(tmp_path)), WatchSettings(samples, interval_s=0.01),
+                            cache=cache)
+    console = Console(record=True, width=160)
+    console.print(live_table(watch(watcher, once=True)))
+    text = console.export_text()
+    lines = [line for line in text.splitlines() if line.lstrip("│ ").startswith("step ")]
+    assert [line.split("│")[1].strip() for line in lines] == [f"step {s}" for s in STEPS]
+    assert f"best so far: step {BEST_STEP}" in text and "likely over-training" in text
