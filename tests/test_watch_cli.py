@@ -111,3 +111,41 @@ def test_live_table_shows_every_step_and_the_verdict(engine, tmp_path, cache):
     lines = [line for line in text.splitlines() if line.lstrip("│ ").startswith("step ")]
     assert [line.split("│")[1].strip() for line in lines] == [f"step {s}" for s in STEPS]
     assert f"best so far: step {BEST_STEP}" in text and "likely over-training" in text
+
+
+def test_ctrl_c_ends_a_live_watch_with_a_complete_report(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    samples = LAYOUTS["ai-toolkit"](tmp_path)
+    refs = references(tmp_path)
+    out = tmp_path / "watch"
+    env = {**os.environ, "LIKENESS_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lora_likeness.cli", "watch", "--refs", str(refs), "--samples", str(samples),
+         "--pack", str(PACK_DIR), "--providers", "cpu", "--interval", "0.2", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120  # a stop hook, not a fixed sleep: wait until every sample is in the report
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if len(json.loads((out / "report.json").read_text())["images"]) == 20:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert f"best so far: step {BEST_STEP}" in stdout and "report: " in stdout
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["images"]) == 20 and data["recommendation"]["best_step"] == BEST_STEP
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
