@@ -403,6 +403,17 @@ def test_lora_checkpoints_in_epoch_order(loras):
         sweep_nodes.LoraCheckpoints.execute("someone")
 
 
+def test_lora_checkpoints_of_runs_saved_by_steps(monkeypatch, tmp_path):
+    root = tmp_path / "loras"
+    for step in (1000, 250, 500):  # ai-toolkit (job_000000250) and sd-scripts --save_every_n_steps (kx-step00000250)
+        write_lora_header(root / f"job_{step:09d}.safetensors", 768, {"training_info": json.dumps({"step": step, "epoch": 0})})
+        write_lora_header(root / f"kx-step{step:08d}.safetensors", 768, {"ss_steps": str(step), "ss_epoch": "1"})
+    monkeypatch.setattr(host, "lora_roots", lambda: [root])
+    for run in ("job", "kx"):
+        items, listing = sweep_nodes.LoraCheckpoints.execute(run).args
+        assert [c.label for c in items] == ["step 250", "step 500", "step 1000"] and "step 1000" in listing
+
+
 def test_lora_checkpoints_without_files(monkeypatch, tmp_path):
     monkeypatch.setattr(host, "lora_roots", lambda: [tmp_path / "empty"])
     assert sweep_nodes.LoraCheckpoints.define_schema().inputs[0].options == [sweep_nodes.NO_RUNS]
