@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
-from .images import relative_name, scan_images, write_bytes_atomic, write_text_atomic
+from .images import relative_name, scan_images, write_bytes_atomic
 from .outputs import ReportFolder
 from .pipeline import ScoreRun, ScoreSettings, analyze_paths, image_groups, score_results
 from .references import ReferenceSet
@@ -177,8 +177,8 @@ def report_html(run: ScoreRun, curves: bytes | None) -> str:
     lines = verdict.lines() if verdict is not None else ["No sample with a face yet."]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Likeness watch</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em;max-width:70em}pre{background:#f4f4f4;padding:.6em}"
-        ".warn{color:#a40}</style></head><body>",
+        ("<style>body{font-family:sans-serif;margin:1.5em;max-width:70em}pre{background:#f4f4f4;padding:.6em}"
+         ".warn{color:#a40}</style></head><body>"),
         f"<h1>Likeness watch: {html.escape(str(run.images_root))}</h1>",
         f"<p>Updated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}; {len(run.images)} sample(s) scored.</p>",
         *(f"<p{' class=warn' if line.startswith('warning') else ''}>{html.escape(line)}</p>" for line in lines),
@@ -200,7 +200,7 @@ class WatchReport:
         self._first = True
         self.previous: Path | None = None
 
-    def __enter__(self) -> WatchReport:
+    def __enter__(self) -> WatchReport:  # noqa: PYI034 - as ReportFolder (typing.Self needs Python 3.11)
         self._report.__enter__()
         return self
 

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import jsonschema
+from likeness_assets import PACK_DIR
 from lora_likeness import cli
 from trainer_layouts import BEST_STEP, LAYOUTS, STEPS, references, sample_photo, save_as
-
-from likeness_assets import PACK_DIR
 
 SCHEMA = json.loads((Path(cli.__file__).parent / "report.schema.json").read_text())
 

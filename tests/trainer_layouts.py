@@ -13,9 +13,8 @@ import json
 import struct
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
-
 from likeness_assets import PEOPLE
+from PIL import Image, PngImagePlugin
 
 TARGET = PEOPLE / "lfw_colin_powell"
 OTHER = PEOPLE / "lfw_george_w_bush"
