@@ -188,12 +188,18 @@ def lora_group(uses: Iterable[LoraUse]) -> tuple[str, dict]:
     return label, {"run": first.run, "epoch": first.epoch, "step": first.step, "strength": first.strength}
 
 
-def step_group(path: Path, root: Path) -> tuple[str, dict]:
+def step_group(path: Path, root: Path, epoch_steps: dict[int, int] | None = None) -> tuple[str, dict]:
     """Group label and sort fields of a trainer's sample image: ``("step 500", {"step": 500, "epoch": 2})``
-    (see :func:`~.trainer_outputs.sample_label`; the seed comes from the image's metadata when its name has none)."""
+    (see :func:`~.trainer_outputs.sample_label`; the seed comes from the image's metadata when its name has none).
+
+    ``epoch_steps`` (epoch -> the step it ended at, from the run's checkpoints: ``ss_epoch``/``ss_steps``) puts
+    sd-scripts' end-of-epoch samples (``NAME_e000003_…``), which name no step, on the step axis."""
     found = step_label(path, root)
-    info = {"step": found.step, "epoch": found.epoch}
-    return found.label, info
+    step = found.step
+    if step is None and found.epoch is not None and epoch_steps:
+        step = epoch_steps.get(found.epoch)
+    info = {"step": step, "epoch": found.epoch}
+    return (found.label if step == found.step else f"step {step}"), info
 
 
 def step_label(path: Path, root: Path):

@@ -25,7 +25,7 @@ from .labels import folder_group, group_sort_key, lora_group, loras_from_metadat
 from .progress import Progress
 from .references import ReferenceSet, reference_names
 from .scoring import AGGREGATIONS, FACE_CHOICES, GroupStats, ImageScore, group_statistics, score_faces
-from .steps import output_checkpoints, step_verdict
+from .steps import epoch_steps, samples_checkpoints, step_verdict
 
 GROUP_BY = ("folder", "lora", "step", "none")
 
@@ -267,8 +267,9 @@ def analyze_arrays(
 # --------------------------------------------------------------------------------------------
 
 
-def image_groups(paths: Sequence[Path], root: Path | None, group_by: str) -> list[tuple[str, dict]]:
-    """Group label and sort fields for each image path."""
+def image_groups(paths: Sequence[Path], root: Path | None, group_by: str,
+                 epoch_steps: dict[int, int] | None = None) -> list[tuple[str, dict]]:
+    """Group label and sort fields for each image path (``epoch_steps``: see :func:`~.labels.step_group`)."""
     if group_by == "none":
         return [("all", {}) for _ in paths]
     if group_by == "folder":
@@ -276,7 +277,7 @@ def image_groups(paths: Sequence[Path], root: Path | None, group_by: str) -> lis
             return [(Path(p).parent.name or "all", {}) for p in paths]
         return [(folder_group(Path(p), root), {}) for p in paths]
     if group_by == "step":
-        return [step_group(Path(p), root if root is not None else Path(p).parent) for p in paths]
+        return [step_group(Path(p), root if root is not None else Path(p).parent, epoch_steps) for p in paths]
     return [lora_group(loras_from_metadata(read_generation_text(Path(p)))) for p in paths]
 
 
@@ -453,7 +454,9 @@ def score_image_folder(
     paths = scan.paths
     results = analyze_paths(engine, paths, cache=cache, progress=progress, description="images")
     names = [relative_name(p, root) for p in paths]
-    groups = image_groups(paths, root, settings.group_by)
+    # A trainer's checkpoints beside its samples: the one closest to the best step, and the step each epoch ended at.
+    checkpoints = samples_checkpoints(root) if settings.group_by == "step" else []
+    groups = image_groups(paths, root, settings.group_by, epoch_steps(checkpoints))
     run = score_results(results, names, groups, references, settings, engine.describe(), images_root=str(root))
     run.warnings = list(engine.warnings) + run.warnings
     if scan.excluded:
@@ -466,9 +469,8 @@ def score_image_folder(
         run.warnings.append(f"no image files found under {images}")
     if settings.group_by in ("step", "lora"):
         # The groups are checkpoints or training steps: the sweep's recommendation over them, with the saved
-        # checkpoint closest to the best step (a trainer saves beside or just below its samples folder).
-        checkpoints = output_checkpoints(root) + output_checkpoints(root.parent) if settings.group_by == "step" else []
-        run.verdict = step_verdict(run, list({c.path: c for c in checkpoints}.values()))
+        # checkpoint closest to the best step.
+        run.verdict = step_verdict(run, checkpoints)
     run.timings = {
         "images_s": round(time.perf_counter() - started, 3),
         "n_references": len(references.photos),

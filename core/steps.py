@@ -170,6 +170,26 @@ def output_checkpoints(folder: Path | None) -> list[LoraCheckpoint]:
         return []
 
 
+def samples_checkpoints(samples: Path) -> list[LoraCheckpoint]:
+    """The checkpoints beside a samples folder: in it and in its parent (a trainer saves there or one folder below:
+    sd-scripts ``OUTPUT/``, ai-toolkit ``OUTPUT/JOB/``, OneTrainer ``WORKSPACE/save/``), each file once."""
+    samples = Path(samples)
+    found = output_checkpoints(samples) + output_checkpoints(samples.parent)
+    return list({c.path: c for c in found}.values())
+
+
+def epoch_steps(checkpoints: list[LoraCheckpoint]) -> dict[int, int]:
+    """Epoch -> the step it ended at, from checkpoints saved at an epoch's end that record both (sd-scripts'
+    ``NAME-000003`` and final files: ``ss_epoch``, ``ss_steps``). Step-named files are left out: their ``ss_epoch``
+    is the epoch in progress, not one that ended."""
+    ends: dict[int, int] = {}
+    for checkpoint in sorted(checkpoints, key=lambda c: c.final):  # an epoch file before the final one
+        if checkpoint.by_step or checkpoint.epoch is None or checkpoint.step is None:
+            continue
+        ends.setdefault(checkpoint.epoch, checkpoint.step)
+    return ends
+
+
 def step_verdict(run, checkpoints: list[LoraCheckpoint] | None = None, patience: int = DEFAULT_PATIENCE,
                  max_no_face: float = 0.5) -> StepVerdict | None:
     """The recommendation over a run grouped by ``step`` or ``lora`` (``None`` for other groupings or no

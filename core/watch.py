@@ -32,7 +32,7 @@ from .outputs import ReportFolder
 from .pipeline import ScoreRun, ScoreSettings, analyze_paths, image_groups, score_results
 from .references import ReferenceSet
 from .report import report_json, report_markdown, scores_csv, summary_csv, summary_table_text
-from .steps import DEFAULT_PATIENCE, StepVerdict, output_checkpoints, step_verdict
+from .steps import DEFAULT_PATIENCE, StepVerdict, epoch_steps, output_checkpoints, samples_checkpoints, step_verdict
 
 #: The files ``likeness watch`` writes into ``--out``.
 WATCH_FILES = ("report.json", "report.md", "scores.csv", "summary.csv", "curves.png", "report.html")
@@ -146,7 +146,9 @@ class SampleWatcher:
         paths = sorted(self._done, key=lambda p: relative_name(p, folder))
         results = [self._done[p][1] for p in paths]
         names = [relative_name(p, folder) for p in paths]
-        groups = image_groups(paths, folder, "step")
+        checkpoints = (output_checkpoints(self.settings.checkpoints) if self.settings.checkpoints is not None
+                       else samples_checkpoints(folder))
+        groups = image_groups(paths, folder, "step", epoch_steps(checkpoints))
         run = score_results(results, names, groups, self.references, self.settings.score, self.engine.describe(),
                             images_root=str(folder))
         run.warnings = list(self.engine.warnings) + run.warnings
@@ -157,7 +159,6 @@ class SampleWatcher:
         if unknown:
             run.warnings.append(f"{unknown[0].n_images} image(s) name no training step (not a trainer's sample name); "
                                 f"they are grouped as 'unknown step'")
-        checkpoints = output_checkpoints(self.settings.checkpoints or folder.parent)
         run.verdict = step_verdict(run, checkpoints, patience=self.settings.patience)
         return run
 

@@ -134,3 +134,29 @@ def test_every_layout_gives_every_step(tmp_path):
         found = sorted({sample_label(p.relative_to(samples).as_posix()).step for p in samples.rglob("*.*")
                         if not any(part.startswith(".") for part in p.relative_to(samples).parts)})
         assert found == STEPS, name
+
+
+def test_end_of_epoch_samples_go_on_the_step_axis_from_the_checkpoints(tmp_path):
+    """sd-scripts names a sample made at an epoch's end by the epoch only (NAME_e000002_…); the epoch checkpoint
+    saved then records the step (ss_epoch/ss_steps), so both kinds of sample share one step axis."""
+    from lora_likeness.pipeline import image_groups
+    from lora_likeness.steps import epoch_steps, samples_checkpoints
+
+    output = tmp_path / "output"
+    samples = output / "sample"
+    names = ["jx_000300_00_20261207101500_42.png", "jx_e000001_00_20261207101500_42.png",
+             "jx_e000002_00_20261207101500_42.png", "jx_000500_00_20261207101500_42.png"]
+    for name in names:
+        save_as(_photo(), samples / name)
+    write_lora(output / "jx-000001.safetensors", {"ss_epoch": "1", "ss_steps": "400"})
+    write_lora(output / "jx-step00000300.safetensors", {"ss_epoch": "1", "ss_steps": "300"})  # mid-epoch: not an end
+    write_lora(output / "jx.safetensors", {"ss_epoch": "2", "ss_steps": "800"})
+    checkpoints = samples_checkpoints(samples)
+    assert epoch_steps(checkpoints) == {1: 400, 2: 800}
+    groups = image_groups([samples / n for n in names], samples, "step", epoch_steps(checkpoints))
+    ordered = sorted(groups, key=lambda g: group_sort_key(*g))
+    assert ordered == [("step 300", {"step": 300, "epoch": None}), ("step 400", {"step": 400, "epoch": 1}),
+                       ("step 500", {"step": 500, "epoch": None}), ("step 800", {"step": 800, "epoch": 2})]
+    # without checkpoints they stay by epoch, after the stepped ones
+    assert [g[0] for g in sorted(image_groups([samples / n for n in names], samples, "step"), key=lambda g: group_sort_key(*g))] == [
+        "step 300", "step 500", "epoch 1", "epoch 2"]
