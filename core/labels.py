@@ -9,7 +9,9 @@ final one ``name.safetensors``, and store ``ss_epoch`` in the safetensors metada
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Iterable
 from PIL import Image
 
 from .images import natural_key, relative_name
-from .trainer_outputs import parse_checkpoint_stem, progress_from_metadata, sample_label
+from .trainer_outputs import parse_checkpoint_stem, progress_from_metadata, sample_label, seed_from_metadata
 
 NO_LORA = "no LoRA"
 
@@ -207,8 +209,20 @@ def step_label(path: Path, root: Path):
     relative = relative_name(Path(path), root)
     parsed = sample_label(relative)
     if parsed.seed is None:  # only then is the metadata worth reading
-        parsed = sample_label(relative, read_generation_text(Path(path)))
+        try:
+            info = os.stat(path)
+            seed = _metadata_seed(str(path), info.st_size, info.st_mtime_ns)
+        except OSError:
+            seed = None
+        if seed is not None:
+            parsed = sample_label(relative, {"parameters": f"Seed: {seed}"})
     return parsed
+
+
+@functools.lru_cache(maxsize=4096)
+def _metadata_seed(path: str, size: int, mtime_ns: int) -> int | None:
+    """The seed in an image's metadata, read once per file version (``likeness watch`` labels every sample each round)."""
+    return seed_from_metadata(read_generation_text(Path(path)))
 
 
 def folder_group(path: Path, root: Path) -> str:
