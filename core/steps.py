@@ -120,10 +120,11 @@ def _ci_text(ci, level: float) -> str:
 
 def _trend(recommendation: Recommendation, patience: int, unit: str) -> tuple[list[str], bool, int]:
     """Trend sentences, whether the curve is falling, rounds since the best (over the cells in order)."""
-    line = [r for r in recommendation.cells if not r.cell.is_baseline]
     best = recommendation.best
-    if best is None or best not in line:
+    if best is None or best.cell.is_baseline:
         return [], False, 0
+    # Along training at the best cell's strength (a grid of epochs x strengths holds one such line per strength).
+    line = [r for r in recommendation.cells if not r.cell.is_baseline and r.cell.strength == best.cell.strength]
     since = len(line) - 1 - line.index(best)
     text = f"best so far: {best.cell.checkpoint} ({best.mean:.3f}, {_ci_text(best.ci, recommendation.level)})"
     if since >= patience:

@@ -160,3 +160,17 @@ def test_end_of_epoch_samples_go_on_the_step_axis_from_the_checkpoints(tmp_path)
     # without checkpoints they stay by epoch, after the stepped ones
     assert [g[0] for g in sorted(image_groups([samples / n for n in names], samples, "step"), key=lambda g: group_sort_key(*g))] == [
         "step 300", "step 500", "epoch 1", "epoch 2"]
+
+
+def test_trend_follows_the_best_cells_strength_in_a_grid_of_epochs_by_strengths():
+    from lora_likeness.recommend import cells_from_records, recommend
+    from lora_likeness.steps import _trend
+
+    means = {("e1", 0.5): 0.1, ("e1", 1.0): 0.3, ("e2", 0.5): 0.2, ("e2", 1.0): 0.8, ("e3", 0.5): 0.75, ("e3", 1.0): 0.5}
+    records = [{"checkpoint": c, "strength": w, "order": int(c[1]), "score": m + d, "key": k}
+               for (c, w), m in means.items() for k, d in enumerate((-0.01, 0.0, 0.01))]
+    recommendation = recommend(cells_from_records(records))
+    assert recommendation.best.cell.checkpoint == "e2" and recommendation.best.cell.strength == 1.0
+    lines, falling, since = _trend(recommendation, patience=1, unit="checkpoints")
+    # one checkpoint after e2 at strength 1 (e3 @ 1: 0.5, below e2's CI); e3 @ 0.5 (0.75) is another line
+    assert since == 1 and falling and lines[0].endswith("no gain over the last 1 checkpoints")
