@@ -42,6 +42,9 @@ class LoraChoice:
     checkpoint: str
     strength: float | None
     epoch: int | None = None
+    step: int | None = None
+    """The training step its name says (``-step00000500``, ai-toolkit's ``_000000500``): the order of a run
+    saved by steps, which has no epochs."""
 
     @property
     def is_floor(self) -> bool:
@@ -85,7 +88,8 @@ def lora_choices(prompts: Mapping[Position, str], describe: Describe = describe_
             choices[position] = FLOOR
         else:
             label, epoch = described[found[0].name]
-            choices[position] = LoraChoice(label, float(found[0].strength), epoch)
+            step = parse_kohya_name(found[0].name)[2]
+            choices[position] = LoraChoice(label, float(found[0].strength), None if step is not None else epoch, step)
     return choices, None
 
 
@@ -102,9 +106,16 @@ def lora_axes(choices: Mapping[Position, LoraChoice]) -> set[int]:
     return axes
 
 
+def _progress(choice: LoraChoice) -> float:
+    """Where a cell's checkpoint sits in training: its epoch, else its step (a run saved by steps), else last."""
+    if choice.epoch is not None:
+        return choice.epoch
+    return math.inf if choice.step is None else choice.step
+
+
 def grid_records(cells: Mapping[Position, object], choices: Mapping[Position, LoraChoice]) -> list[dict]:
     """The core's per-image records (see :func:`lora_likeness.recommend.cells_from_records`), the
-    floor first, then by epoch (unknown last), then in grid order. ``cells`` are the xyz hooks'
+    floor first, then by epoch (a run saved by steps: by step; unknown last), then in grid order. ``cells`` are the xyz hooks'
     ``CellScores`` (``images``: their ``value`` and ``score.memorised``; ``seeds``: one per image).
 
     The floor may be several cells with the same images (``None`` at every strength, or strength
@@ -117,7 +128,7 @@ def grid_records(cells: Mapping[Position, object], choices: Mapping[Position, Lo
     swept = lora_axes(choices)
     order = sorted(cells, key=lambda position: (
         not choices[position].is_floor,
-        math.inf if choices[position].epoch is None else choices[position].epoch,
+        _progress(choices[position]),
         position[2], position[1], position[0],
     ))
     records, floor_keys, failed_floor = [], set(), {}

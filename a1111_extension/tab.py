@@ -90,6 +90,8 @@ def score_folder_action(refs: str, images: str, pack: str = DEFAULT_PACK, aggreg
         return FolderScore(message=str(error))
     lines = [f"Scored {len(run.images)} image(s) in {len(run.groups)} group(s) against {run.references.n} reference photo(s).",
              core_report.baseline_sentence(run), f"Report: {target}"]
+    if run.verdict is not None:  # grouped by step or LoRA: which checkpoint or step to use
+        lines += [line[0].upper() + line[1:] for line in run.verdict.lines()]
     lines += [f"Warning: {w}" for w in run.warnings]
     return FolderScore(
         rows=_summary_rows(run),
@@ -119,7 +121,8 @@ def build_score_section() -> None:
     packs = available_packs()
     with gr.Row():
         refs = gr.Textbox(label="Reference folder (real photos of the person)", elem_id="likeness_tab_refs")
-        images = gr.Textbox(label="Images to score (a folder; sub-folders become groups)", elem_id="likeness_tab_images")
+        images = gr.Textbox(label="Images to score (a folder; sub-folders become groups; a trainer's samples folder: group by step)",
+                            elem_id="likeness_tab_images")
     with gr.Row():
         pack = gr.Dropdown(label="Face pack", choices=packs or [DEFAULT_PACK], value=DEFAULT_PACK if DEFAULT_PACK in packs or not packs else packs[0],
                            allow_custom_value=True, elem_id="likeness_tab_pack")

@@ -19,10 +19,10 @@ a module that also has ``NODE_CLASS_MAPPINGS``).
 
 from __future__ import annotations
 
-from . import dataset, faces, report, scoring, sweep, training
+from . import dataset, faces, report, scoring, sweep, trainer_samples, training
 from .host import ComfyExtension, register_face_model_folders
 
-FAMILIES = (faces, scoring, sweep, report, dataset, training)
+FAMILIES = (faces, scoring, trainer_samples, sweep, report, dataset, training)
 NODES = [node for family in FAMILIES for node in family.NODES]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import struct
 from collections import Counter
@@ -33,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from .families.base import ARCHITECTURE_NAMES  # human names of what lora_architecture returns
 from .images import natural_key
 from .labels import LoraUse, parse_kohya_name
+from .trainer_outputs import progress_from_metadata
 
 LORA_SUFFIX = ".safetensors"
 TRAINING_STATE_SUFFIX = "-state.safetensors"
@@ -76,6 +78,9 @@ class LoraCheckpoint:
             LoRA keys); see :func:`lora_format`.
         title: label override: the folder name of a diffusers/PEFT checkpoint whose folder names no epoch or
             step, or a name that keeps two labels of one run apart.
+        by_step: the run saves by step (its name or folder says the step: ``-step00000500``, ai-toolkit's
+            ``_000000500``, OneTrainer's ``-save-500-…``, ``checkpoint-500``): labelled and ordered by step even
+            when the metadata also records an epoch.
     """
 
     path: Path
@@ -86,6 +91,7 @@ class LoraCheckpoint:
     final: bool
     format: str = "kohya"
     title: str | None = None
+    by_step: bool = False
 
     @property
     def stem(self) -> str:
@@ -103,6 +109,8 @@ class LoraCheckpoint:
             return self.title
         if self.final:
             return f"final (e{self.epoch})" if self.epoch is not None else "final"
+        if self.by_step and self.step is not None:
+            return f"step {self.step}"
         if self.epoch is not None:
             return f"e{self.epoch}"
         if self.step is not None:
@@ -115,7 +123,10 @@ class LoraCheckpoint:
 
     def sort_key(self) -> tuple:
         # Final last; among the rest by epoch, then step, then name.
-        progress = self.epoch if self.epoch is not None else (self.step if self.step is not None else float("inf"))
+        if self.by_step and self.step is not None:
+            progress = self.step
+        else:
+            progress = self.epoch if self.epoch is not None else (self.step if self.step is not None else float("inf"))
         return (self.final, progress, natural_key(self.title or self.stem))
 
 
@@ -157,28 +168,34 @@ def _folder_label(name: str) -> tuple[str, int | None, int | None]:
     return "", None, None
 
 
-def _read_facts(path: Path) -> tuple[int | None, str]:
-    """``(ss_epoch, format)`` from the file's header; ``(None, "unknown")`` when it cannot be read."""
+def _read_facts(path: Path) -> tuple[int | None, str, int | None]:
+    """``(ss_epoch, format, step)`` from the file's header (the step from ``ss_steps`` or ai-toolkit's
+    ``training_info``, see :func:`~.trainer_outputs.progress_from_metadata`); ``(None, "unknown", None)``
+    when it cannot be read."""
     try:
         header = _read_header(path)
     except (OSError, ValueError, UnicodeDecodeError):
-        return None, "unknown"
+        return None, "unknown", None
     metadata = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
     value = metadata.get("ss_epoch")
     epoch = int(value) if value is not None and str(value).strip().isdigit() else None
-    return epoch, lora_format(header)
+    return epoch, lora_format(header), progress_from_metadata(metadata)[1]
 
 
 def _checkpoint(path: Path, root: Path) -> LoraCheckpoint:
     relative = path.relative_to(root).as_posix()
     run_name, epoch, step = parse_kohya_name(path.name)
     final = epoch is None and step is None
-    ss_epoch, layout = _read_facts(path)
+    by_step = step is not None
+    ss_epoch, layout, saved_step = _read_facts(path)
     if ss_epoch is not None:
         epoch = ss_epoch
+    if step is None:
+        step = saved_step
     folder = PurePosixPath(relative).parent
     run = run_name if str(folder) == "." else f"{folder.as_posix()}/{run_name}"
-    return LoraCheckpoint(path=path, name=relative, run=run, epoch=epoch, step=step, final=final, format=layout)
+    return LoraCheckpoint(path=path, name=relative, run=run, epoch=epoch, step=step, final=final, format=layout,
+                          by_step=by_step)
 
 
 def _join(parent: str, name: str) -> str:
@@ -192,15 +209,16 @@ def _folder_checkpoints(paths: list[Path], root: Path) -> list[LoraCheckpoint]:
     for path in paths:
         relative = path.relative_to(root).as_posix()
         folder = PurePosixPath(relative).parent
-        ss_epoch, layout = _read_facts(path)
+        ss_epoch, layout, saved_step = _read_facts(path)
         if str(folder) == ".":  # the file in the scanned folder itself: that folder's final checkpoint
-            found.append(LoraCheckpoint(path, relative, root_name, ss_epoch, None, True, layout))
+            found.append(LoraCheckpoint(path, relative, root_name, ss_epoch, saved_step, True, layout))
             continue
         prefix, epoch, step = _folder_label(folder.name)
         parent = folder.parent.as_posix()
         run = _join(parent, prefix) if prefix else (root_name if parent == "." else parent)
         title = folder.name if epoch is None and step is None else None
-        found.append(LoraCheckpoint(path, relative, run, ss_epoch if epoch is None else epoch, step, False, layout, title))
+        found.append(LoraCheckpoint(path, relative, run, ss_epoch if epoch is None else epoch,
+                                    saved_step if step is None else step, False, layout, title, by_step=step is not None))
     # A file in a folder whose own checkpoint-N / eN sub-folders form a run is that run's final file.
     runs = {c.run for c in found}
     out = []
@@ -212,12 +230,22 @@ def _folder_checkpoints(paths: list[Path], root: Path) -> list[LoraCheckpoint]:
     return out
 
 
-def _lora_files(root: Path) -> list[Path]:
+def _lora_files(root: Path, max_depth: int | None = None) -> list[Path]:
+    """LoRA files under ``root``; ``max_depth`` bounds how many folders down (0: ``root`` itself only), so that
+    a look around a trainer's output folder never walks a whole disk."""
+    if max_depth is None:
+        found = [p for p in root.rglob(f"*{LORA_SUFFIX}") if p.is_file()]
+    else:
+        found = []
+        for folder, subfolders, names in os.walk(root):
+            depth = len(Path(folder).relative_to(root).parts)
+            if depth >= max_depth:
+                subfolders[:] = []
+            found.extend(Path(folder) / n for n in names if n.endswith(LORA_SUFFIX) and (Path(folder) / n).is_file())
     files = [
         p
-        for p in root.rglob(f"*{LORA_SUFFIX}")
-        if p.is_file()
-        and not p.name.endswith(TRAINING_STATE_SUFFIX)  # an earlier version's training state, not a LoRA
+        for p in found
+        if not p.name.endswith(TRAINING_STATE_SUFFIX)  # an earlier version's training state, not a LoRA
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
@@ -253,8 +281,9 @@ def no_lora_found_message(root: Path) -> str:
             f"you trust, with torch.load(path, weights_only=True) and safetensors.torch.save_file) and run again")
 
 
-def scan_loras(root: Path) -> list[LoraCheckpoint]:
-    """Every ``*.safetensors`` under ``root`` (recursively), in natural name order.
+def scan_loras(root: Path, max_depth: int | None = None) -> list[LoraCheckpoint]:
+    """Every ``*.safetensors`` under ``root`` (recursively; at most ``max_depth`` folders down when given), in
+    natural name order.
 
     Kohya files are named by their file names; diffusers/PEFT files with a fixed name
     (:data:`FOLDER_LORA_FILES`) by their folders.
@@ -262,7 +291,7 @@ def scan_loras(root: Path) -> list[LoraCheckpoint]:
     root = Path(root)
     if not root.is_dir():
         return []
-    files = _lora_files(root)
+    files = _lora_files(root, max_depth)
     kohya = {p: _checkpoint(p, root) for p in files if not is_folder_lora(p)}
     taken = {c.run for c in kohya.values()}
     folders = {}
@@ -273,10 +302,10 @@ def scan_loras(root: Path) -> list[LoraCheckpoint]:
     return [folders[p] if p in folders else kohya[p] for p in files]
 
 
-def list_runs(root: Path) -> dict[str, list[LoraCheckpoint]]:
-    """Run key -> its checkpoints in epoch order (final last), runs in natural order."""
+def list_runs(root: Path, max_depth: int | None = None) -> dict[str, list[LoraCheckpoint]]:
+    """Run key -> its checkpoints in epoch order (final last), runs in natural order (``max_depth``: see :func:`scan_loras`)."""
     runs: dict[str, list[LoraCheckpoint]] = {}
-    for checkpoint in scan_loras(root):
+    for checkpoint in scan_loras(root, max_depth):
         runs.setdefault(checkpoint.run, []).append(checkpoint)
     return {run: sorted(runs[run], key=LoraCheckpoint.sort_key) for run in sorted(runs, key=natural_key)}
 

@@ -7,6 +7,7 @@
     likeness sweep    epochs x strengths x seeds, scored and recommended  (lora_likeness.sweep.command)
     likeness run      prepare -> train -> sweep -> report                 (lora_likeness.sweep.command)
     likeness convert  diffusers/PEFT LoRA -> Kohya file                   (lora_likeness.sweep.convert_command)
+    likeness watch    follow a trainer's samples: which step is the person (lora_likeness.watch_command)
 
 Exit codes: 0 done; 1 ``doctor`` found problems; 2 a setting the user must fix; 130 cancelled with Ctrl-C.
 """
@@ -27,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     # Each command module adds its parser and sets ``handler`` (args -> exit code).
-    from . import doctor_command, score_command
+    from . import doctor_command, score_command, watch_command
     from .dataset import command as dataset_command
     from .sweep import command as sweep_command
     from .sweep import convert_command
     from .training import command as training_command
 
     for register in (score_command.register, doctor_command.register, dataset_command.register,
-                     training_command.register, sweep_command.register, convert_command.register):
+                     training_command.register, sweep_command.register, convert_command.register, watch_command.register):
         register(commands)
     return parser
 

@@ -9,7 +9,9 @@ final one ``name.safetensors``, and store ``ss_epoch`` in the safetensors metada
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -19,11 +21,10 @@ from typing import Iterable
 from PIL import Image
 
 from .images import natural_key, relative_name
+from .trainer_outputs import parse_checkpoint_stem, progress_from_metadata, sample_label, seed_from_metadata
 
 NO_LORA = "no LoRA"
 
-_KOHYA_EPOCH = re.compile(r"^(?P<run>.+?)-(?P<epoch>\d{6})$")
-_KOHYA_STEP = re.compile(r"^(?P<run>.+?)-step(?P<step>\d{8})$")
 _A1111_LORA = re.compile(r"<(?:lora|lyco):([^:>]+)((?::[^:>]*)*)>", re.IGNORECASE)
 _LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -69,19 +70,13 @@ def lora_stem(name: str) -> str:
 
 
 def parse_kohya_name(name: str) -> tuple[str, int | None, int | None]:
-    """Split a checkpoint name into ``(run, epoch, step)``.
+    """Split a checkpoint name into ``(run, epoch, step)`` (every trainer's layout: :mod:`.trainer_outputs`).
 
     ``jx265-000010`` -> ``("jx265", 10, None)``; ``jx265-step00001000`` -> ``("jx265", None, 1000)``;
-    ``jx265`` (the final file) -> ``("jx265", None, None)``.
+    ``jx265_000000250`` (ai-toolkit) -> ``("jx265", None, 250)``; ``jx265`` (the final file) -> ``("jx265", None, None)``.
     """
-    stem = lora_stem(name)
-    match = _KOHYA_EPOCH.match(stem)
-    if match:
-        return match["run"], int(match["epoch"]), None
-    match = _KOHYA_STEP.match(stem)
-    if match:
-        return match["run"], None, int(match["step"])
-    return stem, None, None
+    parsed = parse_checkpoint_stem(lora_stem(name))
+    return parsed.run, parsed.epoch, parsed.step
 
 
 def make_lora_use(name: str, strength: float = 1.0) -> LoraUse:
@@ -254,6 +249,41 @@ def lora_group(uses: Iterable[LoraUse]) -> tuple[str, dict]:
     return label, {"run": first.run, "epoch": first.epoch, "step": first.step, "strength": first.strength}
 
 
+def step_group(path: Path, root: Path, epoch_steps: dict[int, int] | None = None) -> tuple[str, dict]:
+    """Group label and sort fields of a trainer's sample image: ``("step 500", {"step": 500, "epoch": 2})``
+    (see :func:`~.trainer_outputs.sample_label`; the seed comes from the image's metadata when its name has none).
+
+    ``epoch_steps`` (epoch -> the step it ended at, from the run's checkpoints: ``ss_epoch``/``ss_steps``) puts
+    sd-scripts' end-of-epoch samples (``NAME_e000003_…``), which name no step, on the step axis."""
+    found = step_label(path, root)
+    step = found.step
+    if step is None and found.epoch is not None and epoch_steps:
+        step = epoch_steps.get(found.epoch)
+    info = {"step": step, "epoch": found.epoch}
+    return (found.label if step == found.step else f"step {step}"), info
+
+
+def step_label(path: Path, root: Path):
+    """The :class:`~.trainer_outputs.SampleLabel` of a sample image under ``root``."""
+    relative = relative_name(Path(path), root)
+    parsed = sample_label(relative)
+    if parsed.seed is None:  # only then is the metadata worth reading
+        try:
+            info = os.stat(path)
+            seed = _metadata_seed(str(path), info.st_size, info.st_mtime_ns)
+        except OSError:
+            seed = None
+        if seed is not None:
+            parsed = sample_label(relative, {"parameters": f"Seed: {seed}"})
+    return parsed
+
+
+@functools.lru_cache(maxsize=4096)
+def _metadata_seed(path: str, size: int, mtime_ns: int) -> int | None:
+    """The seed in an image's metadata, read once per file version (``likeness watch`` labels every sample each round)."""
+    return seed_from_metadata(read_generation_text(Path(path)))
+
+
 def folder_group(path: Path, root: Path) -> str:
     """The image's folder relative to ``root`` (``exp_e10``), or the root's own name.
 
@@ -267,6 +297,12 @@ def group_sort_key(label: str, info: dict) -> tuple:
     """Order groups by run, then epoch (final last), then strength; others naturally by label."""
     if info.get("run") is None and label == NO_LORA:
         return (0, ())
+    if info.get("run") is None and ("step" in info or "epoch" in info):
+        # A trainer's sample rounds (``--group-by step``): by step; end-of-epoch samples without a step by
+        # epoch after them; see :class:`~.trainer_outputs.SampleLabel`.
+        step, epoch = info.get("step"), info.get("epoch")
+        progress = (0, step, epoch or 0) if step is not None else ((1, epoch, 0) if epoch is not None else (2, 0, 0))
+        return (1, (), progress, 0.0, natural_key(label))
     if info.get("run") is not None:
         epoch = info.get("epoch")
         step = info.get("step")
@@ -309,3 +345,15 @@ def checkpoint_epoch(path: Path) -> int | None:
     except (OSError, ValueError):
         pass
     return parse_kohya_name(Path(path).name)[1]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """A LoRA file's training step: from its name (``-step00000500``, ai-toolkit's ``_000000500``, OneTrainer's
+    ``-save-500-…``), else its metadata (``ss_steps``, ai-toolkit's ``training_info``); ``None`` when unknown."""
+    step = parse_kohya_name(Path(path).name)[2]
+    if step is not None:
+        return step
+    try:
+        return progress_from_metadata(read_safetensors_metadata(path))[1]
+    except (OSError, ValueError):
+        return None

@@ -21,13 +21,14 @@ from . import __version__
 from .cache import FaceCache
 from .faces import FaceEngine, FaceResult
 from .images import ANALYSIS_DRAFT_SIDE, ANALYSIS_MAX_SIDE, ImageScan, decode_image, from_array, relative_name, scan_images
-from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, prompt_from_metadata, read_generation_text
-from .progress import Progress
+from .labels import folder_group, group_sort_key, lora_group, loras_from_metadata, prompt_from_metadata, read_generation_text, step_group
 from .people import PeopleGroupStats, PeopleInImage, PeopleSet, expected_from_prompt, people_group_statistics, people_in_image
+from .progress import Progress
 from .references import NoReferencesError, ReferencePhoto, ReferenceSet, reference_names
 from .scoring import AGGREGATIONS, FACE_CHOICES, GroupStats, ImageScore, group_statistics, reference_baseline, score_faces
+from .steps import epoch_steps, samples_checkpoints, step_verdict
 
-GROUP_BY = ("folder", "lora", "none")
+GROUP_BY = ("folder", "lora", "step", "none")
 
 
 @dataclass
@@ -37,7 +38,8 @@ class ScoreSettings:
     Attributes:
         aggregation: ``max`` | ``mean`` | ``ism`` — which per-image score the group statistics use.
         face_choice: ``largest`` | ``best`` — which face of a multi-face image is scored.
-        group_by: ``folder`` | ``lora`` | ``none``.
+        group_by: ``folder`` | ``lora`` | ``step`` (a trainer's sample images, by the step their names or
+            metadata say: :mod:`~.trainer_outputs`) | ``none``.
         seed: bootstrap seed (same seed, same confidence intervals).
         n_boot: bootstrap resamples.
     """
@@ -123,6 +125,9 @@ class ScoreRun:
     """The people scored, when several are (``references`` then holds all their photos together)."""
     people_groups: dict[str, PeopleGroupStats] = field(default_factory=dict)
     """Per group label: per-person statistics, all-present rate, blend rate, worst-served person."""
+    # Groups that are checkpoints or training steps (``--group-by lora|step``): the recommendation over them
+    # (a :class:`~.steps.StepVerdict`, set by the caller), ``recommendation`` in the JSON report.
+    verdict: object | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         ref_paths = self.references.used_paths()
@@ -148,6 +153,7 @@ class ScoreRun:
             "images": [i.as_dict(ref_paths) for i in self.images],
             "warnings": list(self.warnings),
             "timings": self.timings,
+            **({"recommendation": self.verdict.as_dict()} if self.verdict is not None else {}),
         }
         if self.people is not None:
             data["people"] = self.people.as_dict()
@@ -285,14 +291,17 @@ def analyze_arrays(
 # --------------------------------------------------------------------------------------------
 
 
-def image_groups(paths: Sequence[Path], root: Path | None, group_by: str) -> list[tuple[str, dict]]:
-    """Group label and sort fields for each image path."""
+def image_groups(paths: Sequence[Path], root: Path | None, group_by: str,
+                 epoch_steps: dict[int, int] | None = None) -> list[tuple[str, dict]]:
+    """Group label and sort fields for each image path (``epoch_steps``: see :func:`~.labels.step_group`)."""
     if group_by == "none":
         return [("all", {}) for _ in paths]
     if group_by == "folder":
         if root is None:
             return [(Path(p).parent.name or "all", {}) for p in paths]
         return [(folder_group(Path(p), root), {}) for p in paths]
+    if group_by == "step":
+        return [step_group(Path(p), root if root is not None else Path(p).parent, epoch_steps) for p in paths]
     return [lora_group(loras_from_metadata(read_generation_text(Path(p)))) for p in paths]
 
 
@@ -546,7 +555,9 @@ def score_image_folder(
     paths = scan.paths
     results = analyze_paths(engine, paths, cache=cache, progress=progress, description="images")
     names = [relative_name(p, root) for p in paths]
-    groups = image_groups(paths, root, settings.group_by)
+    # A trainer's checkpoints beside its samples: the one closest to the best step, and the step each epoch ended at.
+    checkpoints = samples_checkpoints(root) if settings.group_by == "step" else []
+    groups = image_groups(paths, root, settings.group_by, epoch_steps(checkpoints))
     prompts = [prompt_from_metadata(read_generation_text(p)) for p in paths] if people is not None else None
     run = score_results(results, names, groups, references, settings, engine.describe(), images_root=str(root),
                         people=people, prompts=prompts, expect=expect)
@@ -559,6 +570,10 @@ def score_image_folder(
         run.warnings.append(cache.disabled_reason)
     if not paths:
         run.warnings.append(f"no image files found under {images}")
+    if settings.group_by in ("step", "lora"):
+        # The groups are checkpoints or training steps: the sweep's recommendation over them, with the saved
+        # checkpoint closest to the best step.
+        run.verdict = step_verdict(run, checkpoints)
     run.timings = {
         "images_s": round(time.perf_counter() - started, 3),
         "n_references": len(references.photos),

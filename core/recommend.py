@@ -71,6 +71,9 @@ class Cell:
     adherence: list[float | None] | None = None
     order: int = 0
     missing: list[str] = field(default_factory=list)
+    show_strength: bool = True
+    """False where every cell has the same strength by construction (a trainer's sample rounds): the label
+    is the checkpoint alone (``step 750``)."""
 
     @property
     def is_baseline(self) -> bool:
@@ -78,8 +81,10 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """``e10 @ 0.8``; ``no LoRA`` for the baseline."""
-        return NO_LORA if self.is_baseline else f"{self.checkpoint} @ {self.strength:g}"
+        """``e10 @ 0.8`` (``step 750`` without :attr:`show_strength`); ``no LoRA`` for the baseline."""
+        if self.is_baseline:
+            return NO_LORA
+        return f"{self.checkpoint} @ {self.strength:g}" if self.show_strength else self.checkpoint
 
 
 @dataclass

@@ -8,11 +8,9 @@ one leaves the earlier report where it was.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +19,11 @@ from PIL import Image, ImageDraw
 from . import fonts
 from .grid import draw_score, score_colour
 from .images import DEFAULT_MAX_SIDE, LoadedImage, decode_image, from_array, save_png_atomic, write_bytes_atomic, write_text_atomic
-from .outputs import PREVIOUS, ReportFolder
-from .outputs import preserve_file, preserve_previous  # noqa: F401 - imported from here by training, sweep and dataset
+from .outputs import PREVIOUS, ReportFolder, preserve_file, preserve_previous  # noqa: F401 - imported from here by training, sweep and dataset
 from .pipeline import ScoredImage, ScoreRun
+from .tables import csv_text, format_value
 
-REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png")
+REPORT_FILES = ("scores.csv", "summary.csv", "report.json", "report.md", "scores.png", "contact_sheet.png", "curves.png")
 SUMMARY_COLUMNS = (
     "label", "n_images", "n_faces", "n_errors", "no_face_rate", "mean", "median", "std", "min", "max",
     "top3_mean", "ci95_low", "ci95_high", "n_memorised",
@@ -36,19 +34,6 @@ SCORE_COLUMNS = (
 )
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if math.isfinite(value) else ""
-    return str(value)
-
-
-def format_value(value, digits: int = 3) -> str:
-    """A table cell: ``digits`` decimals, or an en dash for a missing or non-finite value."""
-    return _fmt(value, digits) or "–"
-
-
 def summary_rows(run: ScoreRun) -> list[dict]:
     rows = []
     for group in run.groups:
@@ -57,15 +42,6 @@ def summary_rows(run: ScoreRun) -> list[dict]:
         data.update(ci95_low=low, ci95_high=high)
         rows.append({column: data.get(column) for column in SUMMARY_COLUMNS})
     return rows
-
-
-def csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k), 6) if isinstance(row.get(k), float) else ("" if row.get(k) is None else row.get(k)) for k in columns})
-    return buffer.getvalue()
 
 
 def summary_csv(run: ScoreRun) -> str:
@@ -197,6 +173,10 @@ def report_markdown(run: ScoreRun, files: dict[str, Path] | None = None) -> str:
     ]
     if run.people is not None:
         lines += ["## People", "", people_table_text(run), "", people_sentence(run), ""]
+    if run.verdict is not None:  # --group-by lora|step: which checkpoint or step (lora_likeness.steps)
+        lines += ["## Recommendation", "", *[f"- {line}" for line in run.verdict.lines()], ""]
+    if files and "curves.png" in files:
+        lines += ["![identity by step](curves.png)", ""]
     if files and "scores.png" in files:
         lines += ["![scores per group](scores.png)", ""]
     if files and "contact_sheet.png" in files:
@@ -554,6 +534,11 @@ def write_report_into(run: ScoreRun, report: ReportFolder, plot: bool = True, sh
     if plot:
         write_bytes_atomic(report.path("scores.png"), plot_png(run))
         files["scores.png"] = report.final("scores.png")
+    if plot and run.verdict is not None:  # groups are checkpoints or steps: the sweep's identity curve
+        from .sweep.report import curves_png  # imported here: the sweep's report imports this module
+
+        write_bytes_atomic(report.path("curves.png"), curves_png(run.verdict.recommendation))
+        files["curves.png"] = report.final("curves.png")
     if sheet and run.images:
         save_png_atomic(contact_sheet(run), report.path("contact_sheet.png"), optimize=False)
         files["contact_sheet.png"] = report.final("contact_sheet.png")

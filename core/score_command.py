@@ -1,6 +1,6 @@
 """``likeness score``: score a folder of images against reference photos and report per group.
 
-    likeness score --refs DIR --images DIR [--pack NAME|PATH] [--group-by folder|lora|none]
+    likeness score --refs DIR --images DIR [--pack NAME|PATH] [--group-by folder|lora|step|none]
                    [--aggregation max|mean|ism] [--out DIR] [--json FILE]
     likeness score --person NAME=DIR [--person NAME=DIR ...] | --people DIR  --images DIR [--expect NAME ...]
 
@@ -34,15 +34,19 @@ def register(commands) -> None:
     who.add_argument("--people", type=Path, metavar="DIR", help="a folder with one sub-folder of photos per person (its name is the trigger word)")
     score.add_argument("--images", required=True, type=Path, help="folder of generated images (searched recursively)")
     add_engine_arguments(score)
-    score.add_argument("--group-by", choices=("folder", "lora", "none"), default="folder",
-                       help="group images by sub-folder, by the LoRA in their own metadata (A1111/ComfyUI), or not at all (default: folder)")
+    score.add_argument("--group-by", choices=("folder", "lora", "step", "none"), default="folder",
+                       help="group images by sub-folder, by the LoRA in their own metadata (A1111/ComfyUI), by the training step "
+                            "of a trainer's sample images (sd-scripts/kohya_ss, musubi-tuner, ai-toolkit, OneTrainer names, "
+                            "step_N folders), or not at all (default: folder). With lora or step the report ends with the "
+                            "recommended checkpoint/step")
     score.add_argument("--aggregation", choices=("max", "mean", "ism"), default="max",
                        help="score of an image: best match to any reference (max), mean over references (mean), or similarity to the mean reference (ism) (default: max)")
     score.add_argument("--face", choices=("largest", "best"), default="largest",
                        help="which face of a multi-face image is scored (default: largest)")
     score.add_argument("--expect", nargs="+", metavar="NAME",
                        help="with several people: who is expected in images whose prompt names nobody (default: everyone)")
-    score.add_argument("--out", type=Path, help="write scores.csv, summary.csv, report.json, report.md, scores.png and contact_sheet.png here")
+    score.add_argument("--out", type=Path, help="write scores.csv, summary.csv, report.json, report.md, scores.png and contact_sheet.png "
+                                                "here (and curves.png with --group-by lora|step)")
     score.add_argument("--json", type=Path, help="write the JSON report to this file ('-' for standard output)")
     score.add_argument("--det-thresh", type=float, default=0.5, help="face detector confidence threshold (default: 0.5)")
     score.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (default: 0)")
@@ -70,12 +74,10 @@ def _score(args: argparse.Namespace, err) -> int:
     from .cache import FaceCache
     from .faces import FaceEngine, FaceModelError, PackNotFoundError
     from .outputs import OutputError, ReportFolder, check_output_file
-    from .pipeline import ScoreSettings, score_folder
+    from .people import PeopleError, parse_person_option
+    from .pipeline import ScoreSettings, people_folders, score_folder
     from .references import NoReferencesError
     from .report import REPORT_FILES, own_outputs, preserve_file, report_json, write_report_into
-
-    from .people import PeopleError, parse_person_option
-    from .pipeline import people_folders
 
     out = make_console()
     json_to_stdout = args.json is not None and str(args.json) == "-"
@@ -144,6 +146,9 @@ def _score(args: argparse.Namespace, err) -> int:
                 sys.stdout.write(report_json(run) + "\n")
                 for warning in run.warnings:
                     err.print(f"warning: {warning}", markup=False)
+                if run.verdict is not None:
+                    for line in run.verdict.lines():
+                        err.print(line, markup=False)
             else:
                 from .images import write_text_atomic
 
@@ -164,7 +169,8 @@ def print_summary(run, console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .report import baseline_row, baseline_sentence, format_value
+    from .report import baseline_row, baseline_sentence
+    from .tables import format_value
 
     model = run.model
     table = Table(title=f"Likeness ({run.settings.aggregation}, pack {model.get('pack')}, {', '.join(model.get('providers', []))})", title_justify="left")
@@ -188,6 +194,12 @@ def print_summary(run, console) -> None:
         print_people(run, console)
     for warning in run.warnings:
         console.print(Text.assemble(("warning: ", "yellow"), warning))
+    if run.verdict is not None:  # --group-by lora|step: the checkpoint or step to use (lora_likeness.steps)
+        for line in run.verdict.lines():
+            if line.startswith("warning: "):
+                console.print(Text.assemble(("warning: ", "yellow"), line[len("warning: "):]))
+            else:
+                console.print(Text(line, style="bold" if line.startswith(("Recommended", "No recommendation")) else None))
 
 
 def print_people(run, console) -> None:

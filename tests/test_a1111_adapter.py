@@ -286,6 +286,19 @@ def test_score_folder_action_writes_the_core_report_and_returns_table_plot_sheet
     assert "Scored 3 image(s) in 2 group(s)" in result.message
 
 
+def test_score_folder_action_groups_a_trainers_samples_by_step(tmp_path):
+    from trainer_layouts import BEST_STEP, LAYOUTS, STEPS, references
+
+    samples = LAYOUTS["ai-toolkit"](tmp_path)
+    result = tab.score_folder_action(str(references(tmp_path)), str(samples), str(PACK_DIR), "max", "step",
+                                     outputs_root=tmp_path / "outputs")
+    assert [row[0] for row in result.rows] == [f"step {s}" for s in STEPS] + ["(reference baseline)"], result.message
+    assert f"Recommended: step {BEST_STEP}" in result.message and "likely over-training" in result.message
+    assert "Closest saved checkpoint: jx_face_000000500.safetensors" in result.message
+    report = json.loads((Path(result.plot).parent / "report.json").read_text())
+    assert report["recommendation"]["best_step"] == BEST_STEP
+
+
 def test_score_folder_action_reports_bad_settings_as_a_message(tmp_path):
     assert "does not exist" in tab.score_folder_action(str(PEOPLE / "obama"), str(tmp_path / "missing"), str(PACK_DIR)).message
     assert "reference folder" in tab.score_folder_action("", str(tmp_path), str(PACK_DIR)).message
@@ -370,6 +383,18 @@ def test_grid_records_pair_images_across_cells_and_count_the_floor_once():
     expected = recommend(cells_from_records(records), ceiling=0.8)
     assert reason is None and advice.as_dict() == expected.as_dict()  # the core decides
     assert advice.best.label == "jx e2 @ 1" and advice.paired and advice.floor == pytest.approx(0.11)
+
+
+def test_grid_records_of_a_run_saved_by_steps_are_in_step_order():
+    # ai-toolkit's files (job_000000250 …) and sd-scripts' --save_every_n_steps files (jx-step00000500): no epochs.
+    for stems in (["job_000001000", "job_000000250", "job_000000500"], ["jx-step00001000", "jx-step00000250", "jx-step00000500"]):
+        prompts = {(ix, 0, 0): f"photo, <lora:{stem}:1>" for ix, stem in enumerate(stems)}
+        cells = {position: _cell_scores([0.3, 0.4], prompt, seeds=(1, 2)) for position, prompt in prompts.items()}
+        choices, _ = recommendation.lora_choices(prompts)
+        assert [choices[(ix, 0, 0)].step for ix in range(3)] == [1000, 250, 500]
+        records = recommendation.grid_records(cells, choices)
+        run = stems[0].split("_0")[0].split("-step")[0]
+        assert [r["checkpoint"] for r in records[::2]] == [f"{run} step 250", f"{run} step 500", f"{run} step 1000"]
 
 
 def test_caption_below_extends_the_canvas_and_wraps_to_its_width():

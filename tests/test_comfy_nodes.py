@@ -104,7 +104,7 @@ def test_standin_only_where_comfyui_is_absent():
 
 def test_every_node_schema_matches_its_execute():
     assert [n.define_schema().node_id for n in pack.NODES] == [
-        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessPeople", "LikenessScoreImages", "LikenessLoraCheckpoints",
+        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessPeople", "LikenessScoreImages", "LikenessScoreTrainingSamples", "LikenessLoraCheckpoints",
         "LikenessEpochSweep", "LikenessScoredGrid", "LikenessPrepareDataset", "LikenessTrainLora",
     ]
     for node in pack.NODES:
@@ -439,6 +439,17 @@ def test_lora_checkpoints_in_epoch_order(loras):
         sweep_nodes.LoraCheckpoints.execute("someone")
 
 
+def test_lora_checkpoints_of_runs_saved_by_steps(monkeypatch, tmp_path):
+    root = tmp_path / "loras"
+    for step in (1000, 250, 500):  # ai-toolkit (job_000000250) and sd-scripts --save_every_n_steps (kx-step00000250)
+        write_lora_header(root / f"job_{step:09d}.safetensors", 768, {"training_info": json.dumps({"step": step, "epoch": 0})})
+        write_lora_header(root / f"kx-step{step:08d}.safetensors", 768, {"ss_steps": str(step), "ss_epoch": "1"})
+    monkeypatch.setattr(host, "lora_roots", lambda: [root])
+    for run in ("job", "kx"):
+        items, listing = sweep_nodes.LoraCheckpoints.execute(run).args
+        assert [c.label for c in items] == ["step 250", "step 500", "step 1000"] and "step 1000" in listing
+
+
 def test_lora_checkpoints_without_files(monkeypatch, tmp_path):
     monkeypatch.setattr(host, "lora_roots", lambda: [tmp_path / "empty"])
     assert sweep_nodes.LoraCheckpoints.define_schema().inputs[0].options == [sweep_nodes.NO_RUNS]
@@ -702,3 +713,48 @@ def test_scored_grid_errors(obama_refs, output_dir):
         report_nodes.ScoredGrid.execute(images=images[:1], score_run=scored)
     with pytest.raises(ValueError, match="points outside ComfyUI's output folder"):
         report_nodes.ScoredGrid.execute(images=images, score_run=scored, filename_prefix="../../elsewhere/report")
+
+
+# --------------------------------------------------------------------------------------------
+# Score Training Samples (issue 14): a trainer's sample folder, or a training node's validation images
+
+
+trainer_nodes = sys.modules[pack.__name__ + ".trainer_samples"]
+
+
+@pytest.fixture(scope="module")
+def powell_refs(face_model):
+    from trainer_layouts import REFERENCE_PHOTOS
+
+    return faces_nodes.ReferenceFaces.execute(face_model, "max", images=image_batch(REFERENCE_PHOTOS)).args[0]
+
+
+def test_score_training_samples_reads_a_trainers_folder(powell_refs, tmp_path):
+    from trainer_layouts import BEST_STEP, LAYOUTS, STEPS
+
+    samples = LAYOUTS["onetrainer"](tmp_path)
+    summary, best_step, curves, scored = trainer_nodes.ScoreTrainingSamples.execute(references=powell_refs, folder=str(samples)).args
+    assert best_step == BEST_STEP
+    assert [g.info["step"] for g in scored.run.groups] == STEPS
+    assert f"best so far: step {BEST_STEP}" in summary and "likely over-training" in summary
+    assert "closest saved checkpoint: save/" in summary  # OneTrainer's save/ folder beside samples/
+    assert tuple(curves.shape[:1]) == (1,) and curves.shape[-1] == 3 and curves.shape[1] > 100
+    with pytest.raises(ValueError, match="type the trainer's sample folder"):
+        trainer_nodes.ScoreTrainingSamples.execute(references=powell_refs)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        trainer_nodes.ScoreTrainingSamples.execute(references=powell_refs, folder=str(tmp_path / "missing"))
+
+
+def test_score_training_samples_keeps_validation_images_by_step(powell_refs, output_dir):
+    from trainer_layouts import BEST_STEP, STEPS, sample_photo
+
+    best_steps = []
+    for step in STEPS:  # FluxTrainer's validation after each loop: 4 prompts, the loop's step count
+        images = image_batch([sample_photo(step, prompt) for prompt in range(4)])
+        out = trainer_nodes.ScoreTrainingSamples.execute(references=powell_refs, validation_images=images, step=step).args
+        best_steps.append(out[1])
+    assert best_steps == [250, 500, 750, 750, 750]
+    run = out[3].run
+    assert [g.info["step"] for g in run.groups] == STEPS and run.verdict.best_step == BEST_STEP
+    assert run.verdict.recommendation.paired  # the validation prompts pair up across steps
+    assert sorted(p.name for p in (output_dir / "likeness_validation").iterdir()) == [f"step_{s:06d}" for s in STEPS]

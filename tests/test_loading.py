@@ -205,7 +205,7 @@ _report(
     assert result["has_v1_mappings"] is False
     assert result["entrypoint_is_async"] is True
     assert result["node_ids"] == [
-        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessPeople", "LikenessScoreImages", "LikenessLoraCheckpoints",
+        "LikenessFaceModel", "LikenessReferenceFaces", "LikenessPeople", "LikenessScoreImages", "LikenessScoreTrainingSamples", "LikenessLoraCheckpoints",
         "LikenessEpochSweep", "LikenessScoredGrid", "LikenessPrepareDataset", "LikenessTrainLora",
     ]
     assert result["categories"] == ["Likeness"]

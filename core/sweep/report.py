@@ -39,7 +39,7 @@ from ..grid import GridCell, draw_score, font, format_score, scored_grid
 from ..images import write_bytes_atomic, write_text_atomic
 from ..outputs import ReportFolder
 from ..recommend import NO_LORA, CellResult, Recommendation
-from ..report import csv_text
+from ..tables import csv_text
 from .results import SweepImage
 
 #: The files of one sweep report; an earlier set of these is moved to ``previous/<time>/``.

@@ -58,6 +58,7 @@ LIKENESS_NODES = {
     "LikenessReferenceFaces": "Reference Faces",
     "LikenessPeople": "People (family LoRA)",
     "LikenessScoreImages": "Score Images",
+    "LikenessScoreTrainingSamples": "Score Training Samples",
     "LikenessLoraCheckpoints": "LoRA Checkpoints",
     "LikenessEpochSweep": "Epoch Sweep",
     "LikenessScoredGrid": "Scored Grid",
@@ -630,6 +631,31 @@ def test_scored_grid_recommends_a_cell_of_the_grid(comfyui_server) -> None:
     assert shown and shown[0].splitlines()[0] == advice["headline"], texts
     assert shown[0].splitlines()[1:] == [f"warning: {w}" for w in advice["warnings"]]
     assert advice["headline"].startswith("Recommended: e2 @ 0.5 — identity "), advice["headline"]
+
+
+def test_score_training_samples_workflow(comfyui_server) -> None:
+    """Score Training Samples through /prompt on an sd-scripts output folder (real photos standing in for samples,
+    the target's share rising to step 750 and falling after it): the verdict reaches Preview Any."""
+    from trainer_layouts import BEST_STEP, LAYOUTS
+
+    server = comfyui_server
+    samples = LAYOUTS["sd-scripts"](server["tmp"] / "trainer")
+    prompt = {
+        "1": {"class_type": "LikenessFaceModel", "inputs": {"pack": "likeness_test", "provider": "cpu"}},
+        "2": {"class_type": "LikenessReferenceFaces", "inputs": {"face_model": ["1", 0], "aggregation": "max",
+                                                                  "folder": str(server["refs"])}},
+        "3": {"class_type": "LikenessScoreTrainingSamples", "inputs": {"references": ["2", 0], "folder": str(samples),
+                                                                        "face": "largest"}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
+    }
+    entry = run_prompt(server, prompt)
+    _succeeded(entry, server)
+    texts = [t for node in entry["outputs"].values() for t in node.get("text", [])]
+    summary = next(t for t in texts if "best so far" in t)
+    assert f"Recommended: step {BEST_STEP}" in summary and "likely over-training" in summary, summary
+    assert "closest saved checkpoint: jx_face-step00000500.safetensors" in summary
+    assert str(BEST_STEP) in texts, texts  # the best_step output
 
 
 def test_clear_node_errors(comfyui_server) -> None:
