@@ -15,7 +15,9 @@ Importing this package imports nothing of A1111; :func:`register` does, and is c
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lora_likeness  # noqa: F401  (registered by likeness_bootstrap before this package)
@@ -27,6 +29,19 @@ def _registered(callbacks_key: str, function) -> bool:
     from modules import script_callbacks
 
     return any(getattr(c, "callback", None) is function for c in script_callbacks.callback_map.get(callbacks_key, []))
+
+
+def _add_callback(register_callback: Callable, callback: Callable, name: str) -> None:
+    """``script_callbacks.on_…(callback, name=name)``; without ``name`` where the host's register
+    function has no such parameter (Forge Classic / Neo kept A1111 1.7's ``on_…(callback)``)."""
+    try:
+        takes_name = "name" in inspect.signature(register_callback).parameters
+    except (TypeError, ValueError):  # a builtin or C function: call it the old way
+        takes_name = False
+    if takes_name:
+        register_callback(callback, name=name)
+    else:
+        register_callback(callback)
 
 
 def register() -> None:
@@ -46,11 +61,14 @@ def register() -> None:
     if xyz is None:
         print("[Likeness] the X/Y/Z plot script is not loaded: no Likeness axes or grid scores", file=sys.stderr)
     else:
-        axes.install_axes(xyz)
-        xyz_hooks.install_hooks(xyz)
+        try:
+            axes.install_axes(xyz)
+            xyz_hooks.install_hooks(xyz)
+        except LookupError as error:  # an X/Y/Z script of an unknown shape: the rest of Likeness still works
+            print(f"[Likeness] {error}: no Likeness axes or grid scores", file=sys.stderr)
     if not _registered("callbacks_before_image_saved", xyz_hooks.on_before_image_saved):
-        script_callbacks.on_before_image_saved(xyz_hooks.on_before_image_saved, name=_CALLBACK_NAMES[0])
+        _add_callback(script_callbacks.on_before_image_saved, xyz_hooks.on_before_image_saved, _CALLBACK_NAMES[0])
     if not _registered("callbacks_image_saved", xyz_hooks.on_image_saved):
-        script_callbacks.on_image_saved(xyz_hooks.on_image_saved, name=_CALLBACK_NAMES[1])
+        _add_callback(script_callbacks.on_image_saved, xyz_hooks.on_image_saved, _CALLBACK_NAMES[1])
     if not _registered("callbacks_ui_tabs", tab.build_tab):
-        script_callbacks.on_ui_tabs(tab.build_tab, name=_CALLBACK_NAMES[2])
+        _add_callback(script_callbacks.on_ui_tabs, tab.build_tab, _CALLBACK_NAMES[2])

@@ -14,6 +14,7 @@ The axis objects are built from the xyz module's own ``AxisOption`` class and ap
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,14 +208,32 @@ def format_strength(p, opt, x) -> str:
     return f"strength {float(x):g}"
 
 
+def axis_option_class(xyz: ModuleType) -> type:
+    """The host's ``AxisOption``: the xyz module's name (A1111, Forge, Forge Classic import it there), else
+    ``lib_xyz.classes.AxisOption`` (Forge Classic / Neo define it there)."""
+    found = getattr(xyz, "AxisOption", None) or getattr(sys.modules.get("lib_xyz.classes"), "AxisOption", None)
+    if found is None:
+        raise LookupError(f"no AxisOption in the X/Y/Z script module {xyz.__name__!r} nor in lib_xyz.classes")
+    return found
+
+
 def install_axes(xyz: ModuleType) -> list:
-    """Append our two axes to ``xyz.axis_options`` (once per xyz module object) and return them."""
-    existing = {option.label: option for option in xyz.axis_options}
+    """Append our two axes to the X/Y/Z script's ``axis_options`` list (once per list) and return them.
+
+    The list is ``xyz.axis_options``; in Forge Classic / Neo that name is ``lib_xyz.builtins.builtin_options``
+    (the same list object), looked up there if the script module stops exporting it."""
+    axis_options = getattr(xyz, "axis_options", None)
+    if axis_options is None:
+        axis_options = getattr(sys.modules.get("lib_xyz.builtins"), "builtin_options", None)
+    if axis_options is None:
+        raise LookupError(f"no axis_options in the X/Y/Z script module {xyz.__name__!r} nor in lib_xyz.builtins")
+    existing = {option.label: option for option in axis_options}
     if EPOCH_AXIS in existing and STRENGTH_AXIS in existing:
         return [existing[EPOCH_AXIS], existing[STRENGTH_AXIS]]
+    axis_option = axis_option_class(xyz)
     options = [
-        xyz.AxisOption(EPOCH_AXIS, str, apply_epoch, format_value=format_epoch, confirm=confirm_epochs, choices=epoch_choices),
-        xyz.AxisOption(STRENGTH_AXIS, float, apply_strength, format_value=format_strength),
+        axis_option(EPOCH_AXIS, str, apply_epoch, format_value=format_epoch, confirm=confirm_epochs, choices=epoch_choices),
+        axis_option(STRENGTH_AXIS, float, apply_strength, format_value=format_strength),
     ]
-    xyz.axis_options.extend(option for option in options if option.label not in existing)
+    axis_options.extend(option for option in options if option.label not in existing)
     return options

@@ -3,7 +3,10 @@ as ``<grid>-likeness_scores.csv`` / ``.json`` next to the saved grid; when the g
 (epochs and/or strengths), the core's recommendation under the grid image, in the comments shown
 under the gallery, in the grid infotext and in the JSON report (see ``recommendation``).
 
-Where it hooks in (A1111 1.10 ``scripts/xyz_grid.py``; Forge keeps the same structure):
+Where it hooks in (A1111 1.10 ``scripts/xyz_grid.py``; lllyasviel's Forge keeps the same structure; Forge
+Classic / Neo moved it to ``extensions-builtin/xyz/scripts/xyz_grid.py``, whose script class is ``XYZ`` and
+which imports ``draw_xyz_grid`` from ``lib_xyz.main`` and ``process_images`` by name, so the same names of
+the script module are wrapped there):
 
 * Each cell runs ``process_images``; our always-on script scores every image there and leaves
   the cell's scores on the returned ``Processed`` (attribute ``likeness``).
@@ -541,9 +544,19 @@ def find_xyz_module():
     return None
 
 
+def xyz_script_class(xyz) -> type:
+    """The X/Y/Z script's class: the class defined in the xyz module with its own ``run`` (``Script`` in
+    A1111 and lllyasviel's Forge, ``XYZ`` in Forge Classic / Neo)."""
+    for value in vars(xyz).values():
+        if isinstance(value, type) and value.__module__ == xyz.__name__ and callable(vars(value).get("run")):
+            return value
+    raise LookupError(f"the X/Y/Z script module {xyz.__name__!r} defines no script class with a run method")
+
+
 def install_hooks(xyz) -> None:
-    """Wrap ``draw_xyz_grid``, ``process_images`` and ``Script.run`` of this xyz module (idempotent)."""
+    """Wrap ``draw_xyz_grid``, ``process_images`` and the script class's ``run`` of this xyz module (idempotent)."""
+    script_class = xyz_script_class(xyz)
     xyz.draw_xyz_grid = wrap_draw_xyz_grid(xyz.draw_xyz_grid)
-    if hasattr(xyz, "process_images"):  # the name its cells call (A1111 1.10 and Forge import it from modules.processing)
+    if hasattr(xyz, "process_images"):  # the name its cells call (every host imports it from modules.processing)
         xyz.process_images = wrap_process_images(xyz.process_images)
-    xyz.Script.run = wrap_run(xyz.Script.run)
+    script_class.run = wrap_run(script_class.run)

@@ -13,8 +13,9 @@ import importlib.util
 import json
 import os
 import sys
+from collections import namedtuple
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -610,3 +611,108 @@ def test_a_grid_whose_cells_all_fail_still_reports_them(lora_dir, obama_scorer, 
     report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
     assert [c["missing_images"] for c in report["failed_cells"]] == [2, 2]  # batch size 2: both images of each cell
     assert len(report["images"]) == 4 and all(image["error"].startswith("no image: NansException") for image in report["images"])
+
+
+# --- registering in each host's shape ---------------------------------------------------------------
+
+
+def _host_modules(monkeypatch, tmp_path, shape: str) -> tuple[ModuleType, dict]:
+    """``modules.*`` and the loaded X/Y/Z script module in the shape of one host, registered in ``sys.modules``.
+
+    ``a1111``: A1111 1.10 (``class Script`` in ``scripts/xyz_grid.py``, ``AxisOption`` and ``axis_options``
+    defined there, ``script_callbacks.on_…(callback, *, name=None)``). ``forge-classic``: Forge Classic / Neo
+    (``class XYZ`` in ``extensions-builtin/xyz/scripts/xyz_grid.py``, ``AxisOption`` in ``lib_xyz.classes``,
+    the list in ``lib_xyz.builtins.builtin_options``, ``script_callbacks.on_…(callback)`` with no ``name``).
+    The Forge Classic shape here is the harshest: its script module also stops re-exporting the two names
+    (the real one still does; tests/integration/test_forge_host.py checks the real files)."""
+    callbacks: dict[str, list] = {"callbacks_before_image_saved": [], "callbacks_image_saved": [], "callbacks_ui_tabs": []}
+    Callback = namedtuple("ScriptCallback", ["script", "callback"])  # noqa: PYI024 - as the hosts define it
+    script_callbacks = ModuleType("modules.script_callbacks")
+    script_callbacks.callback_map = callbacks
+
+    def register_as(key):
+        if shape == "a1111":
+            def on(callback, *, name=None):
+                callbacks[key].append(Callback(name, callback))
+        else:
+            def on(callback):
+                callbacks[key].append(Callback("file", callback))
+        return on
+
+    script_callbacks.on_before_image_saved = register_as("callbacks_before_image_saved")
+    script_callbacks.on_image_saved = register_as("callbacks_image_saved")
+    script_callbacks.on_ui_tabs = register_as("callbacks_ui_tabs")
+    paths = ModuleType("modules.paths")
+    paths.models_path = str(tmp_path / "models")
+    scripts_module = ModuleType("modules.scripts")
+
+    class AxisOption:
+        def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None, prepare=None):
+            self.label, self.type, self.apply, self.format_value, self.confirm, self.choices = label, type, apply, format_value, confirm, choices
+
+    xyz = ModuleType("xyz_grid.py")
+    namespace = {"__name__": "xyz_grid.py"}
+    exec("class Host:\n    def run(self, p):\n        return 'ran'\n    def title(self):\n        return 'X/Y/Z plot'\n", namespace)
+    host_class = namespace["Host"]
+    host_class.__name__ = host_class.__qualname__ = "Script" if shape == "a1111" else "XYZ"
+    setattr(xyz, host_class.__name__, host_class)
+    xyz.draw_xyz_grid = lambda *args, **kwargs: None
+    xyz.process_images = lambda p: None
+    builtin_options = [AxisOption("Nothing", str, None)]
+    if shape == "a1111":
+        xyz.AxisOption, xyz.axis_options = AxisOption, builtin_options
+    else:
+        lib_xyz = ModuleType("lib_xyz")
+        classes = ModuleType("lib_xyz.classes")
+        classes.AxisOption = AxisOption
+        builtins_module = ModuleType("lib_xyz.builtins")
+        builtins_module.builtin_options = builtin_options
+        monkeypatch.setitem(sys.modules, "lib_xyz", lib_xyz)
+        monkeypatch.setitem(sys.modules, "lib_xyz.classes", classes)
+        monkeypatch.setitem(sys.modules, "lib_xyz.builtins", builtins_module)
+    scripts_module.scripts_data = [SimpleNamespace(script_class=host_class, module=xyz)]
+    modules = ModuleType("modules")
+    modules.__path__ = []
+    for name, module in (("script_callbacks", script_callbacks), ("paths", paths), ("scripts", scripts_module)):
+        setattr(modules, name, module)
+        monkeypatch.setitem(sys.modules, f"modules.{name}", module)
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    return xyz, {"callbacks": callbacks, "host_class": host_class, "axis_options": builtin_options, "AxisOption": AxisOption}
+
+
+@pytest.mark.parametrize("shape", ["a1111", "forge-classic"])
+def test_register_installs_axes_hooks_and_callbacks_in_each_hosts_shape(monkeypatch, tmp_path, shape):
+    from lora_likeness import faces
+
+    xyz, host = _host_modules(monkeypatch, tmp_path, shape)
+    monkeypatch.setattr(faces, "register_models_dir", lambda folder, label: None)
+    adapter = _adapter()
+    original_run = host["host_class"].run
+    try:
+        adapter.register()
+        adapter.register()  # a UI reload loads us again: nothing doubles
+        labels = [option.label for option in host["axis_options"]]
+        assert labels == ["Nothing", axes.EPOCH_AXIS, axes.STRENGTH_AXIS]
+        assert all(type(option) is host["AxisOption"] for option in host["axis_options"])
+        assert getattr(host["host_class"].run, xyz_hooks.WRAPPED_MARK) is original_run
+        assert getattr(xyz.draw_xyz_grid, xyz_hooks.WRAPPED_MARK) is not None
+        assert getattr(xyz.process_images, xyz_hooks.WRAPPED_MARK) is not None
+        registered = {key: [c.callback for c in value] for key, value in host["callbacks"].items()}
+        assert registered == {
+            "callbacks_before_image_saved": [xyz_hooks.on_before_image_saved],
+            "callbacks_image_saved": [xyz_hooks.on_image_saved],
+            "callbacks_ui_tabs": [tab.build_tab],
+        }
+    finally:
+        host["host_class"].run = original_run
+
+
+def test_register_reports_an_xyz_script_of_unknown_shape_and_still_registers_the_rest(monkeypatch, tmp_path, capsys):
+    from lora_likeness import faces
+
+    xyz, host = _host_modules(monkeypatch, tmp_path, "forge-classic")
+    monkeypatch.delitem(sys.modules, "lib_xyz.classes")
+    monkeypatch.setattr(faces, "register_models_dir", lambda folder, label: None)
+    _adapter().register()
+    assert "no AxisOption in the X/Y/Z script module 'xyz_grid.py' nor in lib_xyz.classes" in capsys.readouterr().err
+    assert [c.callback for c in host["callbacks"]["callbacks_ui_tabs"]] == [tab.build_tab]
