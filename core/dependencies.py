@@ -64,6 +64,7 @@ TEST_REQUIREMENTS: tuple[str, ...] = (
     "pytest>=7.4,<10",
     "jsonschema>=4.17,<5",
     "safetensors>=0.4,<1",
+    "pathspec>=0.11,<2",
     f"{DISTRIBUTION}[train]",
 )
 

@@ -651,11 +651,9 @@ def _host_modules(monkeypatch, tmp_path, shape: str) -> tuple[ModuleType, dict]:
             self.label, self.type, self.apply, self.format_value, self.confirm, self.choices = label, type, apply, format_value, confirm, choices
 
     xyz = ModuleType("xyz_grid.py")
-    namespace = {"__name__": "xyz_grid.py"}
-    exec("class Host:\n    def run(self, p):\n        return 'ran'\n    def title(self):\n        return 'X/Y/Z plot'\n", namespace)
-    host_class = namespace["Host"]
-    host_class.__name__ = host_class.__qualname__ = "Script" if shape == "a1111" else "XYZ"
-    setattr(xyz, host_class.__name__, host_class)
+    class_name = "Script" if shape == "a1111" else "XYZ"
+    host_class = type(class_name, (), {"__module__": "xyz_grid.py", "run": lambda self, p: "ran", "title": lambda self: "X/Y/Z Plot"})
+    setattr(xyz, class_name, host_class)
     xyz.draw_xyz_grid = lambda *args, **kwargs: None
     xyz.process_images = lambda p: None
     builtin_options = [AxisOption("Nothing", str, None)]

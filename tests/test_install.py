@@ -668,7 +668,8 @@ def test_newer_than_tested_is_noted_and_left_alone_never_downgraded():
 
 # 2026-12-06: a fresh `pip install -e ".[test]"` resolved these (the README's first command).
 FRESH_TRAINING_STACK = {**SATISFIED, "torch": "2.13.0+cpu", "diffusers": "0.42.1", "transformers": "5.25.0",
-                        "peft": "0.21.2", "safetensors": "0.8.0", "pytest": "9.2.0", "jsonschema": "4.26.0"}
+                        "peft": "0.21.2", "safetensors": "0.8.0", "pytest": "9.2.0", "jsonschema": "4.26.0",
+                        "pathspec": "1.1.1"}
 
 
 def test_the_fresh_install_of_today_is_inside_the_tested_ranges():
@@ -699,7 +700,7 @@ def test_tomli_is_required_only_below_python_311():
 
 def test_the_test_extra_includes_the_train_extra_once():
     names = [(extra, req.key) for extra, req in deps.extra_requirements("test", python=(3, 10, 0))]
-    assert names == [("test", "pytest"), ("test", "jsonschema"), ("test", "safetensors"), ("train", "diffusers"),
+    assert names == [("test", "pytest"), ("test", "jsonschema"), ("test", "safetensors"), ("test", "pathspec"), ("train", "diffusers"),
                      ("train", "transformers"), ("train", "peft"), ("train", "tomli")]
 
 
