@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -237,3 +239,42 @@ def test_every_node_has_a_help_page_in_the_web_directory():
         text = page.read_text(encoding="utf-8")
         assert text.startswith("# ") and "## Inputs" in text and len(text) > 400, node_id
     assert sorted(p.stem for p in docs.glob("*.md")) == sorted(node_ids), "a help page for a node that does not exist"
+
+
+# --- the PyPI wheel ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel CI built (``LIKENESS_WHEEL``, .ci/run), else one built here from the git-tracked files
+    (as from a fresh clone: nothing untracked or ignored can slip in)."""
+    given = os.environ.get("LIKENESS_WHEEL")
+    if given:
+        return Path(given)
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "src"
+    for name in subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True).stdout.splitlines():
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(source)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    (built,) = (tmp / "dist").glob("lora_likeness-*.whl")
+    return built
+
+
+def test_wheel_carries_every_module_and_package_file(wheel: Path):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "core"], capture_output=True, text=True, check=True).stdout.splitlines()
+    # every file of core/ the code may load (modules, report.schema.json), under the import name
+    expected = {"lora_likeness/" + name.removeprefix("core/") for name in tracked}
+    assert expected - names == set(), f"missing from the wheel: {sorted(expected - names)}"
+    ours = {n for n in names if not n.startswith("lora_likeness/") and ".dist-info/" not in n}
+    assert ours == set(), f"the wheel carries files outside the package: {sorted(ours)}"
+    assert "likeness = lora_likeness.cli:main" in entry_points
+    assert "License-Expression: MIT" in metadata and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "Requires-Dist: insightface" in metadata and "Requires-Dist: torch" not in metadata

@@ -499,6 +499,16 @@ def test_template_browser_lists_the_workflows(comfyui_server) -> None:
         assert served == json.loads((REPO / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
 
 
+def test_node_help_pages_are_served_where_the_frontend_looks(comfyui_server) -> None:
+    """ComfyUI_frontend's nodeHelpService: ``/extensions/<pack folder>/docs/<node>/<locale>.md``, then
+    ``/extensions/<pack folder>/docs/<node>.md``, from the pack's WEB_DIRECTORY."""
+    url = comfyui_server["url"]
+    for name in LIKENESS_NODES:
+        with urllib.request.urlopen(f"{url}/extensions/{PACK_NAME}/docs/{name}.md", timeout=10) as response:
+            served = response.read().decode("utf-8")
+        assert served == (REPO / "web" / "docs" / f"{name}.md").read_text(encoding="utf-8"), name
+
+
 def test_score_folder_workflow(comfyui_server) -> None:
     server = comfyui_server
     prompt = to_api(server, "score_folder")
