@@ -278,3 +278,23 @@ def test_wheel_carries_every_module_and_package_file(wheel: Path):
     assert "likeness = lora_likeness.cli:main" in entry_points
     assert "License-Expression: MIT" in metadata and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "Requires-Dist: insightface" in metadata and "Requires-Dist: torch" not in metadata
+
+
+# --- the A1111 extension index ------------------------------------------------------------------------
+
+#: tags.json of AUTOMATIC1111/stable-diffusion-webui-extensions (956826ec, 2026-05-25); "installed" is the
+#: webui's own and not for entries.
+A1111_INDEX_TAGS = {"script", "localization", "tab", "dropdown", "ads", "training", "models", "UI related", "prompting",
+                    "editing", "manipulations", "online", "animation", "query", "science", "extras"}
+
+
+def test_a1111_index_entry_passes_the_index_validation():
+    """The checks of the index's .github/scripts/validate.py (validate_entry) on docs/a1111/extension-index/."""
+    (entry_file,) = (REPO / "docs" / "a1111" / "extension-index").glob("*.json")
+    entry = json.loads(entry_file.read_text(encoding="utf-8"))
+    assert set(entry) == {"name", "url", "description", "tags"}, "`added` is filled in by the index after the merge"
+    assert entry["tags"] and set(entry["tags"]) <= A1111_INDEX_TAGS
+    assert "online" not in entry["tags"] and "ads" not in entry["tags"]  # neither applies: the extension never goes online
+    assert re.match(r"(https://[^ ]+?)(?:(?:\.git)$|$)", entry["url"])
+    assert entry["url"] == PYPROJECT["project"]["urls"]["Repository"] + ".git"
+    assert entry_file.stem == entry["url"].rsplit("/", 1)[1].removesuffix(".git")
