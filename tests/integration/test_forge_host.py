@@ -154,7 +154,7 @@ def load_scripts_like_forge(basedir):
 
 (xyz,) = load_scripts_like_forge(os.path.join(FORGE_DIR, "extensions-builtin", "xyz"))  # builtins load first
 original_run = xyz.XYZ.run
-(ours,) = load_scripts_like_forge(REPO)
+load_scripts_like_forge(REPO)  # scripts/likeness.py: registers the axes, hooks and callbacks
 load_scripts_like_forge(REPO)  # a UI reload loads every script again
 
 import lib_xyz.classes, lib_xyz.main
@@ -194,7 +194,7 @@ processed = xyz.draw_xyz_grid(p, xs=xs, ys=ys, zs=[""], x_labels=[ours_axes[0].f
 grid_scores = xyz_hooks.grid_of(processed.images[0])
 advice = grid_scores.recommendation()
 print(RESULT_TAG + json.dumps({{
-    "real": real,
+    "real": {{**real, "lib_xyz.main": lib_xyz.main.__file__, "lib_xyz.classes": lib_xyz.classes.__file__}},
     "xyz_module": xyz.__name__, "xyz_file": xyz.__file__,
     "axis_option_class": f"{{type(ours_axes[0]).__module__}}.{{type(ours_axes[0]).__name__}}",
     "is_lib_xyz_class": type(ours_axes[0]) is lib_xyz.classes.AxisOption,
