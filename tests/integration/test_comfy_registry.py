@@ -3,7 +3,8 @@
 Needs ``COMFYUI_PYTHON``: an interpreter with comfy-cli installed (ComfyUI's venv; see
 tests/integration/README.md). It runs comfy-cli's ``extract_node_configuration`` (what ``publish`` sends to
 the registry, with its warnings for classifiers, versions and the license) and ``zip_files`` (the archive
-``publish`` uploads), and compares the archive with tests/test_packaging.py's rebuild of it, which the
+``publish`` uploads) after ``validate_node_for_publishing`` (its ruff run for exec, eval and one-line
+statement chains over the checkout), and compares the archive with tests/test_packaging.py's rebuild of it, which the
 unit tests check without comfy-cli. Files must be tracked by git (``git add``) to be packed.
 """
 
@@ -27,7 +28,9 @@ import contextlib, io, json, sys
 from comfy_cli import file_utils
 from comfy_cli.registry import config_parser
 out = io.StringIO()
+from comfy_cli.command.custom_nodes.command import validate_node_for_publishing
 with contextlib.redirect_stdout(out):
+    validate_node_for_publishing()  # what `comfy node publish` checks first: the config and ruff S102,S307,E702
     config = config_parser.extract_node_configuration("pyproject.toml")
     file_utils.zip_files(sys.argv[1], includes=config.tool_comfy.includes)
 import comfy_cli, importlib.metadata
@@ -59,6 +62,7 @@ def test_comfy_cli_reads_our_pyproject_and_zips_what_the_unit_tests_expect(comfy
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     found = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
     assert "Warning" not in found["printed"], found["printed"]  # comfy-cli warns about classifiers, versions, license
+    assert "All validation checks passed" in found["printed"] and "Security warnings" not in found["printed"], found["printed"]
     project = PYPROJECT["project"]
     assert (found["name"], found["version_of_node"]) == (project["name"], project["version"])
     assert found["license"][0] == "MIT" and found["repository"] == project["urls"]["Repository"]

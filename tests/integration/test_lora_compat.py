@@ -277,8 +277,8 @@ def _a1111_load_network(a1111_dir: Path, mapping: dict[str, str]):
         sd_models=SimpleNamespace(read_state_dict=read_state_dict), module_types=[LoraType()],
         textual_inversion=None, BundledTIHash=str,
     )
-    exec(compile(ast.Module(body=[function], type_ignores=[]), str(a1111_dir / "extensions-builtin" / "Lora" / "networks.py"), "exec"),
-         namespace)  # noqa: S102 - A1111's own code
+    code = compile(ast.Module(body=[function], type_ignores=[]), str(a1111_dir / "extensions-builtin" / "Lora" / "networks.py"), "exec")
+    exec(code, namespace)  # noqa: S102 - A1111's own code (the noqa must sit on the line ruff reports)
     return namespace["load_network"], records, asked
 
 
