@@ -18,7 +18,7 @@ from modules import scripts
 
 from . import axes
 from .scorer import DEFAULT_PACK, available_packs, get_scorer
-from .xyz_hooks import CELL_ATTRIBUTE, INFOTEXT_KEY, PEOPLE_INFOTEXT_KEY, CellScores
+from .xyz_hooks import CELL_ATTRIBUTE, INFOTEXT_KEY, PEOPLE_INFOTEXT_KEY, CellScores, InfotextField
 
 TITLE = "Likeness identity score"
 AGGREGATION_CHOICES = ["max", "mean", "ism"]
@@ -82,9 +82,10 @@ class LikenessScript(scripts.Script):
         prompt = p.prompt if isinstance(p.prompt, str) else (p.prompt[0] if p.prompt else "")  # tags say which LoRA
         setattr(p, CELL_ATTRIBUTE, CellScores(scorer, lora=state.info() if state is not None else {}, prompt=prompt))
         p.likeness_positions = {}
-        p.extra_generation_params[INFOTEXT_KEY] = infotext_value
+        # callables the host calls per infotext, and JSON-safe for Forge Classic's Processed.js() (see InfotextField)
+        p.extra_generation_params[INFOTEXT_KEY] = InfotextField(infotext_value)
         if scorer.people is not None:
-            p.extra_generation_params[PEOPLE_INFOTEXT_KEY] = people_infotext_value
+            p.extra_generation_params[PEOPLE_INFOTEXT_KEY] = InfotextField(people_infotext_value)
 
     def postprocess_image_after_composite(self, p, pp, *args):
         cell = vars(p).get(CELL_ATTRIBUTE)

@@ -103,6 +103,29 @@ class CellFailure:
 
 # --- infotext -------------------------------------------------------------------------------------
 
+
+class InfotextField(str):
+    """A value for ``p.extra_generation_params`` that the host calls for each infotext, and that is a
+    string (empty) everywhere else.
+
+    A1111 1.6+ and every Forge call a callable value there with ``create_infotext``'s locals. The same
+    dict is then dumped by ``Processed.js()`` (the generation info the UI and the API return): A1111 1.10
+    turns what JSON cannot encode into null, Forge Classic / Neo's ``json.dumps(obj)`` raises
+    ``TypeError: Object of type function is not JSON serializable`` on a plain function, failing every
+    generation. JSON encodes a ``str`` subclass as its text.
+    """
+
+    function: Callable[..., str | None]
+
+    def __new__(cls, function: Callable[..., str | None]) -> InfotextField:
+        field = super().__new__(cls, "")
+        field.function = function
+        return field
+
+    def __call__(self, **kwargs) -> str | None:
+        return self.function(**kwargs)
+
+
 def _field_pattern(key: str) -> re.Pattern:
     return re.compile(rf'(?P<head>(?:^|, ){re.escape(key)}: )(?P<value>"(?:[^"\\]|\\.)*"|[^,\n]*)')
 

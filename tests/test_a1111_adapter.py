@@ -163,6 +163,13 @@ def test_infotext_with_score_sets_or_replaces_the_field():
     assert xyz_hooks.infotext_with_score("photo\nSteps: 2", None) == "photo\nSteps: 2, Likeness: no face"
 
 
+def test_infotext_field_is_called_by_the_host_and_dumps_as_json_without_a_default():
+    """A1111 calls it in create_infotext; Forge Classic's Processed.js() is a plain json.dumps of the same dict."""
+    field = xyz_hooks.InfotextField(lambda p=None, index=None, **_: f"{p}:{index}")
+    assert callable(field) and field(p="cell", index=2, use_main_prompt=False) == "cell:2"
+    assert json.dumps({"extra_generation_params": {xyz_hooks.INFOTEXT_KEY: field}}) == '{"extra_generation_params": {"Likeness": ""}}'
+
+
 def test_infotext_fields_are_quoted_as_a1111_quotes_them():
     text = xyz_hooks.infotext_with_field("photo\nSteps: 2, Likeness: 0.5", xyz_hooks.RECOMMENDATION_KEY, "jx e2 @ 1")
     assert text == "photo\nSteps: 2, Likeness: 0.5, Likeness recommendation: jx e2 @ 1"

@@ -32,6 +32,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -450,7 +451,9 @@ def running_a1111(a1111_dir: Path, root: Path, checkpoint: Path, write_loras: Ca
                "--use-cpu", "all", "--precision", "full", "--disable-opt-split-attention", "--api", "--nowebui",
                "--server-name", "127.0.0.1", "--port", str(port), "--ckpt", str(checkpoint),
                "--data-dir", str(data), "--no-download-sd-model", "--no-hashing",
-               "--disable-nan-check", *args]  # random weights: a LoRA on them can overflow to NaN
+               "--disable-nan-check", *args,  # random weights: a LoRA on them can overflow to NaN
+               # a fork's own flags, e.g. Forge Classic's --always-cpu on a machine without CUDA (tests/integration/README.md)
+               *shlex.split(os.environ.get("A1111_EXTRA_ARGS", ""))]
     log = root / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=a1111_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
