@@ -487,7 +487,7 @@ def test_write_sweep_report_files_parse_and_match_and_a_rerun_preserves_the_firs
                 "strengths": STRENGTHS, "steps": 25, "cfg": 7.0, "face_model": {"pack": "likeness_test"}}
     (out / "notes.txt").write_text("mine")
     files = write_sweep_report(out, images, recommendation, settings)
-    assert set(files) == set(SWEEP_REPORT_FILES)
+    assert set(files) == set(SWEEP_REPORT_FILES) - {"people.json"}  # people.json: a family sweep's only
     assert all(path.parent == out and path.stat().st_size > 0 for path in files.values())
 
     table = recommendation.table()
@@ -520,7 +520,7 @@ def test_write_sweep_report_files_parse_and_match_and_a_rerun_preserves_the_firs
     previous = again["previous"]
     assert previous.parent == out / "previous"
     assert (previous / "report.html").read_text().endswith("<!-- first run -->")
-    assert {p.name for p in previous.iterdir()} == set(SWEEP_REPORT_FILES)
+    assert {p.name for p in previous.iterdir()} == set(SWEEP_REPORT_FILES) - {"people.json"}
     assert "<!-- first run -->" not in again["report.html"].read_text()
     assert (out / "notes.txt").read_text() == "mine" and all(i.path.is_file() for i in images)
     assert str(previous.name) in again["report.html"].read_text()
