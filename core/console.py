@@ -84,6 +84,18 @@ def print_error(console, message: str | BaseException) -> None:
     console.print(Text.assemble(("error: ", "bold red"), str(message)))
 
 
+def load_face_engine(args: argparse.Namespace, err):
+    """The face engine the command's ``--pack``/``--providers``/``--download``/``--det-thresh`` name, or
+    None after printing why it cannot load (the caller exits with :data:`EXIT_USAGE`)."""
+    from .faces import FaceEngine, FaceModelError, PackNotFoundError
+
+    try:
+        return FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
+    except (PackNotFoundError, FaceModelError) as exc:
+        print_error(err, exc)
+        return None
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack", default=os.environ.get("LIKENESS_PACK", "buffalo_l"),
                         help="face-model pack: a name searched in the usual places, or a folder path (default: buffalo_l, or $LIKENESS_PACK)")

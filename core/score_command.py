@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, add_engine_arguments, make_console, print_error
+from .console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, add_engine_arguments, load_face_engine, make_console, print_error
 from .progress import Cancelled
 
 
@@ -72,7 +72,6 @@ def _score(args: argparse.Namespace, err) -> int:
     from contextlib import ExitStack
 
     from .cache import FaceCache
-    from .faces import FaceEngine, FaceModelError, PackNotFoundError
     from .outputs import OutputError, ReportFolder, check_output_file
     from .people import PeopleError, parse_person_option
     from .pipeline import ScoreSettings, people_folders, score_folder
@@ -116,10 +115,8 @@ def _score(args: argparse.Namespace, err) -> int:
         except OutputError as exc:
             print_error(err, str(exc))
             return EXIT_USAGE
-        try:
-            engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
-        except (PackNotFoundError, FaceModelError) as exc:
-            print_error(err, exc)
+        engine = load_face_engine(args, err)
+        if engine is None:
             return EXIT_USAGE
         cache = None if args.no_cache else FaceCache(args.cache_dir)
         progress = RichProgress(err, enabled=not args.quiet and not json_to_stdout)

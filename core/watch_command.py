@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .console import EXIT_CANCELLED, EXIT_USAGE, add_engine_arguments, make_console, print_error
+from .console import EXIT_CANCELLED, EXIT_USAGE, add_engine_arguments, load_face_engine, make_console, print_error
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -96,7 +96,6 @@ def _watch(args: argparse.Namespace) -> int:
     import threading
 
     from .cache import FaceCache
-    from .faces import FaceEngine, FaceModelError, PackNotFoundError
     from .images import write_text_atomic
     from .outputs import OutputError, check_output_file
     from .pipeline import ScoreSettings, build_references
@@ -127,10 +126,8 @@ def _watch(args: argparse.Namespace) -> int:
         print_error(err, str(exc))
         return EXIT_USAGE
     try:
-        try:
-            engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
-        except (PackNotFoundError, FaceModelError) as exc:
-            print_error(err, exc)
+        engine = load_face_engine(args, err)
+        if engine is None:
             return EXIT_USAGE
         cache = None if args.no_cache else FaceCache(args.cache_dir)
         score = ScoreSettings(aggregation=args.aggregation, face_choice=args.face, group_by="step", seed=args.seed)

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, add_engine_arguments, make_console, print_error
+from ..console import EXIT_CANCELLED, EXIT_USAGE, RichProgress, add_engine_arguments, load_face_engine, make_console, print_error
 
 EPILOG = """\
 examples:
@@ -131,7 +131,6 @@ def build_config(args: argparse.Namespace):
 
 
 def command_prepare(args: argparse.Namespace) -> int:
-    from ..faces import FaceEngine, FaceModelError, PackNotFoundError
     from ..progress import Cancelled
     from .config import PrepareConfigError
     from .prepare import prepare_dataset
@@ -143,10 +142,8 @@ def command_prepare(args: argparse.Namespace) -> int:
     except PrepareConfigError as exc:
         print_error(err, str(exc))
         return EXIT_USAGE
-    try:
-        engine = FaceEngine.load(args.pack, providers=args.providers, download=args.download, det_thresh=args.det_thresh)
-    except (PackNotFoundError, FaceModelError) as exc:
-        print_error(err, exc)
+    engine = load_face_engine(args, err)
+    if engine is None:
         return EXIT_USAGE
     progress = RichProgress(err, enabled=not args.quiet)
     try:
