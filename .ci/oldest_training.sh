@@ -6,7 +6,7 @@
 #
 # VENV (default .venv-oldest-training, relative to the repository root) is created afresh. The pins
 # are the lower bounds of pyproject's extras (diffusers 0.28, transformers 4.35.2, peft 0.13, safetensors
-# 0.4, pytest 7.4, jsonschema 4.17) plus what those old releases need from their own dependencies,
+# 0.4, pytest 7.4, jsonschema 4.17, pathspec 0.11) plus what those old releases need from their own dependencies,
 # which they do not bound themselves:
 #   numpy 1.26.2       A1111's numpy; wheels of that era are built against numpy 1.x
 #   huggingface-hub<0.26  diffusers 0.28 imports `cached_download`, removed in huggingface-hub 0.26
@@ -48,6 +48,7 @@ peft==0.13.2
 safetensors==0.4.0
 pytest==7.4.0
 jsonschema==4.17.3
+pathspec==0.11.0
 numpy==1.26.2
 huggingface-hub<0.26
 EOF
