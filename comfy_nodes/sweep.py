@@ -61,13 +61,16 @@ class LoraCheckpoints(io.ComfyNode):
             description=(
                 "Lists one training run's LoRA files from models/loras in epoch order: Kohya's name-000001 … "
                 "name-0000NN and the final name (its epoch from ss_epoch metadata). Epoch 0 in the range means "
-                "'from the first' / 'to the last'."
+                "'from the first' / 'to the last'. A run saved by step (name-step00000500, ai-toolkit, OneTrainer) "
+                "is listed in step order and its range is in steps."
             ),
             inputs=[
                 io.Combo.Input("run", options=runs, default=runs[0],
                                tooltip="Training run: files sharing one name (sub-folder/name) in models/loras."),
-                io.Int.Input("first_epoch", default=0, min=0, max=100000, tooltip="0: from the first epoch."),
-                io.Int.Input("last_epoch", default=0, min=0, max=100000, tooltip="0: up to the last epoch."),
+                io.Int.Input("first_epoch", default=0, min=0, max=100000,
+                             tooltip="0: from the first epoch. In steps for a run saved by step only (no epoch files)."),
+                io.Int.Input("last_epoch", default=0, min=0, max=100000,
+                             tooltip="0: up to the last epoch. In steps for a run saved by step only (no epoch files)."),
                 io.Boolean.Input("include_final", default=True,
                                  tooltip="Include the final file (saved without an epoch number)."),
             ],

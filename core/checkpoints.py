@@ -337,7 +337,10 @@ def run_checkpoints(
 
     ``run`` is a run key from :func:`list_runs`, or any file name of the run (``jx265-000003``,
     ``jx265.safetensors``). The range is inclusive and applies to every file with a known epoch,
-    the final one included; ``include_final=False`` drops the final file.
+    the final one included; ``include_final=False`` drops the final file. A run saved by step
+    (:func:`range_unit` is ``"step"``) has its range read in steps: ``first_epoch=500, last_epoch=1000``
+    keeps ``step 500`` … ``step 1000`` (an sd-scripts step file's ``ss_epoch`` is the epoch in progress,
+    which would otherwise be compared).
 
     Raises:
         ValueError: no such run (the message lists the runs found).
@@ -347,17 +350,27 @@ def run_checkpoints(
     if key is None:
         found = ", ".join(runs) or "none"
         raise ValueError(f"no LoRA training run named {run!r} in {root} (runs found: {found})")
+    by_step = range_unit(runs[key]) == "step"
     selected = []
     for checkpoint in runs[key]:
         if checkpoint.final and not include_final:
             continue
-        if checkpoint.epoch is not None:
-            if first_epoch is not None and checkpoint.epoch < first_epoch:
+        position = checkpoint.step if by_step else checkpoint.epoch
+        if position is not None:
+            if first_epoch is not None and position < first_epoch:
                 continue
-            if last_epoch is not None and checkpoint.epoch > last_epoch:
+            if last_epoch is not None and position > last_epoch:
                 continue
         selected.append(checkpoint)
     return selected
+
+
+def range_unit(checkpoints: list[LoraCheckpoint]) -> str:
+    """``"step"`` for a run saved by step only (every file but the final one names its step: ``-step00000500``,
+    ai-toolkit's ``_000000500``, OneTrainer's ``-save-500-…``, ``checkpoint-500``), else ``"epoch"``: the unit an
+    epoch range over the run (:func:`run_checkpoints`, ComfyUI's LoRA Checkpoints) is read in."""
+    saved = [c for c in checkpoints if not c.final]
+    return "step" if saved and all(c.by_step for c in saved) else "epoch"
 
 
 def _unique_labels(checkpoints: list[LoraCheckpoint]) -> list[LoraCheckpoint]:

@@ -11,6 +11,7 @@ from lora_likeness.checkpoints import (
     check_architecture,
     list_runs,
     lora_architecture,
+    range_unit,
     run_checkpoints,
     scan_loras,
 )
@@ -79,6 +80,19 @@ def test_range_and_lookup_by_file_name(tmp_path):
     assert [c.epoch for c in run_checkpoints(tmp_path, "jx265-000002.safetensors", include_final=False)] == [1, 2, 10]
     with pytest.raises(ValueError, match="runs found: jx265"):
         run_checkpoints(tmp_path, "nobody")
+
+
+def test_range_of_a_run_saved_by_steps_is_in_steps(tmp_path):
+    # sd-scripts --save_every_n_steps: ss_epoch is the epoch in progress; the final file records its ss_steps.
+    for step in (250, 500, 750, 1000):
+        write_header_only(tmp_path / f"kx-step{step:08d}.safetensors", SD1_KEYS, {"ss_steps": str(step), "ss_epoch": "1"})
+    write_header_only(tmp_path / "kx.safetensors", SD1_KEYS, {"ss_steps": "1100", "ss_epoch": "2"})
+    assert range_unit(list_runs(tmp_path)["kx"]) == "step"
+    picked = run_checkpoints(tmp_path, "kx", first_epoch=500, last_epoch=750)
+    assert [c.label for c in picked] == ["step 500", "step 750"]
+    assert [c.step for c in run_checkpoints(tmp_path, "kx", first_epoch=1000)] == [1000, 1100]  # the final one by its ss_steps
+    make_run(tmp_path / "epochs")  # a run with epoch files keeps its range in epochs
+    assert range_unit(list_runs(tmp_path / "epochs")["jx265"]) == "epoch"
 
 
 def test_architecture_from_metadata_keys_and_shapes(tmp_path):

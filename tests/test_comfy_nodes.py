@@ -448,6 +448,11 @@ def test_lora_checkpoints_of_runs_saved_by_steps(monkeypatch, tmp_path):
     for run in ("job", "kx"):
         items, listing = sweep_nodes.LoraCheckpoints.execute(run).args
         assert [c.label for c in items] == ["step 250", "step 500", "step 1000"] and "step 1000" in listing
+        # No epoch files: the range is in steps (kx's ss_epoch 1 is the epoch in progress, not a range to compare)
+        items = sweep_nodes.LoraCheckpoints.execute(run, first_epoch=500, last_epoch=1000).args[0]
+        assert [c.label for c in items] == ["step 500", "step 1000"]
+        items = sweep_nodes.LoraCheckpoints.execute(run, first_epoch=0, last_epoch=300).args[0]
+        assert [c.label for c in items] == ["step 250"]
 
 
 def test_lora_checkpoints_without_files(monkeypatch, tmp_path):
