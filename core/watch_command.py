@@ -8,9 +8,11 @@ ai-toolkit, OneTrainer names, or any image whose folder says ``step_500``) is sc
 and ``report.html``/``curves.png`` in ``--out`` are refreshed, and the verdict says which step looks most
 like the person and whether identity has stopped improving or is falling. Ctrl-C ends the watch with a
 complete report. ``--once`` scores what is there, writes the report and exits (for scripts and tests).
+A live watch may start before the trainer: a ``--samples`` folder that does not exist yet is waited for.
 
 Exit codes: 0 done (also after Ctrl-C: the report is complete); 2 a setting the user must fix (no face-model
-pack, no usable reference photo, a missing folder, an output path that cannot be written or is in use).
+pack, no usable reference photo, a missing ``--refs`` folder (or ``--samples`` with ``--once``), an output path
+that cannot be written or is in use).
 """
 
 from __future__ import annotations
@@ -105,11 +107,16 @@ def _watch(args: argparse.Namespace) -> int:
 
     err = make_console(stderr=True)
     out = make_console()
-    for label, folder in (("--refs", args.refs), ("--samples", args.samples)):
-        if not folder.exists():
-            print_error(err, f"{label} {folder} does not exist")
-            return EXIT_USAGE
-    if not args.samples.is_dir():
+    if not args.refs.exists():
+        print_error(err, f"--refs {args.refs} does not exist")
+        return EXIT_USAGE
+    # Started before the trainer: its sample folder appears with the first samples (sd-scripts makes OUTPUT/sample
+    # then). A live watch waits for it; --once has nothing to score.
+    samples_missing = not args.samples.exists()
+    if samples_missing and args.once:
+        print_error(err, f"--samples {args.samples} does not exist")
+        return EXIT_USAGE
+    if not samples_missing and not args.samples.is_dir():
         print_error(err, f"--samples {args.samples} is a file: pass the folder the trainer writes its samples into")
         return EXIT_USAGE
     if not args.interval > 0:
@@ -157,6 +164,9 @@ def _watch(args: argparse.Namespace) -> int:
 
         if not args.once and not json_to_stdout:
             err.print(f"watching {args.samples} every {args.interval:g} s (Ctrl-C to stop); report in {out_dir}", markup=False)
+            if samples_missing:
+                err.print(f"note: {args.samples} does not exist yet: waiting for the trainer to write its first samples there",
+                          markup=False)
         try:
             run = watch(watcher, report, once=args.once, stop=threading.Event(), on_round=on_round)
         finally:
@@ -175,9 +185,6 @@ def _watch(args: argparse.Namespace) -> int:
     if not json_to_stdout:
         from .score_command import print_summary
 
-        print_summary(run, out)
-        if run.verdict is not None:
-            for line in run.verdict.lines():
-                out.print(line, markup=False)
+        print_summary(run, out)  # the verdict's lines included
         out.print(f"report: {out_dir / 'report.html'}", markup=False)
     return 0

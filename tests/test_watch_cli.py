@@ -30,6 +30,7 @@ def test_watch_once_reports_the_best_step_and_the_fall(tmp_path, capsys):
     assert code == 0, stderr
     assert f"best so far: step {BEST_STEP}" in stdout and "likely over-training" in stdout
     assert "closest saved checkpoint: jx_face-step00000500.safetensors" in stdout
+    assert stdout.count(f"best so far: step {BEST_STEP}") == 1  # the verdict once, under the table
     data = json.loads(report_json.read_text())
     jsonschema.validate(data, SCHEMA)
     assert [g["step"] for g in data["groups"]] == STEPS
@@ -148,3 +149,50 @@ def test_ctrl_c_ends_a_live_watch_with_a_complete_report(tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert len(data["images"]) == 20 and data["recommendation"]["best_step"] == BEST_STEP
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
+
+
+def test_a_live_watch_started_before_the_trainer_waits_for_its_sample_folder(tmp_path):
+    """A trainer makes its sample folder with the first samples (sd-scripts: OUTPUT/sample): a live watch started
+    before it notes that and waits, then scores what appears; ``--once`` on a missing folder stays an error."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    staged = LAYOUTS["sd-scripts"](tmp_path / "staged")
+    samples = tmp_path / "output" / "sample"
+    refs = references(tmp_path)
+    out = tmp_path / "watch"
+    env = {**os.environ, "LIKENESS_CACHE_DIR": str(tmp_path / "cache")}
+    stderr_file = tmp_path / "watch.err"
+    with open(stderr_file, "w") as stderr_handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lora_likeness.cli", "watch", "--refs", str(refs), "--samples", str(samples),
+             "--pack", str(PACK_DIR), "--providers", "cpu", "--interval", "0.2", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=stderr_handle, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None and "waiting for the trainer" not in stderr_file.read_text():
+            time.sleep(0.2)
+        assert process.poll() is None, stderr_file.read_text()
+        samples.parent.mkdir()
+        os.rename(staged, samples)  # the trainer's first samples appear
+        n_images = len(list(samples.glob("*.png")))
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if len(json.loads((out / "report.json").read_text())["images"]) == n_images:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        assert process.poll() is None, stderr_file.read_text()
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr_file.read_text()
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["images"]) == n_images and data["recommendation"]["best_step"] == BEST_STEP
+    assert f"best so far: step {BEST_STEP}" in stdout
