@@ -482,3 +482,52 @@ def worst_served(people: PeopleSet, stats: Mapping[str, PersonStats]) -> str | N
     """The expected person with the lowest :func:`relative_served` (``None`` when nobody was expected)."""
     ranked = [(relative_served(people, s), name) for name, s in stats.items() if s.served is not None]
     return min(ranked)[1] if ranked else None
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and labels of group statistics (CSV columns, compact cell labels)
+# --------------------------------------------------------------------------------------------
+
+
+def people_columns(names: Sequence[str]) -> list[str]:
+    """The per-person CSV columns of a group or sweep cell, for people ``names`` in order:
+    ``<name>_mean``, ``<name>_ci95_low``, ``<name>_ci95_high``, ``<name>_presence_rate`` per person,
+    then ``all_present_rate``, ``blend_rate`` and ``worst_served``."""
+    columns = [f"{name}_{part}" for name in names for part in ("mean", "ci95_low", "ci95_high", "presence_rate")]
+    return columns + ["all_present_rate", "blend_rate", "worst_served"]
+
+
+def people_values(stats: PeopleGroupStats | None, names: Sequence[str]) -> dict:
+    """One row of :func:`people_columns` (``None`` where a value is unknown: nobody expected, nobody found)."""
+    row: dict = {column: None for column in people_columns(names)}
+    if stats is None:
+        return row
+    for name in names:
+        person = stats.people.get(name)
+        if person is None:
+            continue
+        low, high = person.ci95 if person.ci95 is not None else (None, None)
+        row.update({f"{name}_mean": person.mean, f"{name}_ci95_low": low, f"{name}_ci95_high": high,
+                    f"{name}_presence_rate": person.presence_rate})
+    row.update(all_present_rate=stats.all_present_rate, blend_rate=stats.blend_rate, worst_served=stats.worst_served)
+    return row
+
+
+def compact_people_text(stats: PeopleGroupStats, digits: int = 2, rates: bool = True) -> str:
+    """A group's people in one short line for a grid cell or an axis: ``dad .61 (90%) · mum .48 (70%)
+    · all 65% · blend 10%``; a person expected but never found reads ``mum –``; people nobody
+    expected are left out. Without ``rates``: ``dad .61 · mum .48``."""
+    def score(value: float | None) -> str:
+        if value is None:
+            return "–"
+        text = f"{value:.{digits}f}"
+        return text[1:] if text.startswith("0.") else text.replace("-0.", "-.", 1)
+
+    def rate(value: float | None) -> str:
+        return "–" if value is None else f"{value:.0%}"
+
+    parts = [f"{name} {score(p.mean)}" + (f" ({rate(p.presence_rate)})" if rates else "")
+             for name, p in stats.people.items() if p.n_expected]
+    if rates:
+        parts += [f"all {rate(stats.all_present_rate)}", f"blend {rate(stats.blend_rate)}"]
+    return " · ".join(parts)

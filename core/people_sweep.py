@@ -12,12 +12,12 @@ checkpoint it picks is the one the whole family can use, not the one that is bes
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .people import PeopleGroupStats, PeopleInImage, PeopleSet, people_group_statistics, relative_served
-from .recommend import NO_FACE_RISE, NO_FACE_RISE_MIN_RATE
+from .recommend import NO_FACE_RISE, NO_FACE_RISE_MIN_RATE, NO_LORA
 
 #: Blending that climbs by this much (absolute, 0..1) from the first checkpoint to the last at one
 #: strength, ending at least this high, is flagged: the same rule as a rising no-face rate.
@@ -130,6 +130,17 @@ class PeopleRecommendation:
         return {"best": self.best.as_dict() if self.best else None, "reason": self.reason,
                 "cells": [r.as_dict() for r in self.results], "warnings": list(self.warnings)}
 
+    def lines(self, warning_prefix: str = "") -> list[str]:
+        """:meth:`sentence`, then one line per warning (what a host shows under its grid)."""
+        return [self.sentence(), *[f"{warning_prefix}{warning}" for warning in self.warnings]]
+
+    def result_for(self, checkpoint: str, strength: float | None) -> PeopleCellResult | None:
+        """The result of the cell made with ``checkpoint`` at ``strength`` (``None``: the no-LoRA cell)."""
+        for result in self.results:
+            if result.cell.strength == strength and (strength is None or result.cell.checkpoint == checkpoint):
+                return result
+        return None
+
     def sentence(self) -> str:
         if self.best is None:
             return f"No checkpoint for the family: {self.reason}"
@@ -139,6 +150,35 @@ class PeopleRecommendation:
         return (f"Best for the whole family: {self.best.cell.label}; its worst-served person is {stats.worst_served} at "
                 f"{self.best.worst_relative:.0%} of their own photos' likeness. Per person: {', '.join(parts)}; "
                 f"all present in {stats.all_present_rate:.0%}, blended in {stats.blend_rate:.0%} of images.")
+
+
+def _field(record, key: str):
+    return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+
+
+def people_cells_from_records(records: Iterable) -> list[PeopleCell]:
+    """Sweep cells of people from flat per-image records (what hosts hold; the shape of
+    :func:`~lora_likeness.recommend.cells_from_records`): ``checkpoint``, ``strength`` (``None``: no
+    LoRA), optional ``epoch`` and ``order``, and ``people``, the image's
+    :class:`~lora_likeness.people.PeopleInImage` (``None`` for an image that could not be read or was
+    never made: it is in no statistic). Cells come out no-LoRA first, then in first-seen checkpoint
+    order (or ``order`` when given), strengths ascending, as :func:`recommend_for_people` wants them."""
+    cells: dict[tuple, PeopleCell] = {}
+    for record in records:
+        strength = _field(record, "strength")
+        strength = None if strength is None else float(strength)
+        checkpoint = NO_LORA if strength is None else str(_field(record, "checkpoint"))
+        order = _field(record, "order")
+        key = (checkpoint, strength)
+        if key not in cells:
+            seen = len({c.checkpoint for c in cells.values() if c.strength is not None})
+            known = next((c.order for c in cells.values() if c.checkpoint == checkpoint and c.strength is not None), None)
+            rank = -1 if strength is None else known if known is not None else int(order) if isinstance(order, int) else seen
+            cells[key] = PeopleCell(checkpoint, strength, _field(record, "epoch"), rank)
+        assigned = _field(record, "people")
+        if assigned is not None:
+            cells[key].images.append(assigned)
+    return sorted(cells.values(), key=lambda c: (c.strength is not None, c.order, c.strength or 0.0))
 
 
 def recommend_for_people(people: PeopleSet, cells: Sequence[PeopleCell], seed: int = 0, n_boot: int = 2000) -> PeopleRecommendation:

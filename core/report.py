@@ -45,7 +45,15 @@ def summary_rows(run: ScoreRun) -> list[dict]:
 
 
 def summary_csv(run: ScoreRun) -> str:
-    return csv_text(SUMMARY_COLUMNS, summary_rows(run))
+    """One row per group; a people run adds each person's mean, 95% CI and presence rate and the
+    group's all-present rate, blend rate and worst-served person (:func:`~.people.people_columns`)."""
+    if run.people is None:
+        return csv_text(SUMMARY_COLUMNS, summary_rows(run))
+    from .people import people_columns, people_values
+
+    rows = [{**row, **people_values(run.people_groups.get(group.label), run.people.names)}
+            for group, row in zip(run.groups, summary_rows(run))]
+    return csv_text((*SUMMARY_COLUMNS, *people_columns(run.people.names)), rows)
 
 
 def scores_csv(run: ScoreRun) -> str:

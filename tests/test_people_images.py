@@ -17,7 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from lora_likeness import pipeline
 from lora_likeness.pipeline import ScoreSettings, score_folder
-from lora_likeness.report import contact_sheet, people_table_text, report_json, report_markdown
+from lora_likeness.report import contact_sheet, people_table_text, report_json, report_markdown, summary_csv
 
 SCHEMA = json.loads((Path(pipeline.__file__).parent / "report.schema.json").read_text())
 
@@ -147,6 +147,28 @@ def test_group_statistics_and_report(scored, tmp_path):
     assert "| e1 | jolie (worst) |" in people_table_text(scored)
     assert "## People" in report_markdown(scored)
     assert any("blended faces" in w for w in scored.warnings)
+
+
+def test_summary_csv_has_each_persons_mean_ci_presence_and_the_groups_rates(scored):
+    import csv
+    import io
+
+    rows = {row["label"]: row for row in csv.DictReader(io.StringIO(summary_csv(scored)))}
+    assert set(rows) == {"e1", "e2"}
+    header = list(rows["e1"])
+    assert header[:2] == ["label", "n_images"]  # the single-person columns first, as before
+    assert header[-3:] == ["all_present_rate", "blend_rate", "worst_served"]
+    e1 = rows["e1"]
+    assert float(e1["jolie_presence_rate"]) == 0.5 and float(e1["obama_presence_rate"]) == 1.0
+    assert float(e1["all_present_rate"]) == 0.5 and float(e1["blend_rate"]) == 0.5 and e1["worst_served"] == "jolie"
+    for label, row in rows.items():
+        for name, person in scored.people_groups[label].people.items():
+            if person.mean is None:
+                assert row[f"{name}_mean"] == "" and row[f"{name}_ci95_low"] == ""
+                continue
+            assert float(row[f"{name}_mean"]) == pytest.approx(person.mean, abs=1e-6)
+            assert (float(row[f"{name}_ci95_low"]), float(row[f"{name}_ci95_high"])) == pytest.approx(person.ci95, abs=1e-6)
+    assert rows["e2"]["obama_presence_rate"] == "1.000000"  # only jolie_missing.png expects obama in e2
 
 
 def test_contact_sheet_boxes_each_face_in_its_persons_colour(scored, monkeypatch):

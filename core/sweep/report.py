@@ -13,9 +13,12 @@ Files written by :func:`write_sweep_report` into the sweep's output folder:
   row of its own on top, the recommended cell framed in blue.
 - ``curves.png``: identity vs epoch, one line per strength with its CI band, the floor (no LoRA)
   and ceiling (reference photos) as lines; below it the no-face rate.
+- ``people_curves.png`` (a family sweep, ``--people``): each person's identity vs epoch with its CI
+  band, per strength; below it each person's presence rate, the all-present and the blend rate.
 - ``heatmap.png``: mean identity per checkpoint × strength.
 - ``trade_off.png``: identity vs CLIP prompt adherence, only when adherence was measured.
-- ``cells.csv`` (one row per cell, :meth:`Recommendation.table`), ``images.csv`` (one row per image),
+- ``cells.csv`` (one row per cell, :meth:`Recommendation.table`, plus per-person columns in a family
+  sweep), ``images.csv`` (one row per image),
   ``recommendation.json`` and ``recommendation.txt``.
 
 A report set already in the folder is moved to ``previous/<time>/`` first (as ``likeness score``
@@ -45,7 +48,7 @@ from .results import SweepImage
 #: The files of one sweep report; an earlier set of these is moved to ``previous/<time>/``.
 SWEEP_REPORT_FILES = (
     "report.html", "grid.jpg", "curves.png", "heatmap.png", "trade_off.png", "cells.csv", "images.csv",
-    "recommendation.json", "recommendation.txt", "people.json",
+    "recommendation.json", "recommendation.txt", "people.json", "people_curves.png",
 )
 IMAGE_COLUMNS = (
     "path", "checkpoint", "epoch", "strength", "seed", "prompt_index", "score", "memorised", "adherence", "box", "error",
@@ -590,6 +593,90 @@ def trade_off_png(recommendation: Recommendation) -> bytes | None:
 # --------------------------------------------------------------------------------------------
 
 
+def _people_axis(people) -> list[tuple[str, int | None]]:
+    """The LoRA checkpoints of a :class:`~..people_sweep.PeopleRecommendation` as ``(label, epoch)``, in ``order``."""
+    seen: dict[str, tuple[int, int, int | None]] = {}
+    for i, result in enumerate(people.results):
+        cell = result.cell
+        if cell.strength is not None and cell.checkpoint not in seen:
+            seen[cell.checkpoint] = (cell.order, i, cell.epoch)
+    return [(name, seen[name][2]) for name in sorted(seen, key=seen.__getitem__)]
+
+
+def people_curves_png(people) -> bytes:
+    """Per-person curves of a family sweep (``people``: a :class:`~..people_sweep.PeopleRecommendation`):
+    one column of panels per strength. Top: each person's mean identity vs epoch in their colour, with
+    its 95% CI band, and their no-LoRA mean as a dashed line; the recommended cell starred. Bottom:
+    each person's presence rate (share of the images expecting them where they were found), the
+    all-present rate (black) and the blend rate (red, dashed), in %. Missing values leave gaps. PNG bytes."""
+    from ..people import person_colour
+
+    names = list(people.results[0].stats.people) if people.results else []
+    axis = _people_axis(people)
+    xs, x_name = _x_positions(axis)
+    where = {name: i for i, (name, _) in enumerate(axis)}
+    strengths = sorted({float(r.cell.strength) for r in people.results if r.cell.strength is not None}) or [None]
+    floor = next((r for r in people.results if r.cell.strength is None), None)
+    figure = _new_figure(max(6.5, len(strengths) * (0.6 * len(axis) + 3.5)), 6.6)
+    grid_spec = figure.add_gridspec(2, len(strengths), height_ratios=(3.0, 1.6), hspace=0.1, wspace=0.18)
+    top_first = None
+    for column, strength in enumerate(strengths):
+        top = figure.add_subplot(grid_spec[0, column], sharey=top_first)
+        bottom = figure.add_subplot(grid_spec[1, column], sharex=top)
+        top_first = top_first or top
+        series = {r.cell.checkpoint: r for r in people.results if r.cell.strength is not None and float(r.cell.strength) == strength}
+        for p, name in enumerate(names):
+            colour = tuple(c / 255.0 for c in person_colour(p))
+            means, lows, highs, presence = (np.full(len(axis), np.nan) for _ in range(4))
+            for checkpoint, result in series.items():
+                stats, i = result.stats.people[name], where[checkpoint]
+                means[i] = _number(stats.mean)
+                if stats.ci95 is not None:
+                    lows[i], highs[i] = stats.ci95
+                presence[i] = _number(stats.presence_rate) * 100.0
+            top.plot(xs, means, "o-", color=colour, label=name, zorder=3)
+            if np.isfinite(lows).any():
+                top.fill_between(xs, lows, highs, color=colour, alpha=0.15, linewidth=0, zorder=1)
+            if floor is not None and floor.stats.people[name].mean is not None:
+                top.axhline(floor.stats.people[name].mean, color=colour, linestyle="--", linewidth=1, alpha=0.8,
+                            label=f"{name}, {NO_LORA}" if column == 0 else None)
+            bottom.plot(xs, presence, "o-", color=colour, markersize=4, label=f"{name} present" if column == 0 else None)
+        all_present, blend = np.full(len(axis), np.nan), np.full(len(axis), np.nan)
+        for checkpoint, result in series.items():
+            all_present[where[checkpoint]] = _number(result.stats.all_present_rate) * 100.0
+            blend[where[checkpoint]] = _number(result.stats.blend_rate) * 100.0
+        bottom.plot(xs, all_present, "s-", color="black", markersize=4, label="all present" if column == 0 else None)
+        bottom.plot(xs, blend, "^--", color="tab:red", markersize=4, label="blended" if column == 0 else None)
+        best = people.best
+        if best is not None and best.cell.strength is not None and float(best.cell.strength) == strength:
+            x = xs[where[best.cell.checkpoint]]
+            ys = [best.stats.people[n].mean for n in names if best.stats.people[n].mean is not None]
+            top.scatter([x] * len(ys), ys, marker="*", s=260, color="gold", edgecolors="black", zorder=5,
+                        label=f"recommended: {best.cell.label}")
+        top.set_title(_strength_text(strength) if strength is not None else "no LoRA cells", fontsize=10)
+        top.grid(alpha=0.3)
+        top.tick_params(labelbottom=False)
+        bottom.set_ylim(-5, 105)
+        bottom.grid(alpha=0.3)
+        bottom.set_xlabel(x_name)
+        if column == 0:
+            top.set_ylabel("identity (mean cosine similarity)")
+            bottom.set_ylabel("% of images")
+            if bottom.get_legend_handles_labels()[0]:
+                bottom.legend(fontsize=7, loc="best")
+        if top.get_legend_handles_labels()[0]:
+            top.legend(fontsize=7, loc="best")
+        if axis:
+            bottom.set_xticks(xs)
+            bottom.set_xticklabels([name for name, _ in axis], rotation=30 if len(axis) > 3 else 0, fontsize=8,
+                                   ha="right" if len(axis) > 3 else "center")
+            if len(xs) == 1:
+                bottom.set_xlim(xs[0] - 1, xs[0] + 1)
+    figure.suptitle(f"Each person's identity by {x_name}, 95% CI bands; presence, all-present and blend rates", fontsize=11)
+    figure.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.14)
+    return _figure_png(figure)
+
+
 def relative_path(path: Path | str, root: Path) -> str:
     """``path`` relative to ``root`` (POSIX separators) when it lies inside it, else as given."""
     path = Path(path)
@@ -599,11 +686,23 @@ def relative_path(path: Path | str, root: Path) -> str:
         return str(path)
 
 
-def cells_csv(recommendation: Recommendation) -> str:
-    """``cells.csv``: :meth:`Recommendation.table`, one row per cell in sweep order."""
+def cells_csv(recommendation: Recommendation, people=None) -> str:
+    """``cells.csv``: :meth:`Recommendation.table`, one row per cell in sweep order; with ``people`` (a
+    :class:`~..people_sweep.PeopleRecommendation`) also each person's mean, 95% CI and presence rate and
+    the cell's all-present rate, blend rate and worst-served person
+    (:func:`~..people.people_columns`: ``dad_mean``, ``dad_ci95_low``, …, ``blend_rate``, ``worst_served``)."""
     table = recommendation.table()
     columns = list(table[0]) if table else list(CELL_COLUMNS)
-    return csv_text(columns, table)
+    if people is None:
+        return csv_text(columns, table)
+    from ..people import people_columns, people_values
+
+    names = list(people.results[0].stats.people) if people.results else []
+    rows = []
+    for result, row in zip(recommendation.cells, table):
+        match = people.result_for(result.cell.checkpoint, None if result.cell.is_baseline else float(result.cell.strength))
+        rows.append({**row, **people_values(match.stats if match is not None else None, names)})
+    return csv_text(columns + people_columns(names), rows)
 
 
 def image_rows(images: Sequence[SweepImage], root: Path) -> list[dict]:
@@ -940,6 +1039,9 @@ def report_html(
     ]
     if people is not None:
         parts.append(f"<h2>Family</h2><p class='headline'>{_e(people.sentence())}</p>{_people_table(people)}")
+        if plots.get("people_curves.png"):
+            parts.append("<h3>Each person by epoch</h3><img class='plot' src='"
+                         f"{data_uri(plots['people_curves.png'], 'image/png')}' alt='each person by epoch'>")
     if recommendation.warnings:
         parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in recommendation.warnings) + "</ul>")
     # The results first (cells, curves, grid); the settings after them, folded.
@@ -1019,12 +1121,14 @@ def write_sweep_report(
         if grid is not None:
             put("grid.jpg", grid)
         plots = {"curves.png": curves_png(recommendation), "heatmap.png": heatmap_png(recommendation)}
+        if people is not None:
+            plots["people_curves.png"] = people_curves_png(people)
         trade_off = trade_off_png(recommendation)
         if trade_off is not None:
             plots["trade_off.png"] = trade_off
         for name, data in plots.items():
             put(name, data)
-        put("cells.csv", cells_csv(recommendation))
+        put("cells.csv", cells_csv(recommendation, people))
         put("images.csv", images_csv(images, out_dir))
         put("recommendation.json", recommendation_json(recommendation, settings))
         put("recommendation.txt", recommendation_text(recommendation))
