@@ -1,5 +1,8 @@
 """Scored Grid: the epochs x strengths grid with scores and means, the core's report files, and the
-core's recommendation (which checkpoint at which strength to use) from the same scores."""
+core's recommendation (which checkpoint at which strength to use) from the same scores. With People
+as references (a family LoRA), each cell carries each person's scores and the recommendation is the
+core's worst-served one (:func:`lora_likeness.people_sweep.recommend_people_records`, as
+``likeness sweep --people`` gives)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import logging
 
 from lora_likeness import grid
 from lora_likeness.images import save_png_atomic, write_text_atomic
+from lora_likeness.people import compact_people_text, people_group_statistics
+from lora_likeness.people_sweep import PeopleRecommendation, recommend_people_records
 from lora_likeness.recommend import NO_LORA, Recommendation, cells_from_records, recommend
 from lora_likeness.report import annotated_image, contact_sheet, run_image, write_report
 from PIL import Image
@@ -98,7 +103,30 @@ def grid_image(arrays, scores: Scores, labels) -> tuple[Image.Image, dict | None
     baseline = run.references.baseline.mean
     picture = grid.scored_grid(cells, rows=rows, columns=columns, baseline=baseline,
                                title=f"{run.settings.aggregation} likeness ({run.model.get('pack')})")
-    return picture, grid_layout(cells, rows, columns, baseline)
+    layout = grid_layout(cells, rows, columns, baseline)
+    if run.people is not None:
+        add_people_to_layout(layout, scores, labels)
+    return picture, layout
+
+
+def add_people_to_layout(layout: dict, scores: Scores, labels) -> None:
+    """Each grid.json cell gets ``people`` (each person's mean, 95% CI, presence rate; the cell's
+    all-present and blend rates and worst-served person: the core's group statistics over the cell's
+    readable images) and ``people_text``, the same in one line (what the band under the grid shows)."""
+    run = scores.run
+    for cell in layout["cells"]:
+        members = [item.people for item, (_, info) in zip(run.images, labels)
+                   if str(info["row"]) == cell["row"] and str(info["column"]) == cell["column"] and item.people is not None]
+        stats = people_group_statistics(run.people, members, seed=run.settings.seed, n_boot=run.settings.n_boot)
+        cell["people"] = stats.as_dict()
+        cell["people_text"] = compact_people_text(stats)
+
+
+def people_lines(layout: dict | None) -> list[str]:
+    """One band line per grid cell with each person's scores: ``e2 @0.5: dad .61 (100%) · mum .48 (50%) · …``."""
+    if not layout:
+        return []
+    return [f"{cell['row']} {cell['column']}: {cell['people_text']}" for cell in layout["cells"] if cell.get("people_text")]
 
 
 def scored_pixels(run, index: int):
@@ -152,6 +180,7 @@ def recommendation_records(scores: Scores, labels) -> list[dict] | None:
             "score": item.score.value(aggregation),
             "key": key,
             "memorised": int(bool(item.score.memorised)),
+            "people": item.people,  # who is in the image, with People as references (None otherwise)
         })
     return records
 
@@ -164,23 +193,44 @@ def recommendation_for(scores: Scores, labels) -> Recommendation | None:
     return recommend(cells_from_records(records), ceiling=scores.run.references.baseline.mean)
 
 
-def recommendation_text(recommendation: Recommendation | None) -> str:
-    """The Recommend output: the headline, then one line per warning."""
+def people_recommendation_for(scores: Scores, labels) -> PeopleRecommendation | None:
+    """With People as references: the core's cell best for the worst-served person over the same
+    records as :func:`recommendation_for`; ``None`` for one person or labels that place no image."""
+    run = scores.run
+    records = recommendation_records(scores, labels) if run.people is not None else None
+    if records is None:
+        return None
+    return recommend_people_records(run.people, records, seed=run.settings.seed, n_boot=run.settings.n_boot)
+
+
+def recommendation_text(recommendation: Recommendation | None, people: PeopleRecommendation | None = None) -> str:
+    """The Recommend output: the headline, then one line per warning; for a family, the worst-served
+    answer with each person's scores, then its warnings (the single-score recommendation, which ranks
+    cells by the best match to anyone in the family, stays in recommendation.json)."""
     if recommendation is None:
         return NO_RECOMMENDATION
+    if people is not None:
+        return "\n".join(people.lines())
     return "\n".join(recommendation.lines())
 
 
-def recommended_cell(recommendation: Recommendation | None, labels) -> dict | None:
-    """The grid cell (``row``, ``column``) of the recommended checkpoint and strength, for grid.json."""
-    best = recommendation.best if recommendation is not None else None
-    if best is None:
+def recommended_cell(recommendation: Recommendation | None, labels, people: PeopleRecommendation | None = None) -> dict | None:
+    """The grid cell (``row``, ``column``) of the recommended checkpoint and strength, for grid.json
+    (the family's when ``people`` is given)."""
+    if people is not None:
+        best = people.best.cell if people.best is not None else None
+        choice = None if best is None else (best.strength is None, best.checkpoint, best.strength)
+    else:
+        best = recommendation.best.cell if recommendation is not None and recommendation.best is not None else None
+        choice = None if best is None else (best.is_baseline, best.checkpoint, best.strength)
+    if choice is None:
         return None
+    floor, checkpoint, strength = choice
     for _, info in labels:
-        if best.cell.is_baseline:
+        if floor:
             if is_baseline(info):
                 return {"row": str(info["row"]), "column": str(info["column"])}
-        elif not is_baseline(info) and str(info["row"]) == best.cell.checkpoint and float(info["strength"]) == best.cell.strength:
+        elif not is_baseline(info) and str(info["row"]) == checkpoint and float(info["strength"]) == strength:
             return {"row": str(info["row"]), "column": str(info["column"])}
     return None
 
@@ -219,7 +269,8 @@ class ScoredGrid(io.ComfyNode):
                 # Last: saved workflows link outputs by slot.
                 io.String.Output("recommend", display_name="recommend",
                                  tooltip="Which checkpoint at which strength to use, and how sure that is (one line), "
-                                         "then any warnings (memorisation, rising no-face rates)."),
+                                         "then any warnings (memorisation, rising no-face rates). With People as "
+                                         "references: the cell best for the worst-served person, each person's scores."),
             ],
         )
 
@@ -237,18 +288,22 @@ class ScoredGrid(io.ComfyNode):
         folder, subfolder = host.new_output_folder(filename_prefix)
         files = write_report(run, folder)
         recommendation = recommendation_for(score_run, labels) if layout is not None else None
-        if recommendation is not None:
-            picture = grid.caption_below(picture, recommendation_text(recommendation).splitlines())
+        people = people_recommendation_for(score_run, labels) if recommendation is not None else None
+        advice = recommendation_text(recommendation, people)
+        details = people_lines(layout)
+        if recommendation is not None or details:
+            picture = grid.caption_below(picture, advice.splitlines() if recommendation is not None else [""], details=details)
         save_png_atomic(picture, folder / GRID_FILE)
         if layout is not None:
-            layout["recommended"] = recommended_cell(recommendation, labels)
+            layout["recommended"] = recommended_cell(recommendation, labels, people)
             write_text_atomic(folder / LAYOUT_FILE, json.dumps(layout, indent=2, allow_nan=False) + "\n")
         if recommendation is not None:
-            write_text_atomic(folder / RECOMMENDATION_FILE,
-                              json.dumps(recommendation.as_dict(), indent=2, allow_nan=False) + "\n")
+            saved = recommendation.as_dict()
+            if people is not None:
+                saved["people"] = people.as_dict()
+            write_text_atomic(folder / RECOMMENDATION_FILE, json.dumps(saved, indent=2, allow_nan=False) + "\n")
         shown = [folder / GRID_FILE] + [files[name] for name in ("scores.png",) if name in files]
         log.info("[Likeness] report written to %s", folder)
-        advice = recommendation_text(recommendation)
         log.info("[Likeness] %s", advice.splitlines()[0])
         summary = summary_text(run) + f"\nreport: {folder}"
         return io.NodeOutput(arrays_to_tensor([picture]), summary, advice, ui=host.output_files_ui(shown, subfolder))

@@ -397,18 +397,20 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, face, width: int) -> list[str]:
     return lines or [""]
 
 
-def caption_below(image: Image.Image, lines: Sequence[str], background: tuple[int, int, int] = CAPTION_BACKGROUND) -> Image.Image:
+def caption_below(image: Image.Image, lines: Sequence[str], background: tuple[int, int, int] = CAPTION_BACKGROUND,
+                  details: Sequence[str] = ()) -> Image.Image:
     """A copy of ``image`` (RGB) with a band under it holding ``lines``, wrapped to its width: the
-    first line in black (the headline), the others in amber (warnings). Font size follows the width
-    (12 to 28 px)."""
+    first line in black (the headline), then ``details`` in black (a family's per-cell scores), then
+    the other lines in amber (warnings). Font size follows the width (12 to 28 px)."""
     picture = image.convert("RGB")
     face = font(max(12, min(28, picture.width // 45)))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     _, top, _, bottom = measure.textbbox((0, 0), "Ag", font=face)
     line_height = bottom - top
     pad = max(4, line_height // 2)
-    wrapped = [(row, CAPTION_HEADLINE if i == 0 else CAPTION_WARNING)
-               for i, text in enumerate(lines) for row in _wrap(measure, text, face, picture.width - 2 * pad)]
+    coloured = [(text, CAPTION_HEADLINE if i == 0 else CAPTION_WARNING) for i, text in enumerate(lines)]
+    coloured[1:1] = [(text, CAPTION_HEADLINE) for text in details]
+    wrapped = [(row, colour) for text, colour in coloured for row in _wrap(measure, text, face, picture.width - 2 * pad)]
     band = 2 * pad + len(wrapped) * line_height + (len(wrapped) - 1) * (line_height // 3)
     canvas = Image.new("RGB", (picture.width, picture.height + band), background)
     canvas.paste(picture, (0, 0))

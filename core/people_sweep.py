@@ -130,7 +130,7 @@ class PeopleRecommendation:
         return {"best": self.best.as_dict() if self.best else None, "reason": self.reason,
                 "cells": [r.as_dict() for r in self.results], "warnings": list(self.warnings)}
 
-    def lines(self, warning_prefix: str = "") -> list[str]:
+    def lines(self, warning_prefix: str = "warning: ") -> list[str]:
         """:meth:`sentence`, then one line per warning (what a host shows under its grid)."""
         return [self.sentence(), *[f"{warning_prefix}{warning}" for warning in self.warnings]]
 
@@ -179,6 +179,12 @@ def people_cells_from_records(records: Iterable) -> list[PeopleCell]:
         if assigned is not None:
             cells[key].images.append(assigned)
     return sorted(cells.values(), key=lambda c: (c.strength is not None, c.order, c.strength or 0.0))
+
+
+def recommend_people_records(people: PeopleSet, records: Iterable, seed: int = 0, n_boot: int = 2000) -> PeopleRecommendation:
+    """The family recommendation of a host's grid: :func:`recommend_for_people` over
+    :func:`people_cells_from_records` (the one call the ComfyUI and A1111 grids make)."""
+    return recommend_for_people(people, people_cells_from_records(records), seed=seed, n_boot=n_boot)
 
 
 def recommend_for_people(people: PeopleSet, cells: Sequence[PeopleCell], seed: int = 0, n_boot: int = 2000) -> PeopleRecommendation:

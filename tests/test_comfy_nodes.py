@@ -711,6 +711,49 @@ def test_scored_grid_recommends_a_cell_with_the_cores_recommend(obama_refs, outp
     assert grid_layout["recommended"] == {"row": "e2", "column": "@0.5"}
 
 
+def test_scored_grid_with_people_gives_each_persons_scores_and_the_worst_served_recommendation(face_model, obama_refs, output_dir):
+    from lora_likeness.people_sweep import recommend_people_records
+
+    jolie_refs = faces_nodes.ReferenceFaces.execute(face_model, "max", images=image_batch(JOLIE[:4])).args[0]
+    people = faces_nodes.People.execute("obama, jolie", references_1=obama_refs, references_2=jolie_refs).args[0]
+    # no LoRA: jolie alone; e1: obama twice in one picture (jolie missing, blended), both in the other; e2: both, twice.
+    layout = [(NO_LORA, None, 0.0, 1), (NO_LORA, None, 0.0, 2), ("e1", 1, 1.0, 1), ("e1", 1, 1.0, 2), ("e2", 2, 1.0, 1), ("e2", 2, 1.0, 2)]
+    pictures = [(JOLIE[5],), (JOLIE[6],), (OBAMA[3], OBAMA[3]), (OBAMA[3], JOLIE[5]), (OBAMA[3], JOLIE[7]), (OBAMA[3], JOLIE[6])]
+    images = torch.cat([side_by_side(*photos) for photos in pictures])
+    labels = _sweep_labels(layout)
+    scored = scoring_nodes.ScoreImages.execute(images=images, references=people, labels=labels).args[3]
+    grid, summary, advice = report_nodes.ScoredGrid.execute(images=images, score_run=scored, labels=labels).args
+    folder = output_dir / "likeness" / "report_00001"
+
+    # The core's family answer over the node's own records: the node makes one call, it does not decide.
+    records = report_nodes.recommendation_records(scored, labels)
+    assert [r["people"] is scored.run.images[i].people for i, r in enumerate(records)] == [True] * 6
+    expected = recommend_people_records(people.people, records, seed=scored.run.settings.seed, n_boot=scored.run.settings.n_boot)
+    assert expected.best.cell.label == "e2 @ 1" and expected.result_for("e1", 1.0).stats.worst_served == "jolie"
+    assert advice.splitlines()[0] == expected.sentence() and advice.startswith("Best for the whole family: e2 @ 1")
+    assert "obama 0." in advice.splitlines()[0] and "jolie 0." in advice.splitlines()[0]
+    saved = json.loads((folder / "recommendation.json").read_text())
+    assert saved["people"]["best"]["checkpoint"] == "e2" and saved["people"] == json.loads(json.dumps(expected.as_dict()))
+
+    # grid.json: each cell with each person's scores; the family's cell recommended.
+    grid_layout = json.loads((folder / "grid.json").read_text())
+    assert grid_layout["recommended"] == {"row": "e2", "column": "@1"}
+    cells = {(c["row"], c["column"]): c for c in grid_layout["cells"]}
+    e1 = cells[("e1", "@1")]
+    assert e1["people"]["people"]["jolie"]["presence_rate"] == 0.5 and e1["people"]["blend_rate"] == 0.5
+    assert e1["people"]["people"]["obama"]["presence_rate"] == 1.0 and e1["people"]["worst_served"] == "jolie"
+    assert e1["people_text"].startswith("obama .") and "jolie ." in e1["people_text"] and e1["people_text"].endswith("blend 50%")
+    assert cells[(NO_LORA, "@0")]["people"]["people"]["obama"]["presence_rate"] == 0.0
+    # The band under the grid: the family answer and one line per cell with each person's scores.
+    cells_only, _ = report_nodes.grid_image(None, scored, labels)
+    band_lines = advice.splitlines() + report_nodes.people_lines(grid_layout)
+    assert "e1 @1: " + e1["people_text"] in band_lines
+    from PIL import Image
+
+    with Image.open(folder / "grid.png") as saved_grid:
+        assert saved_grid.height >= cells_only.height + 14 * len(band_lines)
+
+
 def test_scored_grid_errors(obama_refs, output_dir):
     images = torch.cat([image_batch([OBAMA[3]]), blank()])
     scored = scoring_nodes.ScoreImages.execute(images=images, references=obama_refs).args[3]
