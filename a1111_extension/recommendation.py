@@ -13,6 +13,10 @@ the no-LoRA floor. A grid where no LoRA changes between cells gets no recommenda
 Pairing key of an image: the indexes of the axes that do not change the LoRA (a CFG or seed axis),
 then its seed and its position among the cell's images of that seed: equal keys in two cells are the
 same noise and settings with another LoRA.
+
+With named reference folders (several people, a family LoRA) the answer is the core's worst-served
+one (:func:`lora_likeness.people_sweep.recommend_people_records`, as ``likeness sweep --people``
+gives) over the same records, each carrying who is in the image.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 
 from lora_likeness import grid as core_grid
 from lora_likeness.labels import parse_kohya_name
+from lora_likeness.people import PeopleSet
+from lora_likeness.people_sweep import PeopleRecommendation, recommend_people_records
 from lora_likeness.recommend import NO_LORA, Recommendation, cells_from_records, recommend
 
 from .prompt_loras import find_lora_tags
@@ -157,6 +163,7 @@ def grid_records(cells: Mapping[Position, object], choices: Mapping[Position, Lo
             records.append({
                 "checkpoint": choice.checkpoint, "strength": choice.strength, "epoch": choice.epoch,
                 "score": image.value, "key": key, "memorised": int(bool(image.score.memorised)),
+                "people": getattr(image, "people", None),  # who is in the image, with named reference folders
             })
     made = {key[:-2] for key in floor_keys}  # (fixed axes, seed, index) -> fixed axes
     floor = [record for fixed, missing in failed_floor.items() if fixed not in made for record in missing]
@@ -170,6 +177,17 @@ def recommend_grid(cells: Mapping[Position, object], prompts: Mapping[Position, 
     if choices is None:
         return None, reason
     return recommend(cells_from_records(grid_records(cells, choices)), ceiling=ceiling), None
+
+
+def recommend_people_grid(cells: Mapping[Position, object], prompts: Mapping[Position, str], people: PeopleSet,
+                          describe: Describe = describe_by_name, seed: int = 0, n_boot: int = 2000,
+                          ) -> tuple[PeopleRecommendation | None, str | None]:
+    """The core's family recommendation for a grid scored against named reference folders: the cell
+    best for the worst-served person, or ``(None, reason)`` as :func:`recommend_grid` says."""
+    choices, reason = lora_choices(prompts, describe)
+    if choices is None:
+        return None, reason
+    return recommend_people_records(people, grid_records(cells, choices), seed=seed, n_boot=n_boot), None
 
 
 def recommendation_lines(recommendation: Recommendation) -> list[str]:

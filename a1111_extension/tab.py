@@ -67,6 +67,9 @@ def default_out_dir(images: Path, outputs_root: Path | None) -> Path:
 def score_folder_action(refs: str, images: str, pack: str = DEFAULT_PACK, aggregation: str = "max",
                         group_by: str = "folder", out_dir: str = "", outputs_root: Path | None = None) -> FolderScore:
     """Score every image under ``images`` against the photos in ``refs`` and write the core's report.
+    With named folders in ``refs`` (``dad=/photos/dad; mum=/photos/mum``) every person is scored in
+    every image (the people a file's prompt names are expected, else everyone) and the message holds
+    the per-person table.
 
     Problems with the settings come back as ``message`` (the tab shows it) instead of raising.
     """
@@ -83,13 +86,21 @@ def score_folder_action(refs: str, images: str, pack: str = DEFAULT_PACK, aggreg
     settings = pipeline.ScoreSettings(aggregation=aggregation, group_by=group_by)
     try:  # checked and locked before the analysis, as the CLI does
         with ReportFolder(target, core_report.REPORT_FILES, "The report folder") as report:
-            run = pipeline.score_folder(scorer.engine, scorer.refs_folder, images_path, settings=settings, cache=FaceCache(),
-                                        exclude=core_report.own_outputs(target))
+            if scorer.people is not None:  # named folders: the scorer's people set, not its first folder alone
+                run = pipeline.score_image_folder(scorer.engine, scorer.references, images_path, settings=settings, cache=FaceCache(),
+                                                  exclude=core_report.own_outputs(target), people=scorer.people)
+            else:
+                run = pipeline.score_folder(scorer.engine, scorer.refs_folder, images_path, settings=settings, cache=FaceCache(),
+                                            exclude=core_report.own_outputs(target))
             files = core_report.write_report_into(run, report)
     except OutputError as error:
         return FolderScore(message=str(error))
-    lines = [f"Scored {len(run.images)} image(s) in {len(run.groups)} group(s) against {run.references.n} reference photo(s).",
-             core_report.baseline_sentence(run), f"Report: {target}"]
+    lines = [f"Scored {len(run.images)} image(s) in {len(run.groups)} group(s) against {run.references.n} reference photo(s)"
+             + (f" of {len(run.people.names)} people ({', '.join(run.people.names)})." if run.people is not None else "."),
+             core_report.baseline_sentence(run)]
+    if run.people is not None:
+        lines += [core_report.people_table_text(run), core_report.people_sentence(run)]
+    lines.append(f"Report: {target}")
     if run.verdict is not None:  # grouped by step or LoRA: which checkpoint or step to use
         lines += [line[0].upper() + line[1:] for line in run.verdict.lines()]
     lines += [f"Warning: {w}" for w in run.warnings]

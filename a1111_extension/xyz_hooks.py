@@ -21,7 +21,9 @@ the script module are wrapped there):
   returns the stored results) with the score drawn on each cell image and the axis labels
   carrying the row / column / sheet means, so A1111's own code lays out the scored grid. Lone
   images stay unannotated. The recommendation's headline and warnings are drawn on a band under
-  the main grid image.
+  the main grid image. With named reference folders (several people) each cell's badge names each
+  person's score, the band lists every cell's per-person scores, and the recommendation is the core's
+  worst-served one, the recommended cell's per-person scores in the grid infotext (``Likeness people``).
 * ``Script.run`` is wrapped to put the grid mean into the grid infotexts it returns (it builds
   them from the first cell, before any mean is known) and the summary table into ``comments``,
   which the UI shows under the gallery.
@@ -46,10 +48,12 @@ from pathlib import Path
 from lora_likeness import grid as core_grid
 from lora_likeness import report as core_report
 from lora_likeness.images import write_text_atomic
+from lora_likeness.people import PeopleGroupStats, compact_people_text, people_group_statistics
+from lora_likeness.people_sweep import PeopleRecommendation
 from lora_likeness.recommend import Recommendation
 
 from . import axes
-from .recommendation import caption_below, recommend_grid, recommendation_lines
+from .recommendation import caption_below, recommend_grid, recommend_people_grid, recommendation_lines
 from .scorer import ScoredImage, Scorer
 
 INFOTEXT_KEY = "Likeness"
@@ -82,6 +86,19 @@ class CellScores:
     @property
     def mean(self) -> float | None:
         return core_grid.mean_score(self.values)
+
+    def people_stats(self) -> PeopleGroupStats | None:
+        """With named reference folders: the core's per-person statistics over the cell's images."""
+        people = getattr(self.scorer, "people", None)
+        if people is None:
+            return None
+        found = [image.people for image in self.images if image.people is not None]
+        return people_group_statistics(people, found, seed=self.scorer.settings.seed, n_boot=self.scorer.settings.n_boot)
+
+    def people_note(self) -> str | None:
+        """Each person's score on the cell's badge: ``obama .81 · jolie –`` (means over a batch)."""
+        stats = self.people_stats()
+        return compact_people_text(stats, rates=False) or None if stats is not None else None
 
 
 @dataclass(frozen=True)
@@ -153,10 +170,25 @@ def infotext_with_score(text: str | None, score: float | None) -> str | None:
 def infotext_with_grid(text: str | None, scores: GridScores) -> str | None:
     """A grid's infotext: the grid mean, and the recommended cell when there is one."""
     text = infotext_with_score(text, scores.mean)
+    people = scores.people_recommendation()
+    if people is not None:
+        if people.best is not None:  # the family's cell, and each person's score there (not the first cell's image)
+            text = infotext_with_field(text, RECOMMENDATION_KEY, people.best.cell.label)
+            text = infotext_with_field(text, PEOPLE_INFOTEXT_KEY, people_scores_text(people.best.stats))
+        return text
     advice = scores.recommendation()
     if advice is not None and advice.best is not None:
         text = infotext_with_field(text, RECOMMENDATION_KEY, advice.best.label)
     return text
+
+
+def people_scores_text(stats: PeopleGroupStats) -> str:
+    """``obama 0.808 (100%), jolie 0.804 (50%), all present 50%, blended 0%``: a cell's people for an infotext."""
+    parts = [f"{name} {core_grid.format_score(p.mean) if p.mean is not None else '-'} ({p.presence_rate:.0%})"
+             for name, p in stats.people.items() if p.n_expected and p.presence_rate is not None]
+    rates = [f"all present {stats.all_present_rate:.0%}" if stats.all_present_rate is not None else None,
+             f"blended {stats.blend_rate:.0%}" if stats.blend_rate is not None else None]
+    return ", ".join(parts + [r for r in rates if r])
 
 
 # --- the scored grid --------------------------------------------------------------------------------
@@ -183,6 +215,7 @@ class GridScores:
     """Why a grid that sweeps LoRAs got no recommendation (``None``: it got one, or sweeps none)."""
     _run: object = field(default=None, repr=False)
     _advice: tuple | None = field(default=None, repr=False)
+    _people_advice: tuple | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> dict[tuple[int, int, int], CellScores]:
@@ -263,12 +296,43 @@ class GridScores:
             self._advice = (advice,)
         return self._advice[0]
 
+    def people_recommendation(self) -> PeopleRecommendation | None:
+        """With named reference folders: the core's cell best for the worst-served person (computed once)."""
+        people = getattr(self.scorer, "people", None)
+        if people is None:
+            return None
+        if self._people_advice is None:
+            cells = {position: cell for position, cell in self.cells.items() if cell.prompt is not None}
+            prompts = {position: cell.prompt for position, cell in cells.items()}
+            try:
+                advice, reason = recommend_people_grid(cells, prompts, people, axes.describe_checkpoints,
+                                                       seed=self.scorer.settings.seed, n_boot=self.scorer.settings.n_boot)
+            except Exception as error:  # noqa: BLE001 - the grid and its scores stay; say what went wrong
+                advice, reason = None, f"the recommendation failed: {error!r}"
+                print(f"[Likeness] {reason}", file=sys.stderr, flush=True)
+            self.advice_reason = self.advice_reason or reason
+            self._people_advice = (advice,)
+        return self._people_advice[0]
+
     def recommendation_text(self) -> list[str]:
-        """Lines for the comments and the grid caption: headline and warnings, or why there is none."""
+        """Lines for the comments and the grid caption: headline and warnings, or why there is none;
+        with several people, the family's answer (the worst-served rule) and its warnings."""
         advice = self.recommendation()
+        people = self.people_recommendation() if advice is not None else None
+        if people is not None:
+            return people.lines(warning_prefix="Warning: ")
         if advice is not None:
             return recommendation_lines(advice)
         return [f"No recommendation: {self.advice_reason}"] if self.advice_reason else []
+
+    def people_lines(self) -> list[str]:
+        """With several people: one line per cell that has images, ``e1 | 0.8: obama .81 (100%) · jolie .83 (50%) · …``."""
+        lines = []
+        for key, cell in sorted(self.cells.items(), key=lambda item: item[0][::-1]):
+            stats = cell.people_stats() if cell.failure is None else None
+            if stats is not None and cell.images:
+                lines.append(f"{self.group_label(*key)}: {compact_people_text(stats)}")
+        return lines
 
     def caption(self) -> list[str]:
         """The band under the grid: the recommendation's lines, then each cell without an image."""
@@ -300,11 +364,14 @@ def badge_cell(processed, cell: CellScores | None, baseline: float | None, size:
     clone = copy(processed)
     clone.images = list(processed.images)
     single = len(cell.images) == 1 and getattr(processed, "index_of_first_image", 0) == 0
+    people = cell.people_note()  # several people: each one's score, instead of the family-wide one alone
     if single:
         image = cell.images[0]
-        clone.images[0] = core_grid.draw_score(processed.images[0], image.value, image.box, baseline, image.note)
+        note = " ".join(n for n in (people, image.note) if n) or None
+        clone.images[0] = core_grid.draw_score(processed.images[0], image.value, image.box, baseline, note)
     else:
-        clone.images[0] = core_grid.draw_score(processed.images[0], cell.mean, None, baseline, f"mean of {len(cell.images)}")
+        note = f"mean of {len(cell.images)}" + (f": {people}" if people else "")
+        clone.images[0] = core_grid.draw_score(processed.images[0], cell.mean, None, baseline, note)
     return clone
 
 
@@ -460,7 +527,7 @@ def wrap_draw_xyz_grid(original: Callable) -> Callable:
         scored.images[grids:] = plain.images[grids:]  # lone images as generated, without badges
         caption = scores.caption()
         if caption:  # under the main grid (the one saved and shown first)
-            scored.images[0] = caption_below(scored.images[0], caption)
+            scored.images[0] = caption_below(scored.images[0], caption, details=scores.people_lines())
         scores.grid_images = list(scored.images[:grids])
         for image in scores.grid_images:
             _GRIDS[image] = scores
@@ -503,6 +570,8 @@ def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
     run = scores.run(saved_name)
     lines = [f"Likeness (identity score, {run.settings.aggregation}): grid mean {core_grid.format_score(scores.mean)}",
              *scores.recommendation_text(), core_report.summary_table_text(run)]
+    if run.people is not None:
+        lines.append(core_report.people_table_text(run))
     lines += [f"Scores saved to {path}" for path in scores.reports]
     lines += [f"Warning: {w}" for w in run.warnings]
     text = "\n".join(lines)
@@ -512,12 +581,16 @@ def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
 
 def write_reports(scores: GridScores, folder: Path, stem: str) -> list[Path]:
     """``<stem>-likeness_scores.csv`` and ``.json`` in ``folder`` (the JSON: the core's report.json
-    plus ``failed_cells``, the cells that produced no image and why, and ``recommendation``, the core's
-    recommendation or null); an existing file of that name is renamed with its time first, never overwritten."""
+    plus ``failed_cells``, the cells that produced no image and why, ``recommendation``, the core's
+    recommendation or null, and with named reference folders ``people_recommendation``, the family's:
+    the cell best for the worst-served person, each cell's per-person breakdown and warnings); an
+    existing file of that name is renamed with its time first, never overwritten."""
     run = scores.run(saved_name)
     advice = scores.recommendation()
+    people = scores.people_recommendation() if advice is not None else None
     data = {**run.as_dict(), "failed_cells": scores.failed_cells(),
-            "recommendation": advice.as_dict() if advice is not None else None}
+            "recommendation": advice.as_dict() if advice is not None else None,
+            **({"people_recommendation": people.as_dict()} if people is not None else {})}
     report = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

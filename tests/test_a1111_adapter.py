@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from collections import namedtuple
 from pathlib import Path
@@ -307,6 +308,31 @@ def test_score_folder_action_groups_a_trainers_samples_by_step(tmp_path):
     assert report["recommendation"]["best_step"] == BEST_STEP
 
 
+def test_score_folder_action_with_named_folders_scores_each_person(tmp_path):
+    import csv
+
+    for name, photos in (("obama", OBAMA[:-1]), ("bush", BUSH[1:])):
+        (tmp_path / "refs" / name).mkdir(parents=True)
+        for photo in photos:
+            (tmp_path / "refs" / name / photo.name).write_bytes(photo.read_bytes())
+    images = tmp_path / "generated" / "e1"
+    images.mkdir(parents=True)
+    _pair(OBAMA[-1], BUSH[0]).save(images / "both.png")
+    _pair(OBAMA[-1], OBAMA[-1]).save(images / "twice.png")
+    refs = f"obama={tmp_path / 'refs' / 'obama'}; bush={tmp_path / 'refs' / 'bush'}"
+    result = tab.score_folder_action(refs, str(images.parent), str(PACK_DIR), "max", "folder", outputs_root=tmp_path / "outputs")
+    assert "of 2 people (obama, bush)" in result.message, result.message
+    assert "| e1 | bush (worst) | 2 | 50% |" in result.message  # bush missing from twice.png
+    report = json.loads(result.files["report.json"].read_text())
+    assert report["people"]["names"] == ["obama", "bush"]
+    assert report["groups"][0]["people"]["bush"]["presence_rate"] == 0.5 and report["groups"][0]["all_present_rate"] == 0.5
+    twice = next(i for i in report["images"] if i["path"].endswith("twice.png"))
+    assert twice["blended"] is True and twice["people"]["obama"]["found"] is True
+    with open(result.files["summary.csv"], newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["bush_presence_rate"] == "0.500000" and row["obama_presence_rate"] == "1.000000" and row["blend_rate"] == "0.500000"
+
+
 def test_score_folder_action_reports_bad_settings_as_a_message(tmp_path):
     assert "does not exist" in tab.score_folder_action(str(PEOPLE / "obama"), str(tmp_path / "missing"), str(PACK_DIR)).message
     assert "reference folder" in tab.score_folder_action("", str(tmp_path), str(PACK_DIR)).message
@@ -483,6 +509,78 @@ def test_scored_xyz_grid_carries_the_recommendation(lora_dir, obama_scorer, tmp_
     saved = SimpleNamespace(image=main, pnginfo={"parameters": "photo\nSteps: 2"})
     xyz_hooks.on_before_image_saved(saved)
     assert saved.pnginfo["parameters"].endswith(f"Likeness: {scores.mean:.3f}, Likeness recommendation: jx e2 @ 1")
+
+
+@pytest.fixture(scope="module")
+def family_scorer(tmp_path_factory):
+    """Named reference folders: obama (all but his last photo) and bush (all but his first)."""
+    root = tmp_path_factory.mktemp("family")
+    for name, photos in (("obama", OBAMA[:-1]), ("bush", BUSH[1:])):
+        (root / name).mkdir()
+        for photo in photos:
+            (root / name / photo.name).write_bytes(photo.read_bytes())
+    return scorer.get_scorer(f"obama={root / 'obama'}; bush={root / 'bush'}", str(PACK_DIR), "max")
+
+
+def _people_picture(left: Path, right: Path | None, side: int = 128) -> Image.Image:
+    """One or two photos side by side on a ``2 side x side`` canvas (every cell the same size)."""
+    canvas = Image.new("RGB", (2 * side, side), (127, 127, 127))
+    canvas.paste(_square(left, side), (0, 0))
+    if right is not None:
+        canvas.paste(_square(right, side), (side, 0))
+    return canvas
+
+
+def test_scored_xyz_grid_with_named_folders_recommends_for_the_worst_served_person(lora_dir, family_scorer, tmp_path):
+    from lora_likeness.people_sweep import recommend_people_records
+
+    # X: epoch (None, e1, e2), Y: strength (0.5, 1). The floor: bush alone; e1 @0.5 obama twice (bush missing,
+    # blended); e1 @1 both (held-out photos); e2 @0.5 obama alone; e2 @1 both (their own reference photos: best for both).
+    xs, ys = ["None", "jx-000001", "jx-000002"], [0.5, 1.0]
+    photos = {("None", 0.5): (BUSH[0], None), ("None", 1.0): (BUSH[0], None), ("jx-000001", 0.5): (OBAMA[-1], OBAMA[-1]),
+              ("jx-000001", 1.0): (OBAMA[-1], BUSH[0]), ("jx-000002", 0.5): (OBAMA[-1], None), ("jx-000002", 1.0): (OBAMA[0], BUSH[1])}
+
+    def cell(x, y, z, ix, iy, iz):
+        pc = _cell("photo of obama and bush, <lora:jx:1>")
+        axes.apply_epoch(pc, x, xs)
+        axes.apply_strength(pc, y, ys)
+        picture = _people_picture(*photos[(x, y)])
+        scored = family_scorer.score_images([picture], ["image"], prompt=pc.prompt)
+        likeness = xyz_hooks.CellScores(family_scorer, scored, [picture], axes.state_of(pc).info(), prompt=pc.prompt, seeds=[7])
+        return SimpleNamespace(images=[picture], likeness=likeness, index_of_first_image=0)
+
+    processed = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)(
+        SimpleNamespace(), xs, ys, [""], [axes.format_epoch(None, None, x) for x in xs], [f"strength {y:g}" for y in ys], [""],
+        cell, True, True, False, "x", "y", 0)
+    scores = xyz_hooks.grid_of(processed.images[0])
+    people = scores.people_recommendation()
+    # The core's answer over the grid's own records: the extension makes one call, it does not decide.
+    cells = {key: c for key, c in scores.cells.items()}
+    choices, _ = recommendation.lora_choices({key: c.prompt for key, c in cells.items()})
+    records = recommendation.grid_records(cells, choices)
+    expected = recommend_people_records(family_scorer.people, records, seed=0, n_boot=family_scorer.settings.n_boot)
+    assert people.as_dict() == expected.as_dict() and people.best.cell.label == "jx e2 @ 1"
+    e1_half = people.result_for("jx e1", 0.5).stats
+    assert e1_half.people["bush"].presence_rate == 0.0 and e1_half.blend_rate == 1.0
+
+    # The band: the family's answer first, then each cell's per-person scores.
+    assert scores.caption()[0] == people.sentence() and scores.caption()[0].startswith("Best for the whole family: jx e2 @ 1")
+    lines = scores.people_lines()
+    assert len(lines) == 6 and any(line.endswith("bush – (0%) · all 0% · blend 100%") for line in lines)
+    # Each cell's badge names each person's score.
+    e1_key = next(key for key, c in cells.items() if "jx-000001:0.5" in c.prompt)
+    assert re.fullmatch(r"obama \.\d\d · bush –", cells[e1_key].people_note())
+
+    xyz_hooks.finish(scores, processed, fallback_dir=str(tmp_path))
+    assert processed.comments.splitlines()[1] == people.sentence()
+    infotext = processed.infotexts[0]
+    best = people.best.stats
+    assert "Likeness recommendation: jx e2 @ 1" in infotext
+    assert f"Likeness people: {json.dumps(xyz_hooks.people_scores_text(best))}" in infotext
+    assert xyz_hooks.people_scores_text(best).startswith(f"obama {best.people['obama'].mean:.3f} (100%), bush ")
+    report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
+    assert report["people_recommendation"] == json.loads(json.dumps(people.as_dict()))
+    assert report["people_recommendation"]["best"]["checkpoint"] == "jx e2"
 
 
 def test_grid_without_a_lora_axis_gets_no_recommendation(obama_scorer, tmp_path):
