@@ -722,7 +722,7 @@ def test_scored_grid_with_people_gives_each_persons_scores_and_the_worst_served_
     images = torch.cat([side_by_side(*photos) for photos in pictures])
     labels = _sweep_labels(layout)
     scored = scoring_nodes.ScoreImages.execute(images=images, references=people, labels=labels).args[3]
-    grid, summary, advice = report_nodes.ScoredGrid.execute(images=images, score_run=scored, labels=labels).args
+    advice = report_nodes.ScoredGrid.execute(images=images, score_run=scored, labels=labels).args[2]
     folder = output_dir / "likeness" / "report_00001"
 
     # The core's family answer over the node's own records: the node makes one call, it does not decide.

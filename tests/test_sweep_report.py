@@ -21,6 +21,7 @@ import pytest
 from lora_likeness.recommend import NO_LORA, cells_from_records, recommend
 from lora_likeness.sweep.report import (
     MARK,
+    PEOPLE_REPORT_FILES,
     SWEEP_REPORT_FILES,
     curves_png,
     heatmap_png,
@@ -487,7 +488,7 @@ def test_write_sweep_report_files_parse_and_match_and_a_rerun_preserves_the_firs
                 "strengths": STRENGTHS, "steps": 25, "cfg": 7.0, "face_model": {"pack": "likeness_test"}}
     (out / "notes.txt").write_text("mine")
     files = write_sweep_report(out, images, recommendation, settings)
-    assert set(files) == set(SWEEP_REPORT_FILES) - {"people.json"}  # people.json: a family sweep's only
+    assert set(files) == set(SWEEP_REPORT_FILES) - set(PEOPLE_REPORT_FILES)  # one person: no family files
     assert all(path.parent == out and path.stat().st_size > 0 for path in files.values())
 
     table = recommendation.table()
@@ -520,7 +521,7 @@ def test_write_sweep_report_files_parse_and_match_and_a_rerun_preserves_the_firs
     previous = again["previous"]
     assert previous.parent == out / "previous"
     assert (previous / "report.html").read_text().endswith("<!-- first run -->")
-    assert {p.name for p in previous.iterdir()} == set(SWEEP_REPORT_FILES) - {"people.json"}
+    assert {p.name for p in previous.iterdir()} == set(SWEEP_REPORT_FILES) - set(PEOPLE_REPORT_FILES)
     assert "<!-- first run -->" not in again["report.html"].read_text()
     assert (out / "notes.txt").read_text() == "mine" and all(i.path.is_file() for i in images)
     assert str(previous.name) in again["report.html"].read_text()

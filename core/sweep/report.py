@@ -50,6 +50,8 @@ SWEEP_REPORT_FILES = (
     "report.html", "grid.jpg", "curves.png", "heatmap.png", "trade_off.png", "cells.csv", "images.csv",
     "recommendation.json", "recommendation.txt", "people.json", "people_curves.png",
 )
+#: The files of :data:`SWEEP_REPORT_FILES` only a family sweep (several people) writes.
+PEOPLE_REPORT_FILES = ("people.json", "people_curves.png")
 IMAGE_COLUMNS = (
     "path", "checkpoint", "epoch", "strength", "seed", "prompt_index", "score", "memorised", "adherence", "box", "error",
 )

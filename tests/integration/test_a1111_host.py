@@ -750,6 +750,54 @@ def test_xyz_recommends_a_checkpoint_under_the_grid(a1111_server: A1111Server) -
     assert band.min() < 60 and band.max() > 200  # dark text on a light band
 
 
+def test_xyz_with_named_reference_folders_scores_each_person_and_recommends_for_the_worst_served(
+        a1111_server: A1111Server, tmp_path: Path) -> None:
+    """Named reference folders (``obama=…; bush=…``) over the same epoch x strength grid, prompted with both
+    names: every cell's per-person scores, the family recommendation (the worst-served rule) in the JSON,
+    the grid infotext (the recommended cell's per-person scores) and the console, and the band under the grid.
+    The photos: no LoRA and e1 bush (obama missing), e2 obama (bush missing)."""
+    from PIL import Image
+
+    server = a1111_server
+    bush_refs = tmp_path / "bush"
+    bush_refs.mkdir()
+    for photo in BUSH[2:]:  # BUSH[0] and BUSH[1] are the cells' photos: not references
+        shutil.copy(photo, bush_refs / photo.name)
+    named = f"obama={server.refs}; bush={bush_refs}"
+    info = server.call("GET", "/sdapi/v1/script-info")
+    choices = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])["args"][0]["choices"]
+    epoch_axis, strength_axis = choices.index("Likeness: LoRA epoch"), choices.index("Likeness: LoRA strength")
+    script_args = [epoch_axis, "", ["None", STEMS[0], STEMS[1]], strength_axis, "0.5, 1", [], 0, "", [], True, True, False, False,
+                   False, False, False, 0, False]
+    result = _txt2img(server, prompt=f"photo of obama and bush, <lora:{STEMS[2]}:1>", script_name="x/y/z plot",
+                      script_args=script_args, save_images=True,
+                      alwayson_scripts={"likeness identity score": {"args": [True, named, str(PACK), "max"]}})
+    grids = sorted((server.data / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))
+    report = json.loads(grids[-1].with_name(grids[-1].stem + "-likeness_scores.json").read_text(encoding="utf-8"))
+    assert report["people"]["names"] == ["obama", "bush"], report.get("people")
+    family = report["people_recommendation"]
+    cells = {(c["checkpoint"], c["strength"]): c for c in family["cells"]}
+    assert cells[("no LoRA", None)]["n_images"] == 1  # the two "None" cells: the same image, counted once
+    for strength in (0.5, 1.0):
+        e1, e2 = cells[("jxtest e1", strength)], cells[("jxtest e2", strength)]
+        assert e1["people"]["bush"]["presence_rate"] == 1.0 and e1["people"]["obama"]["presence_rate"] == 0.0, e1
+        assert e2["people"]["obama"]["presence_rate"] == 1.0 and e2["people"]["bush"]["presence_rate"] == 0.0, e2
+        assert e1["worst_served"] == "obama" and e2["worst_served"] == "bush"
+    best = family["best"]
+    label = f"{best['checkpoint']} @ {best['strength']:g}"
+    texts = json.loads(result["info"])["infotexts"]
+    assert f"Likeness recommendation: {label}" in texts[0], texts[0]
+    assert 'Likeness people: "obama ' in texts[0], texts[0]  # the recommended cell's per-person scores
+    console = server.tail(20000)
+    assert f"[Likeness] Best for the whole family: {label}" in console, console[-3000:]
+    with Image.open(grids[-1]) as saved:
+        assert f"Likeness recommendation: {label}" in saved.info["parameters"] and "Likeness people: " in saved.info["parameters"]
+        grid = saved.convert("RGB")
+    lone = [Image.open(io.BytesIO(base64.b64decode(image))) for image in result["images"][1:]]
+    _, top = _cell_area(grid, lone, columns=3, rows=2)
+    assert grid.height - (top + 2 * max(image.height for image in lone)) >= 12 * 7  # the answer and a line per cell
+
+
 def test_xyz_cell_that_fails_in_a1111_is_reported_as_missing(a1111_server: A1111Server) -> None:
     """A cell whose generation A1111 aborts (its own NaN check raising NansException for the e2 @ 1 cell):
     A1111 draws a black cell and goes on; the reports, the console and the band under the grid say which
