@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .people import PeopleGroupStats, PeopleInImage, PeopleSet, people_group_statistics, relative_served
+from .people import PeopleGroupStats, PeopleInImage, PeopleSet, PersonStats, people_group_statistics, relative_served
 from .recommend import NO_FACE_RISE, NO_FACE_RISE_MIN_RATE, NO_LORA
 
 #: Blending that climbs by this much (absolute, 0..1) from the first checkpoint to the last at one
@@ -145,11 +145,17 @@ class PeopleRecommendation:
         if self.best is None:
             return f"No checkpoint for the family: {self.reason}"
         stats = self.best.stats
-        parts = [f"{name} {p.mean:.3f} (present {p.presence_rate:.0%})" for name, p in stats.people.items()
-                 if p.mean is not None and p.presence_rate is not None]
+        parts = [f"{name} {_person_text(p)}" for name, p in stats.people.items() if p.n_expected]
         return (f"Best for the whole family: {self.best.cell.label}; its worst-served person is {stats.worst_served} at "
                 f"{self.best.worst_relative:.0%} of their own photos' likeness. Per person: {', '.join(parts)}; "
                 f"all present in {stats.all_present_rate:.0%}, blended in {stats.blend_rate:.0%} of images.")
+
+
+def _person_text(stats: PersonStats) -> str:
+    """``0.796 (present 100%)``, or ``missing (0%)`` for an expected person never found (named, not left out)."""
+    if stats.mean is None or not stats.n_found:
+        return f"missing ({stats.presence_rate or 0:.0%})"
+    return f"{stats.mean:.3f} (present {stats.presence_rate:.0%})"
 
 
 def _field(record, key: str):

@@ -78,3 +78,14 @@ def test_a_person_who_never_appears_is_warned_about(family):
     recommendation = recommend_for_people(family, cells, n_boot=50)
     assert any(w.startswith("B never appears") for w in recommendation.warnings)
     assert recommendation.best is not None and recommendation.best.worst_relative == 0.0
+
+
+def test_the_sentence_names_every_expected_person_a_missing_one_as_missing(family):
+    # e1: A found in both images, B found in one of two; e2: A found, B never (expected in both).
+    cells = [PeopleCell("e1", 1.0, 1, 0, [people_in_image(family, [A1, B2]), people_in_image(family, [A1])]),
+             PeopleCell("e2", 0.5, 2, 1, [people_in_image(family, [A1]) for _ in range(2)])]
+    recommendation = recommend_for_people(family, cells, n_boot=50)
+    e2 = recommendation.result_for("e2", 0.5)
+    recommendation.best = e2  # the sentence of a cell where B is expected but never found
+    sentence = recommendation.sentence()
+    assert "Per person: A 1.000 (present 100%), B missing (0%);" in sentence
