@@ -118,16 +118,26 @@ class PeopleCellResult:
 
 @dataclass
 class PeopleRecommendation:
-    """The cell best for the worst-served person, every cell's breakdown, and warnings."""
+    """The cell best for the worst-served person, every cell's breakdown, and warnings.
+
+    ``best`` is ``None`` with a ``reason`` when no cell can be recommended for the whole family (no
+    LoRA cell expects anyone, or no cell shows every person it expects); ``best_per_person`` then
+    still says, as information, which cell serves each person best."""
 
     best: PeopleCellResult | None
     results: list[PeopleCellResult]
     warnings: list[str] = field(default_factory=list)
     reason: str | None = None
     """Why there is no recommendation, when there is none."""
+    best_per_person: dict[str, PeopleCellResult] = field(default_factory=dict)
+    """Each expected person's best LoRA cell by their own relative served score (information, not a pick)."""
 
     def as_dict(self) -> dict:
-        return {"best": self.best.as_dict() if self.best else None, "reason": self.reason,
+        per_person = {name: {"checkpoint": r.cell.checkpoint, "strength": r.cell.strength, "epoch": r.cell.epoch,
+                             "served": r.stats.people[name].served, "mean": r.stats.people[name].mean,
+                             "presence_rate": r.stats.people[name].presence_rate}
+                      for name, r in self.best_per_person.items()}
+        return {"best": self.best.as_dict() if self.best else None, "reason": self.reason, "best_per_person": per_person,
                 "cells": [r.as_dict() for r in self.results], "warnings": list(self.warnings)}
 
     def lines(self, warning_prefix: str = "warning: ") -> list[str]:
@@ -142,17 +152,31 @@ class PeopleRecommendation:
         return None
 
     def sentence(self) -> str:
+        """One line: the recommended cell with every expected person (a missing one named as missing),
+        or why there is none and each person's best cell."""
         if self.best is None:
-            return f"No checkpoint for the family: {self.reason}"
+            text = f"No recommendation for the whole family: {self.reason}"
+            per_person = []
+            for name in self._expected_names():
+                best = self.best_per_person.get(name)
+                per_person.append(f"{name} {best.cell.label} ({_person_text(best.stats.people[name])})" if best
+                                  else f"{name} missing (0%) in every cell")
+            return text + (f". Best cell per person: {', '.join(per_person)}." if per_person else ".")
         stats = self.best.stats
         parts = [f"{name} {_person_text(p)}" for name, p in stats.people.items() if p.n_expected]
         return (f"Best for the whole family: {self.best.cell.label}; its worst-served person is {stats.worst_served} at "
                 f"{self.best.worst_relative:.0%} of their own photos' likeness. Per person: {', '.join(parts)}; "
                 f"all present in {stats.all_present_rate:.0%}, blended in {stats.blend_rate:.0%} of images.")
 
+    def _expected_names(self) -> list[str]:
+        """People expected in at least one LoRA cell, in the people's order."""
+        lora = [r for r in self.results if r.cell.strength is not None]
+        names = list(lora[0].stats.people) if lora else []
+        return [n for n in names if any(r.stats.people[n].n_expected for r in lora)]
+
 
 def _person_text(stats: PersonStats) -> str:
-    """``0.796 (present 100%)``, or ``missing (0%)`` for an expected person never found (named, not left out)."""
+    """``0.796 (present 100%)``, or ``missing (0%)`` for an expected person never found."""
     if stats.mean is None or not stats.n_found:
         return f"missing ({stats.presence_rate or 0:.0%})"
     return f"{stats.mean:.3f} (present {stats.presence_rate:.0%})"
@@ -215,8 +239,35 @@ def recommend_for_people(people: PeopleSet, cells: Sequence[PeopleCell], seed: i
     warnings.extend(_rising_blend_warnings(lora_results))
     if not candidates:
         return PeopleRecommendation(None, results, warnings, reason="no LoRA cell has an image that expects anyone")
-    best = max(candidates, key=lambda r: (r.worst_relative, r.stats.all_present_rate or 0.0, -(r.stats.blend_rate or 0.0)))
-    return PeopleRecommendation(best, results, warnings)
+    per_person = _best_per_person(people, candidates)
+    # A cell where someone it expects never appears serves them 0: with that in every cell all cells
+    # tie at 0 and no cell serves the whole family, so none is picked.
+    complete = [r for r in candidates if all(p.n_found for p in r.stats.people.values() if p.n_expected)]
+    if not complete:
+        return PeopleRecommendation(None, results, warnings, reason=_nobody_complete_reason(candidates), best_per_person=per_person)
+    best = max(complete, key=lambda r: (r.worst_relative, r.stats.all_present_rate or 0.0, -(r.stats.blend_rate or 0.0)))
+    return PeopleRecommendation(best, results, warnings, best_per_person=per_person)
+
+
+def _best_per_person(people: PeopleSet, candidates: Sequence[PeopleCellResult]) -> dict[str, PeopleCellResult]:
+    """Each person's best cell by their own relative served score (first cell on ties); a person
+    found in no cell has none."""
+    best: dict[str, PeopleCellResult] = {}
+    for name in people.names:
+        scored = [(relative_served(people, r.stats.people[name]), r) for r in candidates if r.stats.people[name].n_found]
+        if scored:
+            best[name] = max(scored, key=lambda item: item[0])[1]
+    return best
+
+
+def _nobody_complete_reason(candidates: Sequence[PeopleCellResult]) -> str:
+    """``no cell shows every person: obama never appears`` (or who each cell misses)."""
+    missing = {r.cell.label: [n for n, p in r.stats.people.items() if p.n_expected and not p.n_found] for r in candidates}
+    names = list(candidates[0].stats.people)
+    never = [n for n in names if any(r.stats.people[n].n_expected for r in candidates) and not any(r.stats.people[n].n_found for r in candidates)]
+    if never:
+        return f"no cell shows every person: {' and '.join(never)} never appear{'s' if len(never) == 1 else ''}"
+    return "no cell shows every person: " + "; ".join(f"{label} misses {', '.join(names)}" for label, names in missing.items())
 
 
 def _rising_blend_warnings(results: Sequence[PeopleCellResult]) -> list[str]:

@@ -819,3 +819,33 @@ def test_register_reports_an_xyz_script_of_unknown_shape_and_still_registers_the
     _adapter().register()
     assert "no AxisOption in the X/Y/Z script module 'xyz_grid.py' nor in lib_xyz.classes" in capsys.readouterr().err
     assert [c.callback for c in host["callbacks"]["callbacks_ui_tabs"]] == [tab.build_tab]
+
+
+def test_scored_xyz_grid_where_a_person_never_appears_recommends_no_cell(lora_dir, family_scorer, tmp_path):
+    # Every cell shows obama alone although the prompt names obama and bush: no cell serves the family.
+    xs, ys = ["jx-000001", "jx-000002"], [0.5, 1.0]
+
+    def cell(x, y, z, ix, iy, iz):
+        pc = _cell("photo of obama and bush, <lora:jx:1>")
+        axes.apply_epoch(pc, x, xs)
+        axes.apply_strength(pc, y, ys)
+        picture = _people_picture(OBAMA[-1], None)
+        scored = family_scorer.score_images([picture], ["image"], prompt=pc.prompt)
+        likeness = xyz_hooks.CellScores(family_scorer, scored, [picture], axes.state_of(pc).info(), prompt=pc.prompt, seeds=[7])
+        return SimpleNamespace(images=[picture], likeness=likeness, index_of_first_image=0)
+
+    processed = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)(
+        SimpleNamespace(), xs, ys, [""], [axes.format_epoch(None, None, x) for x in xs], [f"strength {y:g}" for y in ys], [""],
+        cell, True, True, False, "x", "y", 0)
+    scores = xyz_hooks.grid_of(processed.images[0])
+    people = scores.people_recommendation()
+    assert people.best is None and people.reason == "no cell shows every person: bush never appears"
+    assert scores.caption()[0] == people.sentence()
+    assert people.sentence().startswith("No recommendation for the whole family: no cell shows every person: bush never appears.")
+    assert "bush missing (0%) in every cell" in people.sentence()
+    xyz_hooks.finish(scores, processed, fallback_dir=str(tmp_path))
+    assert processed.comments.splitlines()[1] == people.sentence()
+    assert "Likeness recommendation" not in processed.infotexts[0] and "Likeness people" not in processed.infotexts[0]
+    report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
+    assert report["people_recommendation"]["best"] is None
+    assert report["people_recommendation"]["best_per_person"]["obama"]["checkpoint"] in {"jx e1", "jx e2"}

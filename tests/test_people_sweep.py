@@ -77,7 +77,26 @@ def test_a_person_who_never_appears_is_warned_about(family):
     cells = [PeopleCell(f"e{i}", 1.0, i, i, [people_in_image(family, [A1])]) for i in (1, 2)]
     recommendation = recommend_for_people(family, cells, n_boot=50)
     assert any(w.startswith("B never appears") for w in recommendation.warnings)
-    assert recommendation.best is not None and recommendation.best.worst_relative == 0.0
+    # Every cell misses B: they would all tie at 0 and the first would win; no cell serves the family.
+    assert recommendation.best is None
+    assert recommendation.reason == "no cell shows every person: B never appears"
+    assert recommendation.sentence() == ("No recommendation for the whole family: no cell shows every person: B never appears. "
+                                         "Best cell per person: A e1 @ 1 (1.000 (present 100%)), B missing (0%) in every cell.")
+    data = json.loads(json.dumps(recommendation.as_dict()))
+    assert data["best"] is None and data["reason"] == recommendation.reason
+    assert data["best_per_person"] == {"A": {"checkpoint": "e1", "strength": 1.0, "epoch": 1, "served": 1.0, "mean": 1.0, "presence_rate": 1.0}}
+    assert [cell["checkpoint"] for cell in data["cells"]] == ["e1", "e2"]  # the per-person breakdown is kept
+
+
+def test_no_cell_for_the_family_when_each_cell_misses_someone_else(family):
+    cells = [PeopleCell("e1", 1.0, 1, 0, [people_in_image(family, [A1])]),   # B missing
+             PeopleCell("e2", 1.0, 2, 1, [people_in_image(family, [B2])])]   # A missing
+    recommendation = recommend_for_people(family, cells, n_boot=50)
+    assert recommendation.best is None
+    assert recommendation.reason == "no cell shows every person: e1 @ 1 misses B; e2 @ 1 misses A"
+    assert {name: r.cell.checkpoint for name, r in recommendation.best_per_person.items()} == {"A": "e1", "B": "e2"}
+    assert recommendation.lines()[0].startswith("No recommendation for the whole family: no cell shows every person")
+
 
 
 def test_the_sentence_names_every_expected_person_a_missing_one_as_missing(family):
