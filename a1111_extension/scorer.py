@@ -118,11 +118,11 @@ class Scorer:
         return pipeline.analyze_arrays(self.engine, arrays, names, cache=self.memory)
 
     def score_result(self, result: FaceResult, name: str, prompt: str | None = None) -> ScoredImage:
-        score = pipeline.score_result(result, self.references, self.settings)
         people = None
         if self.people is not None and result.ok:
             expected, _ = pipeline.expected_people(self.people, prompt, None)
             people = people_in_image(self.people, [f.embedding for f in result.faces], expected)
+        score = pipeline.score_result(result, self.references, self.settings, people=people)  # memorised per person with people
         return ScoredImage(name=name, result=result, score=score, aggregation=self.settings.aggregation, people=people, prompt=prompt)
 
     def missing_image(self, name: str, error: str) -> ScoredImage:

@@ -250,6 +250,9 @@ class PersonInImage:
     face_index: int | None = None
     also_faces: tuple[int, ...] = ()
     """Other faces that clear this person's threshold (the person is duplicated when there are any)."""
+    memorised: bool = False
+    """The assigned face is closer to one of *this person's* reference photos than any two of their
+    photos are to each other (their ``pairwise_max``): possibly a training photo reproduced."""
 
     def as_dict(self) -> dict:
         return {
@@ -258,6 +261,7 @@ class PersonInImage:
             "score": None if self.score is None else round(self.score, 6),
             "face_index": self.face_index,
             "duplicate_faces": list(self.also_faces),
+            "memorised": self.memorised,
         }
 
 
@@ -304,12 +308,18 @@ class PeopleInImage:
     def all_present(self) -> bool:
         return all(self.people[name].found for name in self.expected)
 
+    @property
+    def memorised(self) -> list[str]:
+        """People whose assigned face is possibly a reproduced reference photo of that same person."""
+        return [name for name, person in self.people.items() if person.memorised]
+
     def as_dict(self) -> dict:
         return {
             "people": {name: person.as_dict() for name, person in self.people.items()},
             "blended": self.blended,
             "expected": list(self.expected),
             "all_present": self.all_present,
+            "memorised_people": self.memorised,
             "unmatched_faces": self.unmatched_faces,
             "blend_faces": [{"face_index": f.index, "people": list(f.accepted_by)} for f in self.faces if f.blend],
         }
@@ -338,6 +348,15 @@ def assign_faces(similarities: np.ndarray, thresholds: np.ndarray) -> list[tuple
     return sorted((int(f), int(p)) for f, p in zip(rows, cols) if margin[f, p] > 0)
 
 
+def _memorised(embedding: np.ndarray, reference: ReferenceSet) -> bool:
+    """The single-person rule, for one person: the face ``(D,)`` is closer to one of the person's own
+    reference photos than any two of them are to each other (never with fewer than two photos)."""
+    threshold = reference.baseline.pairwise_max
+    if threshold is None:
+        return False
+    return bool(_person_similarities(embedding, reference.embeddings, "max")[0] > threshold)
+
+
 def people_in_image(people: PeopleSet, embeddings: Sequence[np.ndarray | None], expected: Sequence[str] | None = None) -> PeopleInImage:
     """Assign the faces of one image (``embeddings`` in face order; ``None`` for a face without one)
     to ``people``. ``expected`` names the people the prompt asked for (default: everyone)."""
@@ -361,6 +380,7 @@ def people_in_image(people: PeopleSet, embeddings: Sequence[np.ndarray | None], 
     for p, name in enumerate(people.names):
         row = assigned_face.get(p)
         others = tuple(usable[r][0] for r in np.flatnonzero(accepted[:, p]) if r != row) if row is not None else ()
+        memorised = row is not None and _memorised(usable[row][1], people.references[p])
         result[name] = PersonInImage(
             name=name,
             expected=name in expected_names,
@@ -368,6 +388,7 @@ def people_in_image(people: PeopleSet, embeddings: Sequence[np.ndarray | None], 
             score=float(sims[row, p]) if row is not None else None,
             face_index=usable[row][0] if row is not None else None,
             also_faces=others,
+            memorised=memorised,
         )
     return PeopleInImage(people=result, faces=faces, expected=expected_names)
 

@@ -7,11 +7,12 @@ plus labels into a :class:`ScoreRun` with per-image scores and per-group statist
 
 from __future__ import annotations
 
+
 import hashlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -305,10 +306,18 @@ def image_groups(paths: Sequence[Path], root: Path | None, group_by: str,
     return [lora_group(loras_from_metadata(read_generation_text(Path(p)))) for p in paths]
 
 
-def score_result(result: FaceResult, references: ReferenceSet, settings: ScoreSettings) -> ImageScore:
-    """One analysed image's score; memorisation is judged against the references' pairwise maximum."""
+def score_result(result: FaceResult, references: ReferenceSet, settings: ScoreSettings, people: PeopleInImage | None = None) -> ImageScore:
+    """One analysed image's score; memorisation is judged against the references' pairwise maximum.
+
+    In a people run (``people``: the image's assignment) memorisation is judged per person instead:
+    the image is flagged only when a face assigned to someone is closer to one of *that person's*
+    photos than any two of their photos are to each other (everyone's photos pooled would compare
+    a face of one person against the spread of another's)."""
     embeddings = [f.embedding for f in result.faces] if result.ok else []
-    return score_faces(embeddings, references.embeddings, settings.face_choice, settings.aggregation, references.baseline.pairwise_max)
+    score = score_faces(embeddings, references.embeddings, settings.face_choice, settings.aggregation, references.baseline.pairwise_max)
+    if people is not None:
+        score = replace(score, memorised=bool(people.memorised))
+    return score
 
 
 def score_results(
@@ -341,6 +350,7 @@ def score_results(
                 continue  # an unreadable image says nothing about who is in it
             expected, item.expected_from = expected_people(people, prompt, expect)
             item.people = people_in_image(people, [f.embedding for f in item.result.faces], expected)
+            item.score = score_result(item.result, references, settings, people=item.people)
 
     by_group: dict[str, list[ScoredImage]] = {}
     infos: dict[str, dict] = {}

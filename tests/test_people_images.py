@@ -288,3 +288,32 @@ def test_scores_plot_has_a_curve_per_person(scored, monkeypatch):
     assert plot_png(scored)[:4] == b"\x89PNG"
     # jolie is expected in e1 (2: all_three, obama_twice) and e2 (2: jolie_missing, no_prompt via --expect), found in 2.
     assert "jolie (present 2/4)" in labels and "obama (present 3/3)" in labels
+
+
+
+def test_memorisation_is_judged_per_person(family_refs, engine, tmp_path):
+    """Each found person's face is checked against that person's photos with the single-person rule
+    (closer to one of their photos than any two of their photos are to each other): an exact
+    reference photo in a family picture is flagged for that person only; a held-out photo gets the
+    same answer as a single-person run of that person would give."""
+    root, held = family_refs
+    images = tmp_path / "images"
+    images.mkdir()
+    copied = sorted((root / "obama").iterdir())[0]  # one of obama's reference photos, pasted as it is
+    group_picture(images / "copied.png", [copied, held["jolie"]], "photo of obama and jolie")
+    group_picture(images / "jolie.png", [held["jolie"]], "photo of jolie")
+    group_picture(images / "powell.png", [held["powell"]], "photo of powell")
+    run = score_folder(engine, None, images, ScoreSettings(n_boot=50), people=[(n, root / n) for n in FAMILY])
+    copy = image(run, "copied.png")
+    assert copy.people.people["obama"].found and copy.people.people["jolie"].found
+    assert copy.score.memorised and copy.people.memorised == ["obama"]
+    report = json.loads(report_json(run))
+    jsonschema.validate(report, SCHEMA)
+    data = report["images"][[i.path for i in run.images].index(copy.path)]
+    assert data["memorised_people"] == ["obama"] and data["people"]["obama"]["memorised"] is True
+    for name in ("jolie", "powell"):
+        alone = score_folder(engine, root / name, images / f"{name}.png", ScoreSettings(n_boot=50))
+        assert image(run, f"{name}.png").score.memorised == alone.images[0].score.memorised, name
+    # powell's held-out photo is closer to one of his photos than any two of his are to each other
+    # (a single-person run flags it), but not closer than the most alike pair of anyone's photos.
+    assert image(run, "powell.png").score.memorised and not image(run, "jolie.png").score.memorised

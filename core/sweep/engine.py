@@ -388,7 +388,8 @@ def people_set_for(config: SweepConfig, engine, cache, progress: Progress):
 
 def recommend_people(records: list[SweepImage], results: list, people) -> object:
     """Assign every image's faces to the people (expected: the trigger words its prompt names) and
-    recommend the cell best for the worst-served person; each record's ``extra`` gets ``people``/``blended``."""
+    recommend the cell best for the worst-served person; each record's ``extra`` gets ``people``/``blended``
+    and its ``memorised`` is judged per person (the pooled references' check is replaced)."""
     from ..people import expected_from_prompt, people_in_image
     from ..people_sweep import PeopleCell, recommend_for_people
 
@@ -402,6 +403,7 @@ def recommend_people(records: list[SweepImage], results: list, people) -> object
         assigned = people_in_image(people, [f.embedding for f in result.faces], expected)
         record.extra["people"] = {name: person.as_dict() for name, person in assigned.people.items()}
         record.extra["blended"] = assigned.blended
+        record.memorised = bool(assigned.memorised)  # per person: a face against its own person's photos
         cell.images.append(assigned)
     ordered = sorted(cells.values(), key=lambda c: (c.strength is not None, c.order, c.strength or 0.0))
     return recommend_for_people(people, ordered)
