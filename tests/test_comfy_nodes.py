@@ -806,3 +806,21 @@ def test_score_training_samples_keeps_validation_images_by_step(powell_refs, out
     assert [g.info["step"] for g in run.groups] == STEPS and run.verdict.best_step == BEST_STEP
     assert run.verdict.recommendation.paired  # the validation prompts pair up across steps
     assert sorted(p.name for p in (output_dir / "likeness_validation").iterdir()) == [f"step_{s:06d}" for s in STEPS]
+
+
+def test_recommend_output_when_no_cell_shows_the_whole_family():
+    """The Recommend output and grid.json's recommended cell take the core's "none" answer as it is."""
+    from test_people import A1, A2, B1, B2, reference_set
+
+    from lora_likeness.people import PeopleSet, people_in_image
+    from lora_likeness.people_sweep import recommend_people_records
+
+    family = PeopleSet.build({"A": reference_set(A1, A2), "B": reference_set(B1, B2)})
+    records = [{"checkpoint": f"e{i}", "strength": 1.0, "epoch": i, "people": people_in_image(family, [A1])} for i in (1, 2)]
+    people = recommend_people_records(family, records, n_boot=50)
+    classic = recommend(cells_from_records([{"checkpoint": f"e{i}", "strength": 1.0, "epoch": i, "score": 0.8} for i in (1, 2)]))
+    text = report_nodes.recommendation_text(classic, people)
+    assert text.splitlines()[0].startswith("No recommendation for the whole family: no cell shows every person: B never appears")
+    assert "B missing (0%) in every cell" in text.splitlines()[0]
+    labels = [(f"e{i}", {"checkpoint": f"e{i}", "strength": 1.0, "row": "0", "column": str(i)}) for i in (1, 2)]
+    assert report_nodes.recommended_cell(classic, labels, people) is None
