@@ -7,7 +7,6 @@ plus labels into a :class:`ScoreRun` with per-image scores and per-group statist
 
 from __future__ import annotations
 
-
 import hashlib
 import time
 from collections import deque
