@@ -97,6 +97,11 @@ def test_forge_xyz_still_has_what_our_hooks_wrap(forge: tuple[str, Path]) -> Non
             ],
             forge_dir / "modules" / "script_callbacks.py": ["def on_before_image_saved(callback, *, name=None):"],
             forge_dir / "modules" / "images.py": ["script_callbacks.before_image_saved_callback(params)", "image = params.image"],
+            # the LoRA folders its loader lists, which the epoch axis lists too
+            forge_dir / "modules" / "cmd_args.py": ['parser.add_argument("--lora-dirs"', 'action="append"'],
+            forge_dir / "extensions-builtin" / "sd_forge_lora" / "networks.py": [
+                "for _dir in [shared.cmd_opts.lora_dir, *shared.cmd_opts.lora_dirs]:",
+                "name = os.path.splitext(os.path.basename(filename))[0]"],
         }
     expected[forge_dir / "modules" / "script_loading.py"] = [
         "module_spec = importlib.util.spec_from_file_location(os.path.basename(path), path)"]
@@ -109,7 +114,7 @@ def test_forge_xyz_still_has_what_our_hooks_wrap(forge: tuple[str, Path]) -> Non
 DRIVER = r'''
 import json, os, sys, types
 from unittest import mock
-BRANCH, FORGE_DIR, REPO, PACK, REFS, PHOTOS, LORA_DIR, GRIDS_DIR, RESULT_TAG = {consts}
+BRANCH, FORGE_DIR, REPO, PACK, REFS, PHOTOS, LORA_DIR, LORA_DIRS, GRIDS_DIR, RESULT_TAG = {consts}
 sys.path.insert(0, FORGE_DIR)  # `python launch.py` from the checkout
 os.chdir(FORGE_DIR)
 
@@ -186,7 +191,7 @@ for name in ("fastapi", "gradio"):
         __import__(name)
     except ImportError:
         stand_in(name)
-stand_in("modules.shared", cmd_opts=types.SimpleNamespace(lora_dir=LORA_DIR, lora_dirs=[], adv_samplers=False),
+stand_in("modules.shared", cmd_opts=types.SimpleNamespace(lora_dir=LORA_DIR, lora_dirs=LORA_DIRS, adv_samplers=False),
          opts=Opts(return_grid=True, img_max_size_mp=200, grid_save=True, grid_format="png", forge_additional_modules=[]),
          state=types.SimpleNamespace(interrupted=False, stopping_generation=False, job="", job_count=0))
 for name in ("modules.sd_models", "modules.sd_vae", "modules.sd_samplers", "modules.sd_samplers_kdiffusion", "modules.ui_components",
@@ -337,6 +342,8 @@ def _lora(path: Path, epoch: int, keys: dict) -> None:
 #: every host: see the integration README.)
 ZIMAGE_KEYS = {"lora_unet_layers_0_attention_to_q.lora_down.weight": (4, 64),
                "lora_unet_layers_0_attention_to_q.lora_up.weight": (64, 4)}
+SDXL_KEYS = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 64),
+             "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": (64, 4)}
 FLUX_KEYS = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 64),
              "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": (192, 4)}
 
@@ -359,7 +366,11 @@ def test_forge_loads_our_script_registers_axes_callbacks_and_scores_a_grid(forge
     _lora(lora_dir / "flux" / "fx-000003.safetensors", 3, FLUX_KEYS)
     photos = [str(obama[-1]), str(bush[0]), str(bush[1])]  # the person (not a reference), then someone else
     grids_dir = tmp_path / "outputs" / "txt2img-grids"
-    driver = DRIVER.format(consts=repr((branch, str(forge_dir), str(REPO), str(pack), str(refs), photos, str(lora_dir),
+    # Neo also lists the folders of --lora-dirs (cmd_opts.lora_dirs, a list); Classic has no such option
+    more_loras = tmp_path / "more-loras"
+    _lora(more_loras / "sdxl-000004.safetensors", 4, SDXL_KEYS)
+    lora_dirs = [str(more_loras)] if branch == "neo" else []
+    driver = DRIVER.format(consts=repr((branch, str(forge_dir), str(REPO), str(pack), str(refs), photos, str(lora_dir), lora_dirs,
                                         str(grids_dir), RESULT_TAG)))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", driver], cwd=forge_dir, env=env, capture_output=True, text=True, timeout=600)
@@ -376,6 +387,7 @@ def test_forge_loads_our_script_registers_axes_callbacks_and_scores_a_grid(forge
     assert found["callbacks"] == {"callbacks_before_image_saved": ["on_before_image_saved"],
                                   "callbacks_image_saved": ["on_image_saved"], "callbacks_ui_tabs": ["build_tab"]}
     assert "zimg-000002" in found["epoch_choices"] and "fx-000003" in found["epoch_choices"]
+    assert ("sdxl-000004" in found["epoch_choices"]) == (branch == "neo")
     assert found["prompts"]["0,0"] == "photo of jx"  # None: the run's tag removed, the base model alone
     assert found["prompts"]["2,1"] == "photo of jx, <lora:zimg-000002:1>"
     assert found["prompts"]["1,0"] == "photo of jx, <lora:zimg-000001:0.5>"
