@@ -324,6 +324,12 @@ if BRANCH == "neo":
         "reports": sorted(name for name in os.listdir(GRIDS_DIR) if name.endswith((".csv", ".json"))),
         "cells_scored": len(run_scores.cells) if run_scores else 0,
     }}
+    # The same with grid_save off: nothing saved, the band goes on the grid run returns
+    sys.modules["modules.shared"].opts.grid_save = False
+    result = script.run(run_p, x_type, "", epochs, 0, "", [], 0, "", [], True, False, False, True, False, False, False, 0, 0, False)
+    unsaved = result.images[0]
+    found["neo_run_unsaved"] = {{"main_size": list(unsaved.size), "known": xyz_hooks.grid_of(unsaved) is not None,
+                                "infotext": result.infotexts[0], "saved": len(saved)}}
 print(RESULT_TAG + json.dumps(found))
 '''
 
@@ -406,3 +412,6 @@ def test_forge_loads_our_script_registers_axes_callbacks_and_scores_a_grid(forge
         stem = Path(grid_file["file"]).stem
         assert run["reports"] == [f"{stem}-likeness_scores.csv", f"{stem}-likeness_scores.json"], run
         assert "Likeness: " in run["infotext"], run
+        unsaved = found["neo_run_unsaved"]
+        assert unsaved["saved"] == 1 and unsaved["known"] and unsaved["main_size"] == run["main_size"], unsaved
+        assert "Likeness recommendation: zimg e3" in unsaved["infotext"], unsaved
