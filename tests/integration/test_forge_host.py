@@ -87,8 +87,8 @@ def test_forge_xyz_still_has_what_our_hooks_wrap(forge: tuple[str, Path]) -> Non
         expected = {
             forge_dir / "scripts" / "xyz_grid.py": [
                 "class Script(scripts.Script):", "class AxisOption:", "axis_options = [",
-                "def draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend, include_lone_images, "
-                "include_sub_grids, first_axes_processed, second_axes_processed, margin_size):",
+                ("def draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend, include_lone_images, "
+                 "include_sub_grids, first_axes_processed, second_axes_processed, margin_size):"),
                 "processed: Processed = cell(x, y, z, ix, iy, iz)", "res = process_images(pc)",
                 'res = Processed(p, [], p.seed, "")', "processed = draw_xyz_grid(",
                 # the re-layout after drawing and the save of its result, which the band waits for
