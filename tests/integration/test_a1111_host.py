@@ -266,7 +266,11 @@ A1111's Lora extension loaded for it, and logs what A1111 parsed and loaded.
 When the control file names a LoRA and multiplier (``{"nan_for": [name, multiplier]}``), the cell that
 loaded exactly that LoRA gets all-NaN latents after sampling with A1111's NaN check switched on for it,
 so A1111's own ``devices.test_for_nans`` raises its ``NansException``, as a LoRA that overflows does
-without ``--disable-nan-check``. The check is switched off again before the next generation.
+without ``--disable-nan-check``. The check is switched off again before the next generation. On a host
+without that check (Forge Classic) the same cell's latents raise the same exception when ``process_images``
+reads them.
+
+Forge keeps the strengths it applied on the model (``current_lora_hash``), not on the loaded networks.
 """
 import ast, json, os, sys
 from PIL import Image
@@ -291,6 +295,14 @@ def _loaded(p):
         te, unet = applied.get(getattr(getattr(n, "network_on_disk", None), "filename", None), (n.te_multiplier, n.unet_multiplier))
         loaded.append([n.name, te, unet, len(n.modules)])
     return loaded
+
+
+class _NaNLatents:
+    @property
+    def already_decoded(self):
+        from modules import devices
+        raise devices.NansException("A tensor with NaNs was produced in Unet. Use --disable-nan-check commandline "
+                                    "argument to disable this check.")
 
 
 def _host_checks_nans():
@@ -327,10 +339,11 @@ class Script(scripts.Script):
         if [[n[0], n[2]] for n in _loaded(p)] == [[name, multiplier]]:
             shared.cmd_opts.disable_nan_check = False  # A1111's own check runs on these latents next
             ps.samples = ps.samples * float("nan")
-            if not _host_checks_nans():  # Forge Classic: no NaN check; raise what A1111's would, from the same step
-                from modules import devices
-                raise devices.NansException("A tensor with NaNs was produced in Unet. Use --disable-nan-check "
-                                            "commandline argument to disable this check.")
+            if not _host_checks_nans():
+                # Forge Classic: no NaN check, and an exception raised in a script hook is caught and logged there.
+                # These latents raise what A1111's check would when process_images itself reads them next
+                # (its `getattr(samples, "already_decoded", False)`), so the cell fails out of process_images as on A1111.
+                ps.samples = _NaNLatents()
 
     def postprocess_image(self, p, pp, *args):
         loaded = [n[:3] for n in _loaded(p)]
