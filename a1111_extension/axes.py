@@ -42,6 +42,30 @@ def _a1111_lora_dir() -> Path:
 lora_dir: Callable[[], Path] = _a1111_lora_dir
 
 
+def _extra_lora_dirs() -> list[Path]:
+    """Forge Neo's ``--lora-dirs`` (folders its Lora loader lists besides ``--lora-dir``); none elsewhere."""
+    try:
+        from modules import shared
+
+        extra = getattr(shared.cmd_opts, "lora_dirs", None)
+    except ImportError:  # outside A1111 / Forge
+        return []
+    return [Path(folder) for folder in extra if folder] if isinstance(extra, (list, tuple)) else []
+
+
+def lora_roots() -> list[Path]:
+    """Every folder the host lists LoRA networks from, ``--lora-dir`` first, existing ones only."""
+    roots: list[Path] = []
+    for root in [lora_dir(), *_extra_lora_dirs()]:
+        if root.is_dir() and root.resolve() not in {r.resolve() for r in roots}:
+            roots.append(root)
+    return roots
+
+
+def _scan(roots: list[Path]) -> list[LoraCheckpoint]:
+    return [checkpoint for root in roots for checkpoint in scan_loras(root)]
+
+
 @dataclass
 class LoraAxisState:
     """What the LoRA axes chose for one cell (kept on the cell's processing object)."""
@@ -77,39 +101,41 @@ def is_no_lora(value) -> bool:
 def epoch_choices() -> list[str]:
     """``None`` (no LoRA), then every checkpoint stem in the Lora folder: run by run, each run in
     epoch order, final last."""
-    root = lora_dir()
-    if not root.is_dir():
+    roots = lora_roots()
+    if not roots:
         return []
     # diffusers/PEFT folders (all named pytorch_lora_weights / adapter_model) are not loadable by A1111's Lora loader:
     # `likeness convert` turns them into Kohya files first.
-    return [NO_LORA_VALUE] + [checkpoint.stem for run in list_runs(root).values() for checkpoint in run if checkpoint.format == "kohya"]
+    return [NO_LORA_VALUE] + [checkpoint.stem for root in roots for run in list_runs(root).values() for checkpoint in run
+                              if checkpoint.format == "kohya"]
 
 
-def _runs_text(root: Path) -> str:
-    runs = list_runs(root) if root.is_dir() else {}
+def _runs_text(roots: list[Path]) -> str:
+    where = ", ".join(str(root) for root in roots) or str(lora_dir())
+    runs = {key: checkpoints for root in roots for key, checkpoints in list_runs(root).items()}
     if not runs:
-        return f"no .safetensors LoRA files were found in {root}"
+        return f"no .safetensors LoRA files were found in {where}"
     parts = [f"{key} ({', '.join(c.label for c in checkpoints)})" for key, checkpoints in runs.items()]
-    return f"the runs in {root} are: " + "; ".join(parts)
+    return f"the runs in {where} are: " + "; ".join(parts)
 
 
 def resolve_checkpoint(value: str, root: Path | None = None) -> LoraCheckpoint:
     """The checkpoint an axis value names: its stem (``jx265-000010``), or its path relative to the
-    Lora folder with or without ``.safetensors``.
+    Lora folder (any of the host's LoRA folders: :func:`lora_roots`) with or without ``.safetensors``.
 
     Raises:
         RuntimeError: unknown or ambiguous value; the message lists the runs that exist.
     """
-    root = root or lora_dir()
+    roots = [root] if root is not None else lora_roots()
     text = str(value).strip()
     bare = text[: -len(".safetensors")] if text.lower().endswith(".safetensors") else text
-    checkpoints = scan_loras(root) if root.is_dir() else []
-    found = [c for c in checkpoints if c.stem == bare or c.name[: -len(".safetensors")] == bare.replace("\\", "/")]
+    found = [c for c in _scan([r for r in roots if r.is_dir()]) if c.stem == bare or c.name[: -len(".safetensors")] == bare.replace("\\", "/")]
     if not found:
-        raise RuntimeError(f"{EPOCH_AXIS}: no LoRA checkpoint named {text!r}; {_runs_text(root)}")
+        raise RuntimeError(f"{EPOCH_AXIS}: no LoRA checkpoint named {text!r}; {_runs_text([r for r in roots if r.is_dir()])}")
     if len({c.path for c in found}) > 1:
         names = ", ".join(c.name for c in found)
-        raise RuntimeError(f"{EPOCH_AXIS}: {text!r} names several files ({names}); give the path relative to {root}")
+        where = " or ".join(str(r) for r in roots)
+        raise RuntimeError(f"{EPOCH_AXIS}: {text!r} names several files ({names}); give the path relative to {where}")
     return found[0]
 
 
@@ -158,11 +184,11 @@ def describe_checkpoints(names) -> dict[str, tuple[str, int | None]]:
     (``jx265-000010`` -> ``("jx265 e10", 10)``; the final file's epoch from ``ss_epoch``), read in
     one scan of the folder; other names are left out."""
     try:
-        root = lora_dir()
+        roots = lora_roots()
     except ImportError:  # outside A1111
         return {}
     by_stem: dict[str, list[LoraCheckpoint]] = {}
-    for checkpoint in scan_loras(root) if root.is_dir() else []:
+    for checkpoint in _scan(roots):
         by_stem.setdefault(checkpoint.stem, []).append(checkpoint)
     described = {}
     for name in names:

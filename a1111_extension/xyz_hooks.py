@@ -29,11 +29,17 @@ the script module are wrapped there):
   which the UI shows under the gallery.
 * ``on_before_image_saved`` / ``on_image_saved`` callbacks put the grid mean into the saved grid
   file's infotext and write the reports next to it.
+* Forge Neo keeps A1111's ``scripts/xyz_grid.py`` but its ``run`` (which takes a ``row_count``) may
+  re-lay a one-axis main grid into several rows after ``draw_xyz_grid`` returned, slicing anything drawn
+  under it, and saves that new image. There the band is drawn on the host's final main grid instead:
+  when the save callback sees it (``p`` of the saved grid is the ``Processed`` our wrapper returned), or
+  when ``run`` returns (``grid_save`` off).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import re
 import sys
@@ -62,6 +68,10 @@ PEOPLE_INFOTEXT_KEY = "Likeness people"
 CELL_ATTRIBUTE = "likeness_cell"
 """Where our always-on script keeps a cell's :class:`CellScores` on its processing object."""
 RECOMMENDATION_KEY = "Likeness recommendation"
+DEFER_CAPTION_ATTRIBUTE = "likeness_defer_caption"
+"""Set on ``p`` by the ``run`` wrapper where the host may re-lay the main grid after drawing it (Forge Neo)."""
+PROCESSED_ATTRIBUTE = "likeness_grid_scores"
+"""The :class:`GridScores` on the ``Processed`` our ``draw_xyz_grid`` wrapper returns."""
 WRAPPED_MARK = "_likeness_original"
 REPORT_SUFFIXES = ("-likeness_scores.csv", "-likeness_scores.json")
 
@@ -213,6 +223,8 @@ class GridScores:
     grid_images: list = field(default_factory=list)
     advice_reason: str | None = None
     """Why a grid that sweeps LoRAs got no recommendation (``None``: it got one, or sweeps none)."""
+    caption_pending: bool = False
+    """The band is still to be drawn under the host's final main grid (Forge Neo, see the module docstring)."""
     _run: object = field(default=None, repr=False)
     _advice: tuple | None = field(default=None, repr=False)
     _people_advice: tuple | None = field(default=None, repr=False)
@@ -526,12 +538,15 @@ def wrap_draw_xyz_grid(original: Callable) -> Callable:
         grids = 1 + len(zs)
         scored.images[grids:] = plain.images[grids:]  # lone images as generated, without badges
         caption = scores.caption()
-        if caption:  # under the main grid (the one saved and shown first)
+        if caption and vars(p).get(DEFER_CAPTION_ATTRIBUTE):  # the host may still re-lay the main grid
+            scores.caption_pending = True
+        elif caption:  # under the main grid (the one saved and shown first)
             scored.images[0] = caption_below(scored.images[0], caption, details=scores.people_lines())
         scores.grid_images = list(scored.images[:grids])
         for image in scores.grid_images:
             _GRIDS[image] = scores
         setattr(p, SESSION_ATTRIBUTE, scores)
+        setattr(scored, PROCESSED_ATTRIBUTE, scores)
         return scored
 
     setattr(draw_xyz_grid, WRAPPED_MARK, original)
@@ -544,17 +559,47 @@ def wrap_run(original: Callable) -> Callable:
     if getattr(original, WRAPPED_MARK, None) is not None:
         return original
 
+    relays_main_grid = _takes_parameter(original, "row_count")  # Forge Neo's run re-lays a one-axis grid in rows
+
     @functools.wraps(original)
     def run(self, p, *args, **kwargs):
+        if relays_main_grid:
+            setattr(p, DEFER_CAPTION_ATTRIBUTE, True)
         processed = original(self, p, *args, **kwargs)
         scores = vars(p).pop(SESSION_ATTRIBUTE, None)
         if scores is None or processed is None:
             return processed
+        adopt_main_grid(processed)  # the grid was not saved (grid_save off): the band goes on the image shown
         finish(scores, processed, fallback_dir=getattr(p, "outpath_grids", None))
         return processed
 
     setattr(run, WRAPPED_MARK, original)
     return run
+
+
+def _takes_parameter(function: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def adopt_main_grid(processed) -> GridScores | None:
+    """The scores of the ``Processed`` our ``draw_xyz_grid`` wrapper returned, with its current main grid
+    known as theirs: a host that replaced ``images[0]`` after drawing (Forge Neo's rows) gets the new image
+    registered, and the band drawn under it if it was deferred."""
+    scores = getattr(processed, PROCESSED_ATTRIBUTE, None)
+    images = getattr(processed, "images", None)
+    if not isinstance(scores, GridScores) or not images or images[0] is None:
+        return None
+    if scores.caption_pending:
+        scores.caption_pending = False
+        processed.images[0] = caption_below(images[0], scores.caption(), details=scores.people_lines())
+    main = processed.images[0]
+    if grid_of(main) is not scores:
+        _GRIDS[main] = scores
+        scores.grid_images[:1] = [main]
+    return scores
 
 
 def finish(scores: GridScores, processed, fallback_dir: str | None) -> None:
@@ -609,6 +654,13 @@ def write_reports(scores: GridScores, folder: Path, stem: str) -> list[Path]:
 def on_before_image_saved(params) -> None:
     """The saved grid's infotext gets the grid mean and the recommendation (A1111 built it from the first cell)."""
     scores = grid_of(params.image)
+    owner = getattr(params, "p", None)
+    main_grid = bool(getattr(owner, "images", None)) and owner.images[0] is params.image
+    if main_grid and (scores is None or scores.caption_pending):  # Forge Neo: the band goes on the grid it saves
+        adopted = adopt_main_grid(owner)
+        if adopted is not None:
+            scores = adopted
+            params.image = owner.images[0]  # A1111 and every Forge save params.image after this callback
     if scores is None or not isinstance(getattr(params, "pnginfo", None), dict):
         return
     params.pnginfo["parameters"] = infotext_with_grid(params.pnginfo.get("parameters"), scores)

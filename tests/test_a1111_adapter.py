@@ -155,6 +155,27 @@ def test_unknown_checkpoint_names_the_runs_that_exist(lora_dir):
     assert axes.resolve_checkpoint("people/jx-000010.safetensors").epoch == 10
 
 
+def test_forge_neo_lora_dirs_are_listed_and_resolved_after_lora_dir(lora_dir, tmp_path, monkeypatch):
+    """Forge Neo lists LoRA networks from ``--lora-dir`` and every ``--lora-dirs`` folder (cmd_opts.lora_dirs)."""
+    extra = tmp_path / "more-loras"
+    _lora(extra / "zimg-000004.safetensors", 4)
+    _lora(extra / "zimg-000005.safetensors", 5)
+    modules = ModuleType("modules")
+    modules.shared = SimpleNamespace(cmd_opts=SimpleNamespace(lora_dir=str(lora_dir), lora_dirs=[str(extra), str(lora_dir)]))
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.shared", modules.shared)
+    choices = axes.epoch_choices()
+    assert choices[:2] == ["None", "other"] and choices[-2:] == ["zimg-000004", "zimg-000005"]
+    assert choices.count("jx-000010") == 1  # --lora-dir given again in --lora-dirs is listed once
+    assert axes.resolve_checkpoint("zimg-000005").epoch == 5
+    assert axes.format_epoch(None, None, "zimg-000004") == "zimg e4"
+    p = _cell("photo, <lora:zimg:1>")
+    axes.apply_epoch(p, "zimg-000004", ["zimg-000004"])
+    assert p.prompt == "photo, <lora:zimg-000004:1>"
+    with pytest.raises(RuntimeError, match=r"no LoRA checkpoint named 'zimg-000006'.*more-loras.*zimg \(e4, e5\)"):
+        axes.confirm_epochs(None, ["zimg-000006"])
+
+
 # --- grid means and infotexts ---------------------------------------------------------------------
 
 

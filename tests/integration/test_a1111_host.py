@@ -266,9 +266,13 @@ A1111's Lora extension loaded for it, and logs what A1111 parsed and loaded.
 When the control file names a LoRA and multiplier (``{"nan_for": [name, multiplier]}``), the cell that
 loaded exactly that LoRA gets all-NaN latents after sampling with A1111's NaN check switched on for it,
 so A1111's own ``devices.test_for_nans`` raises its ``NansException``, as a LoRA that overflows does
-without ``--disable-nan-check``. The check is switched off again before the next generation.
+without ``--disable-nan-check``. The check is switched off again before the next generation. On a host
+without that check (Forge Classic) the same cell's latents raise the same exception when ``process_images``
+reads them.
+
+Forge keeps the strengths it applied on the model (``current_lora_hash``), not on the loaded networks.
 """
-import json, os, sys
+import ast, json, os, sys
 from PIL import Image
 from modules import scripts, shared
 
@@ -277,9 +281,40 @@ LOG = os.environ["LIKENESS_TEST_LOG"]
 CONTROL = os.environ["LIKENESS_TEST_CONTROL"]
 
 
-def _loaded():
+def _loaded(p):
     networks = sys.modules["networks"]  # A1111's built-in Lora extension
-    return [[n.name, n.te_multiplier, n.unet_multiplier, len(n.modules)] for n in networks.loaded_networks]
+    # Forge (lllyasviel's, Classic, Neo) leaves each loaded network's te/unet_multiplier at 1.0 and applies the
+    # strengths it keeps on the model: current_lora_hash = str([[filename, unet, te, ...], ...]), set by its
+    # load_networks for the networks it just loaded. A1111 has no such field and sets the multipliers.
+    applied = {}
+    targets = getattr(getattr(p, "sd_model", None), "current_lora_hash", None)
+    if isinstance(targets, str) and targets.startswith("["):
+        applied = {t[0]: (t[2], t[1]) for t in ast.literal_eval(targets) if isinstance(t, list) and len(t) >= 3}
+    loaded = []
+    for n in networks.loaded_networks:
+        te, unet = applied.get(getattr(getattr(n, "network_on_disk", None), "filename", None), (n.te_multiplier, n.unet_multiplier))
+        loaded.append([n.name, te, unet, len(n.modules)])
+    return loaded
+
+
+class _NaNLatents:
+    @property
+    def already_decoded(self):
+        from modules import devices
+        raise devices.NansException("A tensor with NaNs was produced in Unet. Use --disable-nan-check commandline "
+                                    "argument to disable this check.")
+
+
+def _host_checks_nans():
+    """A1111 raises NansException on NaN latents (unless --disable-nan-check); Forge Classic's
+    devices.test_for_nans returns without looking."""
+    import torch
+    from modules import devices
+    try:
+        devices.test_for_nans(torch.full((1,), float("nan")), "unet")
+    except devices.NansException:
+        return True
+    return False
 
 
 class Script(scripts.Script):
@@ -301,13 +336,18 @@ class Script(scripts.Script):
                 name, multiplier = json.load(handle)["nan_for"]
         except (OSError, ValueError, KeyError):
             return
-        if [[n[0], n[2]] for n in _loaded()] == [[name, multiplier]]:
+        if [[n[0], n[2]] for n in _loaded(p)] == [[name, multiplier]]:
             shared.cmd_opts.disable_nan_check = False  # A1111's own check runs on these latents next
             ps.samples = ps.samples * float("nan")
+            if not _host_checks_nans():
+                # Forge Classic: no NaN check, and an exception raised in a script hook is caught and logged there.
+                # These latents raise what A1111's check would when process_images itself reads them next
+                # (its `getattr(samples, "already_decoded", False)`), so the cell fails out of process_images as on A1111.
+                ps.samples = _NaNLatents()
 
     def postprocess_image(self, p, pp, *args):
-        loaded = [n[:3] for n in _loaded()]
-        modules = {n[0]: n[3] for n in _loaded()}
+        loaded = [n[:3] for n in _loaded(p)]
+        modules = {n[0]: n[3] for n in _loaded(p)}
         parsed = {k: [x.items for x in v] for k, v in (p.extra_network_data or {}).items()}
         path = FACES.get(loaded[0][0] if loaded else "")  # "": the photo for images without a LoRA
         if path:
@@ -459,7 +499,7 @@ def running_a1111(a1111_dir: Path, root: Path, checkpoint: Path, write_loras: Ca
         process = subprocess.Popen(command, cwd=a1111_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=_die_with_parent)
     server = A1111Server(f"http://127.0.0.1:{port}", process, log, data, test_log, faces)
-    server.refs, server.loras, server.control = refs, loras, root / "control.json"
+    server.refs, server.loras, server.control, server.cwd = refs, loras, root / "control.json", a1111_dir
     try:
         deadline = time.monotonic() + ready_s
         while True:
@@ -540,6 +580,14 @@ def _close(value: float | None, expected: float | None) -> bool:
     return value is None if expected is None else value is not None and abs(value - expected) <= 1.5e-3
 
 
+def _grids_dir(server: A1111Server) -> Path:
+    """Where the server saves txt2img grids: its ``outdir_grids`` / ``outdir_txt2img_grids`` options (A1111:
+    ``<data>/outputs/txt2img-grids``; Forge Classic: ``<data>/output/txt2img-grids``), relative to its folder."""
+    options = server.call("GET", "/sdapi/v1/options")
+    folder = Path(options.get("outdir_grids") or options["outdir_txt2img_grids"])
+    return folder if folder.is_absolute() else server.cwd / folder
+
+
 def _likeness_args(server: A1111Server) -> dict:
     return {"likeness identity score": {"args": [True, str(server.refs), str(PACK), "max"]}}
 
@@ -618,7 +666,7 @@ def test_xyz_over_the_likeness_axes_scores_every_cell(a1111_server: A1111Server)
     assert "[Likeness] | jxtest e2 | strength 1 | 1 | 1 |" in console, console
 
     # The grid was saved with the mean in its infotext, and the reports beside it.
-    grids = sorted((server.data / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))
+    grids = sorted(_grids_dir(server).rglob("xyz_grid-*.png"))
     assert grids, "no grid saved"
     from PIL import Image
 
@@ -720,7 +768,7 @@ def test_xyz_recommends_a_checkpoint_under_the_grid(a1111_server: A1111Server) -
 
     floor, e1, e2 = _core_scores([server.faces[""], server.faces[STEMS[0]], server.faces[STEMS[1]]], server.refs)
     assert floor is not None and e2 > max(floor, e1) + 0.2, (floor, e1, e2)
-    grids = sorted((server.data / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))
+    grids = sorted(_grids_dir(server).rglob("xyz_grid-*.png"))
     report = json.loads(grids[-1].with_name(grids[-1].stem + "-likeness_scores.json").read_text(encoding="utf-8"))
     advice = report["recommendation"]
     assert advice["best"] == "jxtest e2 @ 0.5", advice["headline"]  # e2 @0.5 and @1: the same photo, the earlier wins
@@ -827,7 +875,7 @@ def test_xyz_cell_that_fails_in_a1111_is_reported_as_missing(a1111_server: A1111
     label = "jxtest e2 | strength 1"
     reason = ("NansException: A tensor with NaNs was produced in Unet. Use --disable-nan-check commandline argument to "
               "disable this check.")
-    grids = sorted((server.data / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))
+    grids = sorted(_grids_dir(server).rglob("xyz_grid-*.png"))
     json_path = grids[-1].with_name(grids[-1].stem + "-likeness_scores.json")
     report = json.loads(json_path.read_text(encoding="utf-8"))
     assert report["failed_cells"] == [{"cell": label, "x": 2, "y": 1, "z": 0, "missing_images": 1, "reason": reason}]
