@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from lora_likeness.checkpoints import LoraCheckpoint, list_runs, scan_loras
+from lora_likeness.checkpoints import FOLDER_LORA_FILES, LoraCheckpoint, list_runs, scan_loras
 from lora_likeness.recommend import NO_LORA
 
 from .prompt_loras import find_lora_tags, remove_loras, same_run, set_lora, set_strength
@@ -104,10 +104,29 @@ def epoch_choices() -> list[str]:
     roots = lora_roots()
     if not roots:
         return []
-    # diffusers/PEFT folders (all named pytorch_lora_weights / adapter_model) are not loadable by A1111's Lora loader:
-    # `likeness convert` turns them into Kohya files first.
+    layouts = host_lora_layouts()
     return [NO_LORA_VALUE] + [checkpoint.stem for root in roots for run in list_runs(root).values() for checkpoint in run
-                              if checkpoint.format == "kohya"]
+                              if checkpoint.format in layouts and checkpoint.path.name not in FOLDER_LORA_FILES]
+
+
+def host_lora_layouts() -> tuple[str, ...]:
+    """The LoRA key layouts the host's own loader applies (:attr:`LoraCheckpoint.format` values).
+
+    A1111's Lora extension maps Kohya keys only: a diffusers/PEFT file loads with no matching keys, so
+    ``likeness convert`` turns it into a Kohya file first; so does Forge Classic (its ``ldm_patched`` key map
+    has no ``lora_A``/``lora_B``). lllyasviel's Forge (``packages_3rdparty/comfyui_lora_collection``) and
+    Forge Neo (``modules_forge/packages/comfy``) load LoRAs with ComfyUI's key map, which also takes
+    diffusers/PEFT names (``unet.``, ``transformer.``, ``diffusion_model.``, ``lora_A``/``lora_B``): what
+    ai-toolkit and diffusers' scripts write for Flux, Z-Image and SDXL. Folder
+    LoRAs (``pytorch_lora_weights`` / ``adapter_model``) stay out everywhere: the host names a network by its
+    file stem, and every epoch's file has the same one."""
+    import importlib.util
+
+    try:  # lllyasviel's Forge and Forge Neo: modules_forge + backend; Forge Classic has ldm_patched instead of backend
+        forge_backend = importlib.util.find_spec("modules_forge") is not None and importlib.util.find_spec("backend") is not None
+    except (ImportError, ValueError):
+        forge_backend = False
+    return ("kohya", "diffusers", "peft") if forge_backend else ("kohya",)
 
 
 def _runs_text(roots: list[Path]) -> str:

@@ -870,3 +870,40 @@ def test_scored_xyz_grid_where_a_person_never_appears_recommends_no_cell(lora_di
     report = json.loads(next(tmp_path.glob("xyz_grid-*-likeness_scores.json")).read_text())
     assert report["people_recommendation"]["best"] is None
     assert report["people_recommendation"]["best_per_person"]["obama"]["checkpoint"] in {"jx e1", "jx e2"}
+
+
+def _diffusers_lora(path: Path) -> None:
+    """A LoRA as ai-toolkit / diffusers write it for Flux: ``transformer.`` keys, PEFT's ``lora_A``/``lora_B``."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    key = "transformer.single_transformer_blocks.0.attn.to_k"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"{key}.lora_A.weight": np.zeros((4, 64), np.float16), f"{key}.lora_B.weight": np.zeros((64, 4), np.float16)},
+              str(path), metadata={"training_info": '{"step": 250, "epoch": 0}'})
+
+
+def _fake_host_packages(folder: Path, *names: str) -> Path:
+    for name in names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text("")
+    return folder
+
+
+@pytest.mark.parametrize("packages, listed", [
+    ((), False),                                  # A1111: its Lora extension maps Kohya keys only
+    (("modules_forge",), False),                  # Forge Classic: ldm_patched's key map has no lora_A/lora_B
+    (("modules_forge", "backend"), True),         # lllyasviel's Forge, Forge Neo: ComfyUI's key map takes them
+])
+def test_the_epoch_axis_lists_diffusers_layout_loras_where_the_host_loader_takes_them(lora_dir, tmp_path, monkeypatch, packages, listed):
+    _diffusers_lora(lora_dir / "flux" / "me_000000250.safetensors")
+    _diffusers_lora(lora_dir / "flux" / "me_000000500.safetensors")
+    _diffusers_lora(lora_dir / "exp_e1" / "pytorch_lora_weights.safetensors")  # a folder LoRA: the host cannot name it
+    monkeypatch.syspath_prepend(str(_fake_host_packages(tmp_path / "host", *packages)))
+    for name in ("modules_forge", "backend"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    choices = axes.epoch_choices()
+    assert "jx-000001" in choices and "pytorch_lora_weights" not in choices
+    assert (["me_000000250", "me_000000500"] == [c for c in choices if c.startswith("me_")]) is listed
+    if not listed:
+        assert not any(c.startswith("me_") for c in choices)

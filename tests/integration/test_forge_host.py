@@ -344,14 +344,16 @@ def _lora(path: Path, epoch: int, keys: dict) -> None:
 
 #: LoRA keys of the families Forge Neo loads besides SD1.5, in kohya's naming (musubi-tuner / sd-scripts):
 #: a Z-Image LoRA (its transformer's ``layers.N``) and a Flux LoRA (``double_blocks``); the axes must find
-#: and rewrite them like any other. (Files in diffusers/PEFT key layouts are left out of the epoch axis on
-#: every host: see the integration README.)
+#: and rewrite them like any other. ai-toolkit's Flux LoRA (``transformer.`` keys, PEFT's ``lora_A``/``lora_B``) is
+#: listed where the host's loader takes that layout: Neo (ComfyUI's key map), not Classic (``ldm_patched``).
 ZIMAGE_KEYS = {"lora_unet_layers_0_attention_to_q.lora_down.weight": (4, 64),
                "lora_unet_layers_0_attention_to_q.lora_up.weight": (64, 4)}
 SDXL_KEYS = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 64),
              "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": (64, 4)}
 FLUX_KEYS = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 64),
              "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": (192, 4)}
+AI_TOOLKIT_FLUX_KEYS = {"transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight": (4, 64),
+                        "transformer.single_transformer_blocks.0.attn.to_k.lora_B.weight": (64, 4)}
 
 
 def test_forge_loads_our_script_registers_axes_callbacks_and_scores_a_grid(forge: tuple[str, Path], tmp_path: Path) -> None:
@@ -370,6 +372,7 @@ def test_forge_loads_our_script_registers_axes_callbacks_and_scores_a_grid(forge
     for epoch in (1, 2, 3):
         _lora(lora_dir / f"zimg-{epoch:06}.safetensors", epoch, ZIMAGE_KEYS)
     _lora(lora_dir / "flux" / "fx-000003.safetensors", 3, FLUX_KEYS)
+    _lora(lora_dir / "aitk" / "me_000000250.safetensors", 0, AI_TOOLKIT_FLUX_KEYS)
     photos = [str(obama[-1]), str(bush[0]), str(bush[1])]  # the person (not a reference), then someone else
     grids_dir = tmp_path / "outputs" / "txt2img-grids"
     # Neo also lists the folders of --lora-dirs (cmd_opts.lora_dirs, a list); Classic has no such option
@@ -394,6 +397,7 @@ def test_forge_loads_our_script_registers_axes_callbacks_and_scores_a_grid(forge
                                   "callbacks_image_saved": ["on_image_saved"], "callbacks_ui_tabs": ["build_tab"]}
     assert "zimg-000002" in found["epoch_choices"] and "fx-000003" in found["epoch_choices"]
     assert ("sdxl-000004" in found["epoch_choices"]) == (branch == "neo")
+    assert ("me_000000250" in found["epoch_choices"]) == (branch == "neo")
     assert found["prompts"]["0,0"] == "photo of jx"  # None: the run's tag removed, the base model alone
     assert found["prompts"]["2,1"] == "photo of jx, <lora:zimg-000002:1>"
     assert found["prompts"]["1,0"] == "photo of jx, <lora:zimg-000001:0.5>"
