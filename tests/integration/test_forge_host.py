@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -419,3 +420,21 @@ def test_forge_loads_our_script_registers_axes_callbacks_and_scores_a_grid(forge
         unsaved = found["neo_run_unsaved"]
         assert unsaved["saved"] == 1 and unsaved["known"] and unsaved["main_size"] == run["main_size"], unsaved
         assert "Likeness recommendation: zimg e3" in unsaved["infotext"], unsaved
+
+
+def test_install_from_url_runs_our_installer_through_forges_own_launch_module(forge: tuple[str, Path], tmp_path: Path) -> None:
+    """"Install from URL" clones the extension; at the next start Forge's ``run_extension_installer``
+    (modules/launch_utils.py, the same on Classic and Neo) runs ``python install.py`` with the Forge root on
+    PYTHONPATH. Our installer must find Forge's ``launch`` module and plan through its ``run_pip`` (which
+    honours ``--skip-install`` and ``--index-url``); ``--dry-run`` keeps this venv unchanged."""
+    branch, forge_dir = forge
+    launch_utils = (forge_dir / "modules" / "launch_utils.py").read_text(encoding="utf-8")
+    # how Forge runs it: Neo puts script_path on PYTHONPATH, Classic os.path.abspath('.') (it runs from its root)
+    assert re.search(r"env\[['\"]PYTHONPATH['\"]\] = f['\"]\{(script_path|os\.path\.abspath\('\.'\))\}", launch_utils), branch
+    assert 'os.path.join(extension_dir, "install.py")' in launch_utils
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(forge_dir)
+    result = subprocess.run([sys.executable, str(REPO / "install.py"), "--dry-run"], cwd=forge_dir, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "via A1111's launch.run_pip" in result.stdout, f"{branch}: {result.stdout[-2000:]}"
