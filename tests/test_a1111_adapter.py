@@ -552,6 +552,26 @@ def _people_picture(left: Path, right: Path | None, side: int = 128) -> Image.Im
     return canvas
 
 
+def _scored_family_grid(family_scorer, xs: list, ys: list, photos_of):
+    """The extension's X/Y/Z wrapper over a fake grid whose cell ``(x, y)`` shows ``photos_of(x, y)`` (left,
+    right or None) for a prompt naming obama and bush; returns the grid's :class:`xyz_hooks.GridScores`
+    and the host's ``processed``."""
+
+    def cell(x, y, z, ix, iy, iz):
+        pc = _cell("photo of obama and bush, <lora:jx:1>")
+        axes.apply_epoch(pc, x, xs)
+        axes.apply_strength(pc, y, ys)
+        picture = _people_picture(*photos_of(x, y))
+        scored = family_scorer.score_images([picture], ["image"], prompt=pc.prompt)
+        likeness = xyz_hooks.CellScores(family_scorer, scored, [picture], axes.state_of(pc).info(), prompt=pc.prompt, seeds=[7])
+        return SimpleNamespace(images=[picture], likeness=likeness, index_of_first_image=0)
+
+    processed = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)(
+        SimpleNamespace(), xs, ys, [""], [axes.format_epoch(None, None, x) for x in xs], [f"strength {y:g}" for y in ys], [""],
+        cell, True, True, False, "x", "y", 0)
+    return xyz_hooks.grid_of(processed.images[0]), processed
+
+
 def test_scored_xyz_grid_with_named_folders_recommends_for_the_worst_served_person(lora_dir, family_scorer, tmp_path):
     from lora_likeness.people_sweep import recommend_people_records
 
@@ -561,19 +581,7 @@ def test_scored_xyz_grid_with_named_folders_recommends_for_the_worst_served_pers
     photos = {("None", 0.5): (BUSH[0], None), ("None", 1.0): (BUSH[0], None), ("jx-000001", 0.5): (OBAMA[-1], OBAMA[-1]),
               ("jx-000001", 1.0): (OBAMA[-1], BUSH[0]), ("jx-000002", 0.5): (OBAMA[-1], None), ("jx-000002", 1.0): (OBAMA[0], BUSH[1])}
 
-    def cell(x, y, z, ix, iy, iz):
-        pc = _cell("photo of obama and bush, <lora:jx:1>")
-        axes.apply_epoch(pc, x, xs)
-        axes.apply_strength(pc, y, ys)
-        picture = _people_picture(*photos[(x, y)])
-        scored = family_scorer.score_images([picture], ["image"], prompt=pc.prompt)
-        likeness = xyz_hooks.CellScores(family_scorer, scored, [picture], axes.state_of(pc).info(), prompt=pc.prompt, seeds=[7])
-        return SimpleNamespace(images=[picture], likeness=likeness, index_of_first_image=0)
-
-    processed = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)(
-        SimpleNamespace(), xs, ys, [""], [axes.format_epoch(None, None, x) for x in xs], [f"strength {y:g}" for y in ys], [""],
-        cell, True, True, False, "x", "y", 0)
-    scores = xyz_hooks.grid_of(processed.images[0])
+    scores, processed = _scored_family_grid(family_scorer, xs, ys, lambda x, y: photos[(x, y)])
     people = scores.people_recommendation()
     # The core's answer over the grid's own records: the extension makes one call, it does not decide.
     cells = {key: c for key, c in scores.cells.items()}
@@ -846,19 +854,7 @@ def test_scored_xyz_grid_where_a_person_never_appears_recommends_no_cell(lora_di
     # Every cell shows obama alone although the prompt names obama and bush: no cell serves the family.
     xs, ys = ["jx-000001", "jx-000002"], [0.5, 1.0]
 
-    def cell(x, y, z, ix, iy, iz):
-        pc = _cell("photo of obama and bush, <lora:jx:1>")
-        axes.apply_epoch(pc, x, xs)
-        axes.apply_strength(pc, y, ys)
-        picture = _people_picture(OBAMA[-1], None)
-        scored = family_scorer.score_images([picture], ["image"], prompt=pc.prompt)
-        likeness = xyz_hooks.CellScores(family_scorer, scored, [picture], axes.state_of(pc).info(), prompt=pc.prompt, seeds=[7])
-        return SimpleNamespace(images=[picture], likeness=likeness, index_of_first_image=0)
-
-    processed = xyz_hooks.wrap_draw_xyz_grid(_fake_draw_xyz_grid)(
-        SimpleNamespace(), xs, ys, [""], [axes.format_epoch(None, None, x) for x in xs], [f"strength {y:g}" for y in ys], [""],
-        cell, True, True, False, "x", "y", 0)
-    scores = xyz_hooks.grid_of(processed.images[0])
+    scores, processed = _scored_family_grid(family_scorer, xs, ys, lambda x, y: (OBAMA[-1], None))
     people = scores.people_recommendation()
     assert people.best is None and people.reason == "no cell shows every person: bush never appears"
     assert scores.caption()[0] == people.sentence()

@@ -28,6 +28,7 @@ from lora_likeness.progress import Cancelled
 from lora_likeness.recommend import NO_LORA, cells_from_records, recommend
 from lora_likeness.references import NoReferencesError
 from PIL import Image
+from trainer_layouts import write_lora
 
 torch = pytest.importorskip("torch", reason="IMAGE tensors need torch (the project venv has the CPU build)")
 
@@ -396,30 +397,13 @@ def test_score_images_folder_relative_to_the_input_folder_and_errors(obama_refs,
 # LoRA Checkpoints
 
 
-def write_lora_header(path: Path, context: int, metadata: dict) -> None:
-    """A header-only LoRA (zero tensors): enough for listing and the architecture check."""
-    tensors = {
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": [4, context],
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": [320, 4],
-    }
-    header, offset = {}, 0
-    for key, shape in tensors.items():
-        size = 2 * shape[0] * shape[1]
-        header[key] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = metadata
-    raw = json.dumps(header).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * offset)
-
-
 @pytest.fixture()
 def loras(tmp_path, monkeypatch):
     root = tmp_path / "loras"
     for epoch in (1, 2, 10):
-        write_lora_header(root / "people" / f"me-{epoch:06d}.safetensors", 768, {"ss_epoch": str(epoch)})
-    write_lora_header(root / "people" / "me.safetensors", 768, {"ss_epoch": "12"})
-    write_lora_header(root / "xl.safetensors", 2048, {"ss_base_model_version": "sdxl_base_v1-0"})
+        write_lora(root / "people" / f"me-{epoch:06d}.safetensors", {"ss_epoch": str(epoch)}, 768)
+    write_lora(root / "people" / "me.safetensors", {"ss_epoch": "12"}, 768)
+    write_lora(root / "xl.safetensors", {"ss_base_model_version": "sdxl_base_v1-0"}, 2048)
     monkeypatch.setattr(host, "lora_roots", lambda: [root])
     return root
 
@@ -442,8 +426,8 @@ def test_lora_checkpoints_in_epoch_order(loras):
 def test_lora_checkpoints_of_runs_saved_by_steps(monkeypatch, tmp_path):
     root = tmp_path / "loras"
     for step in (1000, 250, 500):  # ai-toolkit (job_000000250) and sd-scripts --save_every_n_steps (kx-step00000250)
-        write_lora_header(root / f"job_{step:09d}.safetensors", 768, {"training_info": json.dumps({"step": step, "epoch": 0})})
-        write_lora_header(root / f"kx-step{step:08d}.safetensors", 768, {"ss_steps": str(step), "ss_epoch": "1"})
+        write_lora(root / f"job_{step:09d}.safetensors", {"training_info": json.dumps({"step": step, "epoch": 0})}, 768)
+        write_lora(root / f"kx-step{step:08d}.safetensors", {"ss_steps": str(step), "ss_epoch": "1"}, 768)
     monkeypatch.setattr(host, "lora_roots", lambda: [root])
     for run in ("job", "kx"):
         items, listing = sweep_nodes.LoraCheckpoints.execute(run).args
@@ -464,7 +448,7 @@ def test_lora_checkpoints_without_files(monkeypatch, tmp_path):
 
 def test_lora_checkpoints_fingerprint_sees_new_epochs(loras):
     before = sweep_nodes.LoraCheckpoints.fingerprint_inputs(run="people/me")
-    write_lora_header(loras / "people" / "me-000011.safetensors", 768, {"ss_epoch": "11"})
+    write_lora(loras / "people" / "me-000011.safetensors", {"ss_epoch": "11"}, 768)
     assert sweep_nodes.LoraCheckpoints.fingerprint_inputs(run="people/me") != before
 
 
@@ -810,10 +794,9 @@ def test_score_training_samples_keeps_validation_images_by_step(powell_refs, out
 
 def test_recommend_output_when_no_cell_shows_the_whole_family():
     """The Recommend output and grid.json's recommended cell take the core's "none" answer as it is."""
-    from test_people import A1, A2, B1, B2, reference_set
-
     from lora_likeness.people import PeopleSet, people_in_image
     from lora_likeness.people_sweep import recommend_people_records
+    from test_people import A1, A2, B1, B2, reference_set
 
     family = PeopleSet.build({"A": reference_set(A1, A2), "B": reference_set(B1, B2)})
     records = [{"checkpoint": f"e{i}", "strength": 1.0, "epoch": i, "people": people_in_image(family, [A1])} for i in (1, 2)]

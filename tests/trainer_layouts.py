@@ -52,10 +52,11 @@ def save_as(source: Path, target: Path, metadata: dict[str, str] | None = None) 
     return target
 
 
-def write_lora(path: Path, metadata: dict[str, str]) -> Path:
-    """A small valid SD1 LoRA safetensors file (zero tensors) with ``metadata``."""
+def write_lora(path: Path, metadata: dict[str, str], context: int = 768) -> Path:
+    """A small valid LoRA safetensors file (zero tensors) with ``metadata``; ``context`` is the cross-attention
+    width its ``to_k`` reads (768 SD1, 2048 SDXL), which the architecture check looks at."""
     tensors = {
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": [4, 768],
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": [4, context],
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": [320, 4],
     }
     header, offset = {}, 0
